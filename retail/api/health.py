@@ -1,0 +1,72 @@
+"""Capacity snapshot, liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from retail.api.deps import ServicesDep
+from retail.api.problems import problem, responses
+from retail.app import Services
+from retail.config import ServiceLevel
+from retail.db.migrations import schema_status
+from retail.schemas import CapacityCounters, CapacityRead
+
+router = APIRouter()
+
+
+def capacity_snapshot(services: Services) -> CapacityRead:
+    admission = services.admission
+    limits = admission.limits
+    counters = admission.counters
+    return CapacityRead(
+        mode=limits.mode,
+        capacity=limits.capacity,
+        queue_limit=limits.queue_limit,
+        max_queue_wait_s=limits.max_queue_wait_s,
+        in_flight=len(services.pool.in_flight),
+        queued=admission.queued,
+        full_service_s=services.pipeline.mean_s(ServiceLevel.FULL),
+        degraded_service_s=services.pipeline.mean_s(ServiceLevel.DEGRADED),
+        counters=CapacityCounters(
+            accepted=counters.accepted,
+            admitted=counters.admitted,
+            queued=counters.queued,
+            degraded=counters.degraded,
+            rejected=counters.rejected,
+        ),
+    )
+
+
+@router.get("/capacity", tags=["capacity"], summary="Mode, limits, load and admission counters")
+async def get_capacity(services: ServicesDep) -> CapacityRead:
+    return capacity_snapshot(services)
+
+
+@router.get("/healthz", tags=["health"], summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    summary="Ready to take orders: database reachable, schema at head, workers running",
+    responses={503: {**responses(503)[503], "description": "Not ready; `detail` says why."}},
+    response_model=None,
+)
+async def readyz(services: ServicesDep) -> dict[str, str] | object:
+    reasons = []
+    try:
+        async with services.db.read() as session:
+            await session.execute(text("SELECT 1"))
+        current, head = await schema_status(services.db.reader)
+        if current != head:
+            reasons.append(f"schema at {current}, code expects {head}: run `retail db upgrade`")
+    except Exception as error:
+        reasons.append(f"database unreachable: {type(error).__name__}: {error}")
+    if not services.pool.running:
+        reasons.append("fulfilment workers are not running")
+    if reasons:
+        return problem(503, "not-ready", "Not ready", "; ".join(reasons))
+    return {"status": "ready"}

@@ -1,0 +1,146 @@
+"""The composition root: `create_app(settings)` builds everything in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from retail import capacity
+from retail.admission import Admission
+from retail.bus import EventBus
+from retail.clock import Clock, SystemClock
+from retail.config import OrderStatus, Settings
+from retail.db import products, queue
+from retail.db.engine import Database
+from retail.db.migrations import upgrade_to_head
+from retail.fulfilment.pipeline import Pipeline
+from retail.fulfilment.pool import WorkerPool
+from retail.ingest import Ingest
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+A simulated retail order-processing backend.
+
+Place an order with `POST /orders`: it is stored, answered with `202 Accepted`
+and a `Location`, and then fulfilled in the background through simulated steps
+(reserve, fraud_check, payment, pick, pack, ship). Follow it with
+`GET /orders/{id}` and `GET /orders/{id}/events`.
+
+When more orders arrive than can be fulfilled at once (`GET /capacity`), the
+overload mode decides: **queue** them, **reject** them with `503`, or
+**degrade** them to a cheaper path. Errors are RFC 9457 problem documents.
+"""
+
+
+@dataclass
+class Services:
+    """What the routes need, built once per app by the lifespan."""
+
+    settings: Settings
+    clock: Clock
+    db: Database
+    pipeline: Pipeline
+    admission: Admission
+    bus: EventBus
+    ingest: Ingest
+    pool: WorkerPool
+    inflight_keys: dict[str, str] = field(default_factory=dict)
+
+
+def limits_from(settings: Settings) -> capacity.Limits:
+    return capacity.Limits(
+        mode=settings.overload_mode,
+        capacity=settings.capacity,
+        queue_limit=settings.queue_limit,
+        max_queue_wait_s=settings.max_queue_wait_s,
+    )
+
+
+@asynccontextmanager
+async def running_services(settings: Settings, clock: Clock) -> AsyncIterator[Services]:
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    try:
+        if settings.migrate_on_start:
+            await upgrade_to_head(db.writer)
+        async with db.write() as session:
+            if settings.seed_demo_catalogue:
+                added = await products.seed_catalogue(session=session, now=clock.now())
+                if added:
+                    log.info("seeded the demo catalogue (%d products)", added)
+            counts = await queue.count_by_status(session=session)
+        pipeline = Pipeline.from_settings(settings)
+        admission = Admission(limits_from(settings), pipeline)
+        admission.queued = counts.get(OrderStatus.QUEUED, 0)
+        bus = EventBus()
+        pool = WorkerPool(
+            db=db,
+            clock=clock,
+            pipeline=pipeline,
+            admission=admission,
+            bus=bus,
+            lease_s=settings.lease_s,
+            poll_interval_s=settings.poll_interval_s,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            claiming=settings.workers_enabled,
+        )
+        ingest = Ingest(
+            db=db,
+            clock=clock,
+            bus=bus,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            on_committed=lambda placed: pool.notify(),
+        )
+        await ingest.start()
+        await pool.start()
+        try:
+            yield Services(settings, clock, db, pipeline, admission, bus, ingest, pool)
+        finally:
+            await ingest.stop()
+            await pool.stop()
+    finally:
+        await db.dispose()
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    settings = settings or Settings()
+    clock = clock or SystemClock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running_services(settings, clock) as services:
+            app.state.services = services
+            yield
+
+    from retail.api import admin, health, orders, problems
+    from retail.api import products as product_routes
+    from retail.api.limits import BodySizeLimit
+    from retail.api.startup import StartOnFirstRequest
+
+    app = FastAPI(
+        title="retail",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "orders", "description": "Place, follow and cancel orders."},
+            {"name": "products", "description": "The catalogue and its stock."},
+            {"name": "capacity", "description": "Load, limits and the overload mode."},
+            {"name": "admin", "description": "Run-time changes; `Authorization: Bearer` token."},
+            {"name": "health", "description": "Liveness and readiness."},
+        ],
+    )
+    app.state.settings = settings
+    problems.install(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(StartOnFirstRequest)  # servers without the ASGI lifespan (daphne)
+    app.include_router(orders.intake)
+    app.include_router(orders.router)
+    app.include_router(product_routes.router)
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,209 @@
+"""Settings and the enums shared by every layer.
+
+One `Settings` object, read from `RETAIL_*` environment variables and an optional
+`.env` file; the CLI overrides fields by constructing `Settings(**overrides)`.
+Business code receives settings from the composition root (`retail.app`), it never
+reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./retail.db"
+DEFAULT_FULFILMENT_DELAY = "2"
+DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600.0
+
+
+class OverloadMode(enum.StrEnum):
+    """What `POST /orders` does when every fulfilment slot is busy."""
+
+    QUEUE = "queue"
+    REJECT = "reject"
+    DEGRADE = "degrade"
+
+
+class OrderStatus(enum.StrEnum):
+    """Lifecycle: queued -> processing -> fulfilled | failed; queued -> cancelled."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    FULFILLED = "fulfilled"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({OrderStatus.FULFILLED, OrderStatus.FAILED, OrderStatus.CANCELLED})
+
+
+class ServiceLevel(enum.StrEnum):
+    FULL = "full"
+    DEGRADED = "degraded"
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+def _split_list(value: Any) -> Any:
+    """Accept `a,b,c` or a JSON list for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def _parse_mapping(value: Any) -> Any:
+    """Accept a JSON object or `step=spec;step=spec` for mapping settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return {}
+        if text.startswith("{"):
+            return json.loads(text)
+        pairs = [part.split("=", 1) for part in text.split(";") if part.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("expected a JSON object or 'step=spec;step=spec'")
+        return {key.strip(): spec.strip() for key, spec in pairs}
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. Environment: `RETAIL_<NAME>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RETAIL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- server and storage -------------------------------------------------------
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://…",
+    )
+    host: str = Field("127.0.0.1", description="Interface `retail serve` binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `retail serve` listens on.")
+    migrate_on_start: bool = Field(True, description="Run `alembic upgrade head` on start.")
+    seed_demo_catalogue: bool = Field(
+        True, description="Insert the demo catalogue on start when the product table is empty."
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for /admin endpoints. Unset: every admin call is refused.",
+    )
+    log_format: LogFormat = Field(LogFormat.TEXT, description="Log lines as `text` or `json`.")
+    db_pool_size: int = Field(10, ge=1, le=200, description="Connections per process (PostgreSQL).")
+
+    # --- request limits ----------------------------------------------------------
+    max_body_bytes: int = Field(
+        64 * 1024, ge=256, description="Largest accepted request body, in bytes."
+    )
+    max_order_lines: int = Field(50, ge=1, le=1000, description="Most lines in one order.")
+    max_line_quantity: int = Field(1000, ge=1, description="Most units of one SKU in one line.")
+    idempotency_ttl_s: float = Field(
+        DEFAULT_IDEMPOTENCY_TTL_S, gt=0, description="How long an Idempotency-Key is remembered."
+    )
+    prefer_wait_max_s: float = Field(
+        60.0, ge=0, description="Longest `Prefer: wait=N` honoured; larger N is capped."
+    )
+
+    # --- capacity policy --------------------------------------------------------
+    overload_mode: OverloadMode = Field(
+        OverloadMode.QUEUE, description="`queue`, `reject` or `degrade` when all slots are busy."
+    )
+    capacity: int = Field(4, ge=1, le=10_000, description="Most orders in fulfilment at once.")
+    queue_limit: int = Field(
+        100, ge=0, description="Most orders waiting for a slot (queue and degrade modes)."
+    )
+    max_queue_wait_s: float | None = Field(
+        None, gt=0, description="Shed when the estimated wait for a slot exceeds this (optional)."
+    )
+
+    # --- fulfilment ----------------------------------------------------------------
+    workers_enabled: bool = Field(True, description="Run the fulfilment workers in this process.")
+    fulfilment_delay: str = Field(
+        DEFAULT_FULFILMENT_DELAY,
+        description=(
+            "Total simulated time per order: a number of seconds, or "
+            "`fixed:S`, `uniform:LO,HI`, `exponential:MEAN`, `lognormal:MEAN,SIGMA`."
+        ),
+    )
+    step_delays: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Per-step delays instead of a share of the total: `payment=0.5;ship=1`.",
+    )
+    delay_per_extra_line: float = Field(
+        0.0, ge=0, description="Delay grows by this fraction for each order line after the first."
+    )
+    fulfilment_seed: int | None = Field(
+        None, description="Seed for delays and failures, so a run can be repeated."
+    )
+    payment_decline_probability: float = Field(
+        0.0, ge=0, le=1, description="Chance that payment is declined and the order fails."
+    )
+    degrade_skip_steps: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["fraud_check"],
+        description="Optional steps a degraded order skips.",
+    )
+    degrade_delay_factor: float = Field(
+        0.5, gt=0, le=1, description="Degraded orders' remaining step delays are scaled by this."
+    )
+    lease_s: float = Field(
+        10.0,
+        gt=0,
+        description="Worker lease on an order; a crashed worker's orders resume after it.",
+    )
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="How often idle workers look for orders written by other processes."
+    )
+    shutdown_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight orders may run before they are left.",
+    )
+
+    @field_validator("degrade_skip_steps", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("step_delays", mode="before")
+    @classmethod
+    def _mappings(cls, value: Any) -> Any:
+        return _parse_mapping(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        if value.startswith("sqlite:"):
+            return "sqlite+aiosqlite:" + value.removeprefix("sqlite:")
+        if value.startswith(("postgres://", "postgresql://")):
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        return value
+
+    @model_validator(mode="after")
+    def _check_delays(self) -> Settings:
+        # Imported here: fulfilment depends on config, not the other way round.
+        from retail.fulfilment.pipeline import Pipeline
+
+        Pipeline.from_settings(self)  # raises ValueError with a readable message
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,73 @@
+"""Idempotency records: the first response to a keyed `POST /orders`, kept for replay."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from retail.db.models import IdempotencyRecord, table
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    request_hash: str
+    order_id: uuid.UUID
+    status: int
+    body: dict[str, Any]
+
+
+async def find(*, session: AsyncSession, key: str, now: datetime) -> StoredResponse | None:
+    """The live record for `key`, or None (never seen, or expired)."""
+    row = await session.scalar(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.key == key, IdempotencyRecord.expires_at > now
+        )
+    )
+    if row is None:
+        return None
+    return StoredResponse(row.request_hash, row.order_id, row.response_status, row.response_body)
+
+
+async def store(
+    *,
+    session: AsyncSession,
+    records: list[tuple[str, StoredResponse]],
+    now: datetime,
+    expires_at: datetime,
+) -> None:
+    """Insert records; an expired record under the same key is replaced."""
+    if not records:
+        return
+    keys = [key for key, _ in records]
+    await session.execute(
+        delete(IdempotencyRecord).where(
+            IdempotencyRecord.key.in_(keys), IdempotencyRecord.expires_at <= now
+        )
+    )
+    await session.execute(
+        insert(table(IdempotencyRecord)),
+        [
+            {
+                "key": key,
+                "request_hash": r.request_hash,
+                "order_id": r.order_id,
+                "response_status": r.status,
+                "response_body": r.body,
+                "created_at": now,
+                "expires_at": expires_at,
+            }
+            for key, r in records
+        ],
+    )
+
+
+async def purge_expired(*, session: AsyncSession, now: datetime) -> int:
+    result = await session.execute(
+        delete(IdempotencyRecord).where(IdempotencyRecord.expires_at <= now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,397 @@
+"""`retail load` and `retail demo` (registered on the main CLI in `retail.cli`).
+
+Heavy imports (httpx, matplotlib, the app) happen inside the commands, so other
+commands start as fast as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from retail.loadgen.schedule import Arrivals
+
+if TYPE_CHECKING:
+    import httpx
+    from rich.console import Console
+
+    from retail.loadgen.runner import LiveCounts, LoadConfig
+    from retail.loadgen.sweep import Sweep
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_RATE = 10.0
+DEFAULT_DURATION_S = 10.0
+SCHEDULE_HELP = (
+    "Rate over time instead of --rate: comma-separated RATE@SECONDS (constant) or "
+    "FROM..TO@SECONDS (linear ramp) segments, optionally prefixed step: or ramp:; the last "
+    "segment may omit @SECONDS to fill --duration. E.g. step:10@5,20@5 or ramp:5..40."
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _numbers(text: str, option: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise _fail(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise _fail(f"{option}: expected at least one number")
+    return values
+
+
+def _client(url: str, connections: int, timeout_s: float) -> httpx.AsyncClient:
+    import httpx
+
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=httpx.Timeout(timeout_s, pool=timeout_s)
+    )
+
+
+async def _reachable(client: httpx.AsyncClient) -> None:
+    import httpx
+
+    try:
+        response = await client.get("/capacity")
+    except httpx.HTTPError as error:
+        raise _fail(
+            f"cannot reach {client.base_url} ({type(error).__name__}); is `retail serve` running?"
+        ) from None
+    if response.status_code != 200:
+        raise _fail(
+            f"{client.base_url}capacity answered {response.status_code}: is this a retail service?"
+        )
+
+
+async def _with_progress(
+    console: Console, live: LiveCounts, description: str, work: asyncio.Task[object]
+) -> None:
+    """Show sending and following progress until `work` ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[counts]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        sending = progress.add_task(description, total=live.planned or None, counts="")
+        following = progress.add_task("following", total=None, counts="", visible=False)
+        while True:
+            progress.update(
+                sending,
+                total=live.planned,
+                completed=live.sent,
+                counts=(
+                    f"accepted {live.accepted}  refused {live.refused}  errors {live.errors}  "
+                    f"awaiting answer {live.in_flight}  late {live.late}"
+                ),
+            )
+            if live.following:
+                progress.update(
+                    following,
+                    visible=True,
+                    total=live.following,
+                    completed=live.finished,
+                    counts="orders followed to their end",
+                )
+            if work.done():
+                return
+            await asyncio.sleep(0.1)
+
+
+def load(
+    url: Annotated[str, typer.Option(help="The service's base URL.")] = DEFAULT_URL,
+    rate: Annotated[
+        float, typer.Option(min=0, help="Orders per second (a constant rate).")
+    ] = DEFAULT_RATE,
+    duration: Annotated[
+        float | None,
+        typer.Option(min=0, help="Seconds of sending (default 10; with --sweep, 5 per step)."),
+    ] = None,
+    schedule: Annotated[str | None, typer.Option(help=SCHEDULE_HELP)] = None,
+    max_orders: Annotated[
+        int, typer.Option(min=0, help="Send at most this many orders, whatever the schedule.")
+    ] = 10_000,
+    sku: Annotated[
+        list[str] | None, typer.Option(help="SKU to order; repeat to cycle through several.")
+    ] = None,
+    quantity: Annotated[int, typer.Option(min=1, help="Units per order.")] = 1,
+    arrivals: Annotated[
+        Arrivals, typer.Option(help="fixed: evenly spaced; poisson: random gaps, same mean rate.")
+    ] = Arrivals.FIXED,
+    seed: Annotated[int | None, typer.Option(help="Seed for poisson arrivals and jitter.")] = None,
+    idempotency_keys: Annotated[
+        bool, typer.Option(help="Send a unique Idempotency-Key with every order.")
+    ] = False,
+    retries: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Retry 503, 429, 409 (Idempotency-Key in use) and connection failures up "
+            "to N times, waiting as Retry-After says (exponential backoff without it).",
+        ),
+    ] = 0,
+    follow: Annotated[
+        bool, typer.Option(help="Follow accepted orders to their end (needed for goodput).")
+    ] = True,
+    follow_timeout: Annotated[
+        float, typer.Option(min=0, help="Stop following this many seconds after the last send.")
+    ] = 60.0,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds one request may take.")] = 30.0,
+    connections: Annotated[
+        int,
+        typer.Option(min=1, help="Connection limit; keep it above rate x latency."),
+    ] = 500,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the full report (JSON) here.")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write PNG charts into this directory.")] = None,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            help="Sweep offered load from 0.5x to 4x the capacity rate in every overload mode."
+        ),
+    ] = False,
+    sweep_factors: Annotated[
+        str, typer.Option(help="Multiples of the capacity rate, for --sweep.")
+    ] = "0.5,1,1.5,2,3,4",
+    sweep_modes: Annotated[
+        str, typer.Option(help="Overload modes, for --sweep.")
+    ] = "queue,reject,degrade",
+    admin_token: Annotated[
+        str | None,
+        typer.Option(envvar="RETAIL_ADMIN_TOKEN", help="Admin token, for --sweep to switch modes."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+) -> None:
+    """Send orders open-loop at a fixed schedule and report what happened.
+
+    Every order is sent at its due time however slowly answers come back, and every
+    latency is measured from that due time. Accepted orders are followed to their end.
+    """
+    from rich.console import Console
+
+    from retail.loadgen.runner import LoadConfig
+    from retail.loadgen.schedule import Schedule, parse_schedule
+
+    console = Console()
+    seconds = duration if duration is not None else (5.0 if sweep else DEFAULT_DURATION_S)
+    try:
+        if schedule is not None:
+            plan = parse_schedule(schedule, seconds)
+        else:
+            plan = Schedule.constant(rate, seconds)
+        config = LoadConfig(
+            schedule=plan,
+            arrivals=arrivals,
+            seed=seed,
+            max_orders=max_orders,
+            skus=tuple(sku or ("MUG-1",)),
+            quantity=quantity,
+            idempotency_keys=idempotency_keys,
+            retries=retries,
+            follow=follow or sweep,
+            follow_timeout_s=follow_timeout,
+        )
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    if sweep:
+        if admin_token is None:
+            raise _fail("--sweep switches modes: pass --admin-token or set RETAIL_ADMIN_TOKEN")
+        _sweep(
+            console,
+            url=url,
+            config=config,
+            admin_token=admin_token,
+            factors=_numbers(sweep_factors, "--sweep-factors"),
+            modes=tuple(m.strip() for m in sweep_modes.split(",") if m.strip()),
+            step_s=seconds,
+            connections=connections,
+            timeout_s=timeout,
+            json_file=json_file,
+            plot=plot,
+            show_progress=progress,
+        )
+        return
+    _load(
+        console,
+        url=url,
+        config=config,
+        connections=connections,
+        timeout_s=timeout,
+        json_file=json_file,
+        plot=plot,
+        show_progress=progress,
+    )
+
+
+def _load(
+    console: Console,
+    *,
+    url: str,
+    config: LoadConfig,
+    connections: int,
+    timeout_s: float,
+    json_file: Path | None,
+    plot: Path | None,
+    show_progress: bool,
+) -> None:
+    from retail.loadgen.report import render_summary, summarize, write_json
+    from retail.loadgen.runner import LiveCounts, LoadRun, run_load
+
+    async def main() -> LoadRun:
+        async with _client(url, connections, timeout_s) as client:
+            await _reachable(client)
+            live = LiveCounts()
+            work = asyncio.create_task(run_load(config, client=client, live=live))
+            if show_progress:
+                await _with_progress(console, live, "sending", work)
+            return await work
+
+    run = asyncio.run(main())
+    summary = summarize(run)
+    console.print(render_summary(run, summary))
+    if json_file is not None:
+        write_json(run, json_file)
+        console.print(f"report: {json_file}")
+    if plot is not None:
+        from retail.loadgen.plots import plot_run
+
+        for path in plot_run(run, plot):
+            console.print(f"chart: {path}")
+
+
+def _sweep(
+    console: Console,
+    *,
+    url: str,
+    config: LoadConfig,
+    admin_token: str,
+    factors: tuple[float, ...],
+    modes: tuple[str, ...],
+    step_s: float,
+    connections: int,
+    timeout_s: float,
+    json_file: Path | None,
+    plot: Path | None,
+    show_progress: bool,
+) -> None:
+    from retail.loadgen.sweep import SweepConfig, SweepError, run_sweep, sweep_table
+
+    try:
+        sweep_config = SweepConfig(
+            base=config, admin_token=admin_token, modes=modes, factors=factors, step_s=step_s
+        )
+    except ValueError as error:
+        raise _fail(str(error)) from None
+
+    async def main() -> Sweep:
+        async with _client(url, connections, timeout_s) as client:
+            await _reachable(client)
+            steps: list[LiveCounts] = []
+
+            def on_step(mode: str, factor: float, rate: float, live: LiveCounts) -> None:
+                console.print(f"[bold]{mode}[/bold] at {factor:g}x capacity ({rate:.2f} orders/s)")
+                steps.append(live)
+
+            work = asyncio.create_task(run_sweep(sweep_config, client=client, on_step=on_step))
+            if show_progress:
+                await _watch_sweep(console, steps, work)
+            return await work
+
+    import httpx
+
+    try:
+        result = asyncio.run(main())
+    except SweepError as error:
+        raise _fail(str(error)) from None
+    except httpx.HTTPError as error:
+        raise _fail(
+            f"lost the service during the sweep ({type(error).__name__}: {error})"
+        ) from None
+    console.print(sweep_table(result))
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        console.print(f"report: {json_file}")
+    if plot is not None:
+        from retail.loadgen.plots import plot_sweep
+
+        console.print(f"chart: {plot_sweep(result, plot / 'sweep.png')}")
+
+
+async def _watch_sweep(
+    console: Console, steps: list[LiveCounts], work: asyncio.Task[Sweep]
+) -> None:
+    """A status line for the sweep's current step, until the sweep ends."""
+    from rich.live import Live
+
+    with Live(console=console, transient=True, refresh_per_second=8) as display:
+        while not work.done():
+            if steps:
+                live = steps[-1]
+                display.update(
+                    f"  sent {live.sent}/{live.planned}  accepted {live.accepted}  refused "
+                    f"{live.refused}  errors {live.errors}  followed to their end "
+                    f"{live.finished}/{live.following}"
+                )
+            await asyncio.sleep(0.125)
+
+
+def demo(
+    capacity: Annotated[
+        list[int] | None,
+        typer.Option(min=1, help="Capacities to compare, one round each (default: 1 and 3)."),
+    ] = None,
+    fulfilment_delay: Annotated[
+        str, typer.Option(help="Seconds per order (or a delay model, as RETAIL_FULFILMENT_DELAY).")
+    ] = "2",
+    plot: Annotated[
+        Path | None, typer.Option(help="Write demo.png (timelines side by side) here.")
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Write the timelines (JSON) here.")
+    ] = None,
+) -> None:
+    """Alice, Bob and Charlie order at the same moment: capacity 1 against capacity 3.
+
+    Starts a private service (temporary SQLite database, free 127.0.0.1 port), plays one
+    round per capacity and shows who waited how long: synchronous against asynchronous.
+    """
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from retail.loadgen.demo import DemoError, render_demo, run_demo
+
+    console = Console()
+    capacities = tuple(capacity or (1, 3))
+    console.print(
+        f"Starting a private service: fulfilment takes {fulfilment_delay} s per order; "
+        f"one round per capacity ({', '.join(map(str, capacities))})…"
+    )
+    try:
+        rounds = run_demo(capacities=capacities, fulfilment_delay=fulfilment_delay)
+    except ValidationError as error:
+        raise _fail(f"--fulfilment-delay: {error.errors()[0]['msg']}") from None
+    except DemoError as error:
+        raise _fail(str(error)) from None
+    console.print(render_demo(rounds))
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps({"rounds": [r.to_json() for r in rounds]}, indent=2) + "\n")
+        console.print(f"timelines: {json_file}")
+    if plot is not None:
+        from retail.loadgen.plots import plot_demo
+
+        console.print(f"chart: {plot_demo(rounds, plot / 'demo.png')}")

@@ -1,0 +1,278 @@
+"""PNG charts of load runs, sweeps and the demo (matplotlib, no display needed).
+
+Figures are built with `matplotlib.figure.Figure` and saved by the Agg renderer, so
+nothing touches pyplot's global state or needs a display.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogFormatter
+
+from retail.loadgen.demo import DemoRound
+from retail.loadgen.runner import LoadRun, OrderResult
+from retail.loadgen.sweep import Sweep
+from retail.loadgen.timeline import Span, span_of
+
+MAX_TIMELINE_ROWS = 400
+DPI = 110
+WAIT_COLOUR = "#f2b134"
+WORK_COLOUR = "#2f9e44"
+DEGRADED_COLOUR = "#7950f2"
+FAILED_COLOUR = "#e03131"
+MODE_COLOURS = {"queue": "#1c7ed6", "reject": "#e03131", "degrade": "#7950f2"}
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def _log_y(ax: Axes) -> None:
+    """A log y axis labelled with plain numbers (1, 2, 5, 10, not 10^0)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def order_span(order: OrderResult) -> Span | None:
+    return span_of(
+        order.events,
+        created=order.created_at,
+        started=order.started_at,
+        finished=order.finished_at,
+        outcome=order.order_status if order.finished_at is not None else None,
+    )
+
+
+# --- one load run --------------------------------------------------------------------------
+
+
+def plot_latency(run: LoadRun, path: Path) -> Path:
+    figure = Figure(figsize=(10, 4.8), layout="constrained")
+    ax = figure.add_subplot()
+    groups: dict[str, tuple[list[float], list[float], str, str]] = {
+        "accepted (full)": ([], [], WORK_COLOUR, "o"),
+        "accepted (degraded)": ([], [], DEGRADED_COLOUR, "o"),
+        "refused": ([], [], FAILED_COLOUR, "x"),
+        "error": ([], [], "black", "+"),
+    }
+    for order in run.orders:
+        latency = order.latency_s
+        if latency is None:
+            continue
+        if order.outcome == "accepted":
+            key = "accepted (degraded)" if order.service_level == "degraded" else "accepted (full)"
+        else:
+            key = order.outcome
+        xs, ys, _, _ = groups[key]
+        xs.append(order.due_s)
+        ys.append(latency * 1000)
+    values: list[float] = []
+    for label, (xs, ys, colour, marker) in groups.items():
+        if xs:
+            ax.scatter(xs, ys, s=9, c=colour, marker=marker, label=f"{label}: {len(xs)}")
+            values += ys
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > 100:
+        _log_y(ax)
+    ax.set_xlabel("due time (s from start)")
+    ax.set_ylabel("latency from due (ms)")
+    ax.set_title(f"Answer latency — {run.config.schedule.describe()} ({run.config.arrivals})")
+    ax.grid(alpha=0.3)
+    rate_ax = ax.twinx()
+    schedule = run.config.schedule
+    steps = 200
+    ts = [schedule.duration_s * i / steps for i in range(steps + 1)]
+    rate_ax.plot(
+        ts,
+        [schedule.rate_at(min(t, schedule.duration_s - 1e-9)) for t in ts],
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label="offered rate",
+    )
+    rate_ax.set_ylabel("offered rate (orders/s)", color="grey")
+    rate_ax.set_ylim(bottom=0)
+    handles, labels = ax.get_legend_handles_labels()
+    more_handles, more_labels = rate_ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles + more_handles, labels + more_labels, loc="upper left", fontsize=8)
+    return _save(figure, path)
+
+
+def plot_load(run: LoadRun, path: Path) -> Path:
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    ax = figure.add_subplot()
+    samples = run.samples
+    if samples:
+        ts = [s.t_s for s in samples]
+        ax.step(
+            ts, [s.in_flight for s in samples], where="post", label="in flight", color=WORK_COLOUR
+        )
+        ax.step(ts, [s.queued for s in samples], where="post", label="queued", color=WAIT_COLOUR)
+        ax.step(
+            ts,
+            [s.capacity for s in samples],
+            where="post",
+            label="capacity",
+            color="grey",
+            linestyle=":",
+        )
+        ax.legend(loc="upper left", fontsize=8)
+    else:
+        ax.text(
+            0.5,
+            0.5,
+            "no samples of GET /capacity",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+    ax.axvline(run.config.schedule.duration_s, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("time (s from start); dashed: end of sending")
+    ax.set_ylabel("orders")
+    ax.set_title("Orders in flight and queued (GET /capacity)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def _gantt(ax: Axes, rows: Sequence[tuple[str, Span, str | None]], origin: float) -> None:
+    """One row per order: waiting (created → started), then fulfilment (→ finished)."""
+    for y, (_, span, level) in enumerate(rows):
+        created = span.created - origin
+        if span.started is not None:
+            ax.broken_barh(
+                [(created, span.started - span.created)], (y - 0.4, 0.8), color=WAIT_COLOUR
+            )
+            if span.finished is not None:
+                colour = (
+                    FAILED_COLOUR
+                    if span.outcome in ("failed", "cancelled")
+                    else DEGRADED_COLOUR
+                    if level == "degraded"
+                    else WORK_COLOUR
+                )
+                ax.broken_barh(
+                    [(span.started - origin, span.finished - span.started)],
+                    (y - 0.4, 0.8),
+                    color=colour,
+                )
+        elif span.finished is not None:
+            ax.broken_barh(
+                [(created, span.finished - span.created)], (y - 0.4, 0.8), color=FAILED_COLOUR
+            )
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def plot_timeline(run: LoadRun, path: Path) -> Path:
+    rows = [
+        (str(order.index), span, order.service_level)
+        for order in run.orders
+        if order.outcome == "accepted" and (span := order_span(order)) is not None
+    ]
+    shown = rows[:MAX_TIMELINE_ROWS]
+    height = min(18.0, max(3.0, 1.5 + 0.04 * len(shown)))
+    figure = Figure(figsize=(10, height), layout="constrained")
+    ax = figure.add_subplot()
+    if shown:
+        _gantt(ax, shown, run.started_epoch)
+    else:
+        ax.text(0.5, 0.5, "no followed orders", ha="center", va="center", transform=ax.transAxes)
+    more = f" (first {len(shown)} of {len(rows)})" if len(rows) > len(shown) else ""
+    ax.set_title(
+        f"Order timelines{more}: waiting (orange), fulfilment (green; degraded purple, failed red)"
+    )
+    ax.set_xlabel("time (s from start)")
+    ax.set_ylabel("order (in due order)")
+    return _save(figure, path)
+
+
+def plot_run(run: LoadRun, directory: Path) -> list[Path]:
+    """latency.png, load.png and timeline.png in `directory`."""
+    return [
+        plot_latency(run, directory / "latency.png"),
+        plot_load(run, directory / "load.png"),
+        plot_timeline(run, directory / "timeline.png"),
+    ]
+
+
+# --- a sweep --------------------------------------------------------------------------------
+
+
+def plot_sweep(sweep: Sweep, path: Path) -> Path:
+    figure = Figure(figsize=(12, 4.8), layout="constrained")
+    goodput_ax, p99_ax = figure.subplots(1, 2)
+    modes = list(dict.fromkeys(point.mode for point in sweep.points))
+    top = 0.0
+    for mode in modes:
+        points = [p for p in sweep.points if p.mode == mode]
+        offered = [p.summary.offered_rate for p in points]
+        goodput = [p.summary.goodput_per_s or 0.0 for p in points]
+        top = max(top, *offered, *goodput)
+        colour = MODE_COLOURS.get(mode)
+        goodput_ax.plot(offered, goodput, marker="o", color=colour, label=mode)
+        p99 = [(p.summary.offered_rate, p.summary.fulfilment.p99_s) for p in points]
+        p99_ax.plot(
+            [x for x, y in p99 if y is not None],
+            [y for _, y in p99 if y is not None],
+            marker="o",
+            color=colour,
+            label=mode,
+        )
+    goodput_ax.plot(
+        [0, top], [0, top], color="grey", linestyle=":", linewidth=1, label="goodput = offered"
+    )
+    for ax in (goodput_ax, p99_ax):
+        ax.axvline(sweep.capacity_rate, color="black", linestyle="--", linewidth=0.8)
+        ax.set_xlabel("offered load (orders/s); dashed: capacity rate")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    goodput_ax.set_ylabel("goodput (orders fulfilled/s)")
+    goodput_ax.set_title("Goodput against offered load")
+    p99_ax.set_ylabel("p99 order → fulfilled (s)")
+    _log_y(p99_ax)
+    p99_ax.set_title("p99 time to fulfilment against offered load")
+    figure.suptitle(
+        f"capacity {sweep.capacity}, {sweep.full_service_s:g} s per order "
+        f"({sweep.capacity_rate:.2f} orders/s), {sweep.step_s:g} s per step"
+    )
+    return _save(figure, path)
+
+
+# --- the demo --------------------------------------------------------------------------------
+
+
+def plot_demo(rounds: Sequence[DemoRound], path: Path) -> Path:
+    figure = Figure(figsize=(6 * max(1, len(rounds)), 3.2), layout="constrained")
+    axes = figure.subplots(1, max(1, len(rounds)), sharex=True, squeeze=False)[0]
+    for ax, round_ in zip(axes, rounds, strict=False):
+        rows = [(c.name, c.span, c.service_level) for c in round_.customers if c.span]
+        placed = round_.customers[0].placed_at if round_.customers else 0.0
+        _gantt(ax, rows, placed)
+        ax.set_yticks(range(len(rows)), [name for name, _, _ in rows])
+        for y, customer in enumerate(c for c in round_.customers if c.span):
+            if customer.finished_s is not None:
+                ax.annotate(
+                    f"waited {customer.waited_s or 0.0:.1f} s",
+                    (customer.finished_s, y),
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=8,
+                )
+        ax.set_title(round_.title, fontsize=10)
+        ax.set_xlabel("seconds after the orders were placed")
+    last = max((r.last_finished_s for r in rounds), default=1.0)
+    axes[0].set_xlim(0, last * 1.35 or 1.0)
+    figure.suptitle(
+        "Alice, Bob and Charlie order at the same moment: waiting (orange), being fulfilled (green)"
+    )
+    return _save(figure, path)

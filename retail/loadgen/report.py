@@ -1,0 +1,363 @@
+"""A load run's figures: the summary table and the JSON report.
+
+Definitions used throughout:
+
+- offered rate: orders sent / the schedule's duration;
+- accepted: answered `2xx`, split by `service_level` (full, degraded);
+- refused: any other HTTP answer, counted by status code (503, 409, 422, ...) and by
+  status and problem (`503 capacity-exceeded`, `409 insufficient-stock`, ...);
+- errors: no HTTP answer (connection refused, timeout, ...), counted by exception;
+- latency: from the moment the order was due to its final answer (including time
+  spent waiting for a connection and any retries), for accepted and refused apart;
+- late send: an order whose request got its connection more than `LATE_SEND_S` after it
+  was due; `late_for_connection` counts those held back by the connection limit (the
+  rest were late because the client's event loop was busy);
+- order → fulfilled: from due to the order's `finished_at` (see
+  `OrderResult.fulfilment_s`), for followed orders that were fulfilled;
+- queue wait: from `created_at` to `started_at` (server clock);
+- goodput: orders fulfilled per second, over the longer of the schedule's duration and
+  the span between the first and the last fulfilment (server clock). Below capacity
+  it equals the offered rate; above it, the rate the service really completes work.
+  An idle service starts with `capacity` free slots, so over a short run goodput can
+  read up to `capacity / duration` above the steady rate; longer runs converge.
+
+JSON report (`retail load --json FILE`), schema `retail.loadgen.report/1`. Times are
+seconds; `*_at` fields are Unix epoch seconds of the server's timestamps; `t_s`,
+`due_s`, `sent_s`, `answered_s` are seconds from the run's start on the client's clock.
+
+    {
+      "schema": "retail.loadgen.report/1",
+      "url": str, "run_id": str, "customer": str,
+      "started_at": float,                  # client wall clock at the run's start
+      "elapsed_s": float,                   # the whole run, following included
+      "config": {"schedule": "10@5,20@5", "duration_s", "arrivals", "seed",
+                 "max_orders", "skus", "quantity", "idempotency_keys", "retries",
+                 "follow", "follow_timeout_s", "sample_interval_s"},
+      "summary": {
+        "orders": int, "duration_s": float, "offered_rate": float,
+        "accepted": {"total": int, "full": int, "degraded": int},
+        "refused": {"total": int, "by_status": {"503": int, ...},
+                    "by_problem": {"503 capacity-exceeded": int, ...}},
+        "errors": {"total": int, "by_kind": {"ConnectError": int, ...}},
+        "retries": int,                     # attempts beyond the first, all orders
+        "late_sends": int, "late_for_connection": int, "max_send_lag_s": float | null,
+        "followed": bool,
+        "fulfilled": int, "failed": int, "cancelled": int,
+        "unfinished": int,                  # followed, not terminal by the deadline
+        "goodput_per_s": float | null,      # null without --follow
+        "latency_accepted": PERCENTILES, "latency_refused": PERCENTILES,
+        "fulfilment": PERCENTILES, "queue_wait": PERCENTILES
+      },
+      "histograms": {"latency_accepted": HISTOGRAM, "latency_refused": HISTOGRAM,
+                     "fulfilment": HISTOGRAM, "queue_wait": HISTOGRAM},
+      "orders": [{"index", "due_s", "sku", "started_s", "sent_s", "answered_s",
+                  "latency_s", "send_lag_s", "attempts", "outcome", "status", "error",
+                  "problem_type", "retry_after_s", "order_id", "service_level",
+                  "order_status", "created_at", "started_at", "finished_at", "wait_s",
+                  "fulfilment_s", "polls", "follow_errors",
+                  "events": [{"kind": str, "at": float}]}],
+      "capacity_samples": [{"t_s", "mode", "capacity", "in_flight", "queued"}]
+    }
+
+    PERCENTILES = {"count", "min_s", "mean_s", "p50_s", "p90_s", "p99_s", "p99_9_s", "max_s"}
+                  (all but count null when empty)
+    HISTOGRAM   = {"unit": "us", "bits", "count", "min_us", "max_us", "sum_us",
+                   "buckets": [[lowest_us, width_us, count], ...]}
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+
+from retail.loadgen.histogram import LatencyHistogram, Percentiles
+from retail.loadgen.runner import LATE_SEND_S, LoadRun, OrderResult
+
+SCHEMA = "retail.loadgen.report/1"
+
+
+@dataclass(frozen=True)
+class Summary:
+    orders: int
+    duration_s: float
+    offered_rate: float
+    accepted_full: int
+    accepted_degraded: int
+    refused_by_status: dict[int, int]
+    refused_by_problem: dict[str, int]
+    errors_by_kind: dict[str, int]
+    retries: int
+    late_sends: int
+    late_for_connection: int
+    max_send_lag_s: float | None
+    followed: bool
+    fulfilled: int
+    failed: int
+    cancelled: int
+    unfinished: int
+    goodput_per_s: float | None
+    latency_accepted: Percentiles
+    latency_refused: Percentiles
+    fulfilment: Percentiles
+    queue_wait: Percentiles
+
+    @property
+    def accepted(self) -> int:
+        return self.accepted_full + self.accepted_degraded
+
+    @property
+    def refused(self) -> int:
+        return sum(self.refused_by_status.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(self.errors_by_kind.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "orders": self.orders,
+            "duration_s": self.duration_s,
+            "offered_rate": self.offered_rate,
+            "accepted": {
+                "total": self.accepted,
+                "full": self.accepted_full,
+                "degraded": self.accepted_degraded,
+            },
+            "refused": {
+                "total": self.refused,
+                "by_status": {str(k): v for k, v in sorted(self.refused_by_status.items())},
+                "by_problem": dict(sorted(self.refused_by_problem.items())),
+            },
+            "errors": {"total": self.errors, "by_kind": dict(sorted(self.errors_by_kind.items()))},
+            "retries": self.retries,
+            "late_sends": self.late_sends,
+            "late_for_connection": self.late_for_connection,
+            "max_send_lag_s": self.max_send_lag_s,
+            "followed": self.followed,
+            "fulfilled": self.fulfilled,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "unfinished": self.unfinished,
+            "goodput_per_s": self.goodput_per_s,
+            "latency_accepted": self.latency_accepted.to_json(),
+            "latency_refused": self.latency_refused.to_json(),
+            "fulfilment": self.fulfilment.to_json(),
+            "queue_wait": self.queue_wait.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class Histograms:
+    latency_accepted: LatencyHistogram
+    latency_refused: LatencyHistogram
+    fulfilment: LatencyHistogram
+    queue_wait: LatencyHistogram
+
+
+def histograms(run: LoadRun) -> Histograms:
+    result = Histograms(
+        LatencyHistogram(), LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+    )
+    for order in run.orders:
+        latency = order.latency_s
+        if latency is not None and order.outcome == "accepted":
+            result.latency_accepted.record(latency)
+        elif latency is not None and order.outcome == "refused":
+            result.latency_refused.record(latency)
+        if order.fulfilment_s is not None:
+            result.fulfilment.record(order.fulfilment_s)
+        if order.wait_s is not None:
+            result.queue_wait.record(order.wait_s)
+    return result
+
+
+def goodput(finished_at: list[float], duration_s: float) -> float:
+    """Fulfilled orders per second (see the module docstring)."""
+    if not finished_at:
+        return 0.0
+    span = max(finished_at) - min(finished_at)
+    window = max(duration_s, span)
+    return len(finished_at) / window if window > 0 else float(len(finished_at))
+
+
+def _problem(order: OrderResult) -> str:
+    """`503 capacity-exceeded`: the status and the last part of the problem's `type`."""
+    slug = (order.problem_type or "").rstrip("/").rsplit("/", 1)[-1]
+    return f"{order.status} {slug}" if slug and slug != "about:blank" else str(order.status)
+
+
+def summarize(run: LoadRun, hists: Histograms | None = None) -> Summary:
+    hists = hists or histograms(run)
+    sent = [o for o in run.orders if o.started_s is not None]
+    outcomes = Counter(o.outcome for o in sent)
+    levels = Counter(o.service_level for o in sent if o.outcome == "accepted")
+    lags = [lag for o in sent if (lag := o.send_lag_s) is not None]
+    followed = [o for o in sent if o.outcome == "accepted"] if run.config.follow else []
+    statuses = Counter(o.order_status for o in followed)
+    finished = [
+        o.finished_at
+        for o in followed
+        if o.order_status == "fulfilled" and o.finished_at is not None
+    ]
+    duration = run.config.schedule.duration_s
+    terminal = statuses["fulfilled"] + statuses["failed"] + statuses["cancelled"]
+    return Summary(
+        orders=len(sent),
+        duration_s=duration,
+        offered_rate=len(sent) / duration if duration > 0 else 0.0,
+        accepted_full=outcomes["accepted"] - levels["degraded"],
+        accepted_degraded=levels["degraded"],
+        refused_by_status=dict(
+            Counter(o.status for o in sent if o.outcome == "refused" and o.status is not None)
+        ),
+        refused_by_problem=dict(Counter(_problem(o) for o in sent if o.outcome == "refused")),
+        errors_by_kind=dict(
+            Counter(o.error for o in sent if o.outcome == "error" and o.error is not None)
+        ),
+        retries=sum(max(0, o.attempts - 1) for o in sent),
+        late_sends=sum(1 for lag in lags if lag > LATE_SEND_S),
+        late_for_connection=sum(
+            1
+            for o in sent
+            if o.sent_s is not None
+            and o.started_s is not None
+            and o.sent_s - o.started_s > LATE_SEND_S
+        ),
+        max_send_lag_s=max(lags, default=None),
+        followed=run.config.follow,
+        fulfilled=statuses["fulfilled"],
+        failed=statuses["failed"],
+        cancelled=statuses["cancelled"],
+        unfinished=len(followed) - terminal,
+        goodput_per_s=goodput(finished, duration) if run.config.follow else None,
+        latency_accepted=hists.latency_accepted.summary(),
+        latency_refused=hists.latency_refused.summary(),
+        fulfilment=hists.fulfilment.summary(),
+        queue_wait=hists.queue_wait.summary(),
+    )
+
+
+def to_json(run: LoadRun) -> dict[str, Any]:
+    """The full report (schema in the module docstring)."""
+    hists = histograms(run)
+    return {
+        "schema": SCHEMA,
+        "url": run.url,
+        "run_id": run.run_id,
+        "customer": run.customer,
+        "started_at": run.started_epoch,
+        "elapsed_s": run.elapsed_s,
+        "config": run.config.to_json(),
+        "summary": summarize(run, hists).to_json(),
+        "histograms": {
+            "latency_accepted": hists.latency_accepted.to_json(),
+            "latency_refused": hists.latency_refused.to_json(),
+            "fulfilment": hists.fulfilment.to_json(),
+            "queue_wait": hists.queue_wait.to_json(),
+        },
+        "orders": [order.to_json() for order in run.orders],
+        "capacity_samples": [sample.to_json() for sample in run.samples],
+    }
+
+
+def write_json(run: LoadRun, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_json(run), indent=2) + "\n")
+
+
+# --- the table ----------------------------------------------------------------------
+
+
+def ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    value = seconds * 1000
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}/s"
+
+
+def _by(counts: dict[Any, int]) -> str:
+    return ", ".join(f"{key}: {n}" for key, n in sorted(counts.items(), key=lambda kv: str(kv[0])))
+
+
+def overview_table(summary: Summary, *, title: str | None = None) -> Table:
+    table = Table(title=title, show_header=False, box=None, padding=(0, 2), title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row(
+        "offered",
+        f"{summary.orders} orders in {summary.duration_s:g} s = {_rate(summary.offered_rate)}",
+    )
+    table.add_row(
+        "accepted",
+        f"{summary.accepted} (full {summary.accepted_full}, degraded {summary.accepted_degraded})",
+    )
+    refused = f"{summary.refused}" + (
+        f" ({_by(summary.refused_by_problem)})" if summary.refused_by_problem else ""
+    )
+    table.add_row("refused", refused)
+    errors = f"{summary.errors}" + (
+        f" ({_by(summary.errors_by_kind)})" if summary.errors_by_kind else ""
+    )
+    table.add_row("errors", errors)
+    if summary.retries:
+        table.add_row("retries", str(summary.retries))
+    lag = ms(summary.max_send_lag_s)
+    late = f"{summary.late_sends} later than {LATE_SEND_S * 1000:g} ms (max lag {lag} ms)"
+    if summary.late_for_connection:
+        late += (
+            f"  [yellow]{summary.late_for_connection} waited for a connection: "
+            "raise --connections[/yellow]"
+        )
+    elif summary.late_sends:
+        late += "  [yellow]the client was busy: lower the rate[/yellow]"
+    table.add_row("late sends", late)
+    if summary.followed:
+        table.add_row(
+            "fulfilled",
+            f"{summary.fulfilled} (failed {summary.failed}, cancelled {summary.cancelled}, "
+            f"unfinished {summary.unfinished})",
+        )
+        table.add_row("goodput", f"{_rate(summary.goodput_per_s)} fulfilled")
+    return table
+
+
+def latency_table(summary: Summary) -> Table:
+    table = Table(title="latency (ms, from the moment each order was due)", title_justify="left")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for name in ("p50", "p90", "p99", "p99.9", "max"):
+        table.add_column(name, justify="right")
+    rows = [
+        ("accepted", summary.latency_accepted),
+        ("refused", summary.latency_refused),
+    ]
+    if summary.followed:
+        rows += [("order → fulfilled", summary.fulfilment), ("queue wait", summary.queue_wait)]
+    for name, p in rows:
+        table.add_row(
+            name,
+            str(p.count),
+            ms(p.p50_s),
+            ms(p.p90_s),
+            ms(p.p99_s),
+            ms(p.p999_s),
+            ms(p.max_s),
+        )
+    return table
+
+
+def render_summary(run: LoadRun, summary: Summary | None = None) -> RenderableType:
+    summary = summary or summarize(run)
+    config = run.config
+    title = f"[bold]retail load[/bold] {run.url} {config.schedule.describe()} ({config.arrivals})"
+    return Group(overview_table(summary, title=title), "", latency_table(summary))

@@ -1,0 +1,125 @@
+"""Real server processes for tests: start one on a free port, follow orders, stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+TERMINAL = {"fulfilled", "failed", "cancelled"}
+# Server processes share their compiled bytecode here, outside the source tree, so each
+# one starts without compiling every module again.
+PYCACHE = Path(tempfile.gettempdir()) / "retail-tests-pycache"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def python_environment() -> dict[str, str]:
+    """This process's environment without RETAIL_*, for a Python subprocess."""
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RETAIL_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
+    return {**inherited, "PYTHONPYCACHEPREFIX": str(PYCACHE)}
+
+
+def environment(database_url: str, **settings: Any) -> dict[str, str]:
+    """A Python subprocess's environment with the given settings (and no others)."""
+    return {
+        **python_environment(),
+        "RETAIL_DATABASE_URL": database_url,
+        **{f"RETAIL_{k.upper()}": str(v) for k, v in settings.items()},
+    }
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def terminate(self) -> tuple[int, float]:
+        """SIGTERM; (exit code, seconds it took to exit)."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"still running {STOP_TIMEOUT_S} s after SIGTERM:\n{self.output()}"
+            ) from None
+        return code, time.monotonic() - started
+
+
+@contextmanager
+def serving(
+    command: Sequence[str], *, port: int, env: dict[str, str], cwd: Path, log: Path
+) -> Iterator[Server]:
+    """Run `command` until /healthz answers 200; kill it at the end if it still runs."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            list(command), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None:
+                raise AssertionError(f"exited with {process.returncode}:\n{server.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no /healthz after {START_TIMEOUT_S} s:\n{server.output()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(STOP_TIMEOUT_S)
+
+
+def uvicorn_command(port: int) -> list[str]:
+    return [PYTHON, "-m", "uvicorn", "retail.main:app", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def follow(url: str, location: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    """Poll an order's Location until it is terminal; its final representation."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = httpx.get(url + location, timeout=5)
+        assert response.status_code == 200, response.text
+        order: dict[str, Any] = response.json()
+        if order["status"] in TERMINAL:
+            assert "retry-after" not in response.headers
+            return order
+        assert int(response.headers["retry-after"]) >= 1
+        if time.monotonic() > deadline:
+            raise AssertionError(f"order not finished after {timeout_s} s: {order}")
+        time.sleep(0.05)
