@@ -1,0 +1,116 @@
+"""The capacity policy on its own: each mode's decision at and around its bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from retail.capacity import (
+    Admit,
+    Degrade,
+    Limits,
+    Load,
+    Queue,
+    Reject,
+    decide,
+    estimated_start_s,
+    slot_free_times,
+)
+from retail.config import OverloadMode, ServiceLevel
+
+FULL_S = 2.0
+DEGRADED_S = 0.8
+
+
+def load(in_flight: int, queued: int = 0, remaining_s: tuple[float, ...] | None = None) -> Load:
+    """`in_flight` orders, each `FULL_S` from done unless `remaining_s` says otherwise."""
+    return Load(
+        in_flight=in_flight,
+        queued=queued,
+        remaining_s=remaining_s if remaining_s is not None else (FULL_S,) * in_flight,
+        full_service_s=FULL_S,
+        degraded_service_s=DEGRADED_S,
+    )
+
+
+def limits(mode: OverloadMode, capacity: int = 2, queue_limit: int = 3, **more: float) -> Limits:
+    return Limits(mode=mode, capacity=capacity, queue_limit=queue_limit, **more)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", list(OverloadMode))
+def test_a_free_slot_admits_in_full_in_every_mode(mode: OverloadMode) -> None:
+    assert decide(limits(mode), load(0)) == Admit(queue_position=1)
+    assert decide(limits(mode), load(1)) == Admit(queue_position=1)
+    # One order already waits for the last free slot: the new one is second in line.
+    assert decide(limits(mode), load(0, queued=1, remaining_s=())) == Admit(queue_position=2)
+
+
+def test_reject_refuses_once_every_slot_is_busy() -> None:
+    decision = decide(limits(OverloadMode.REJECT), load(2, remaining_s=(0.4, 1.3)))
+    assert isinstance(decision, Reject)
+    # The first slot frees in 0.4 s: Retry-After is whole seconds, at least 1.
+    assert decision.retry_after_s == 1
+    assert "2 fulfilment slots" in decision.reason
+
+
+def test_reject_retry_after_counts_the_orders_still_waiting() -> None:
+    # Both slots busy for 1.5 s and 2.5 s; one order waits and takes the first slot,
+    # so room for a new order comes when the second one frees: 2.5 s -> 3 s.
+    decision = decide(limits(OverloadMode.REJECT), load(2, queued=1, remaining_s=(1.5, 2.5)))
+    assert decision == Reject(retry_after_s=3, reason="all 2 fulfilment slots are busy")
+
+
+def test_queue_accepts_up_to_the_queue_limit_with_position_and_estimate() -> None:
+    rules = limits(OverloadMode.QUEUE, capacity=2, queue_limit=3)
+    busy = (1.0, 1.5)
+    assert decide(rules, load(2, 0, busy)) == Queue(queue_position=1, estimated_start_s=1.0)
+    assert decide(rules, load(2, 1, busy)) == Queue(queue_position=2, estimated_start_s=1.5)
+    # The third waits for the first slot's second round: 1.0 + 2.0.
+    assert decide(rules, load(2, 2, busy)) == Queue(queue_position=3, estimated_start_s=3.0)
+    refused = decide(rules, load(2, 3, busy))
+    assert isinstance(refused, Reject)
+    assert refused.reason == "the queue is full (3 of 3 waiting)"
+    # Room comes back when the first of those waiting starts (1.0 s): Retry-After 1.
+    assert refused.retry_after_s == 1
+
+
+def test_queue_wait_bound_sheds_before_the_length_bound() -> None:
+    rules = limits(OverloadMode.QUEUE, capacity=1, queue_limit=100, max_queue_wait_s=5.0)
+    # One in flight (2 s left); waiting orders start at 2, 4, 6 s.
+    assert decide(rules, load(1, 1)) == Queue(queue_position=2, estimated_start_s=4.0)
+    refused = decide(rules, load(1, 2))
+    assert isinstance(refused, Reject)
+    assert refused.retry_after_s == 1  # 6 s estimated, 5 s allowed
+    assert "exceeds the limit 5 s" in refused.reason
+
+
+def test_degrade_serves_overflow_on_the_reduced_path_up_to_its_ceiling() -> None:
+    rules = limits(OverloadMode.DEGRADE, capacity=2, queue_limit=2)
+    decision = decide(rules, load(2, 0, (1.0, 1.5)))
+    assert decision == Degrade(queue_position=1, estimated_start_s=1.0)
+    assert decision.service_level is ServiceLevel.DEGRADED
+    # The estimate plans with the degraded service time: the first slot comes round
+    # again after 0.8 s, before the second one frees.
+    assert decide(rules, load(2, 1, (1.0, 1.5))) == Degrade(queue_position=2, estimated_start_s=1.5)
+    assert isinstance(decide(rules, load(2, 2, (1.0, 1.5))), Reject)
+
+
+def test_capacity_lowered_below_the_orders_in_flight_waits_for_enough_to_finish() -> None:
+    # Four in flight after capacity went from 4 to 2: a slot is back only when three finish.
+    busy = (0.5, 1.0, 1.5, 2.0)
+    assert slot_free_times(load(4, remaining_s=busy), 2) == [1.5, 2.0]
+    assert decide(limits(OverloadMode.QUEUE), load(4, 0, busy)) == Queue(
+        queue_position=1, estimated_start_s=1.5
+    )
+
+
+def test_estimates_never_go_backwards_as_the_queue_grows() -> None:
+    snapshot = load(3, remaining_s=(0.1, 3.7, 9.0))
+    starts = [estimated_start_s(snapshot, 3, i, FULL_S) for i in range(20)]
+    assert starts == sorted(starts)
+    # In steady state the three slots come round every 2 s: three more starts per 2 s.
+    assert starts[19] - starts[16] == pytest.approx(FULL_S)
+
+
+def test_zero_service_time_starts_everyone_at_the_first_free_slot() -> None:
+    snapshot = Load(2, 0, (0.3, 0.7), full_service_s=0.0, degraded_service_s=0.0)
+    assert estimated_start_s(snapshot, 2, 5, 0.0) == 0.3
