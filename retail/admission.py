@@ -16,6 +16,7 @@ from retail import capacity
 from retail.config import ServiceLevel
 from retail.errors import CapacityExceeded
 from retail.fulfilment.pipeline import Pipeline
+from retail.metrics import Metrics
 
 
 @dataclass
@@ -61,8 +62,11 @@ class Admission:
         limits: capacity.Limits,
         pipeline: Pipeline,
         remaining_s: Callable[[], tuple[float, ...]] = tuple,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
         self.limits = limits
+        self.metrics = metrics or Metrics()
         self.pipeline = pipeline
         self.queued = 0
         self.unsettled = 0  # admitted, not yet stored or refused
@@ -85,6 +89,7 @@ class Admission:
         """Decide for one new order; raise `CapacityExceeded` to shed it."""
         load = self.load()
         decision = capacity.decide(self.limits, load)
+        self.metrics.decided(self.limits.mode, decision)
         if isinstance(decision, capacity.Reject):
             self.counters.rejected += 1
             raise CapacityExceeded(

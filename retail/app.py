@@ -20,6 +20,9 @@ from retail.db.migrations import upgrade_to_head
 from retail.fulfilment.pipeline import Pipeline
 from retail.fulfilment.pool import WorkerPool
 from retail.ingest import Ingest
+from retail.logs import log_transition
+from retail.metrics import Metrics
+from retail.streams import StreamSlots
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +32,15 @@ A simulated retail order-processing backend.
 Place an order with `POST /orders`: it is stored, answered with `202 Accepted`
 and a `Location`, and then fulfilled in the background through simulated steps
 (reserve, fraud_check, payment, pick, pack, ship). Follow it with
-`GET /orders/{id}` and `GET /orders/{id}/events`.
+`GET /orders/{id}` and `GET /orders/{id}/events` (JSON, or a live stream of
+Server-Sent Events with `Accept: text/event-stream`).
 
 When more orders arrive than can be fulfilled at once (`GET /capacity`), the
 overload mode decides: **queue** them, **reject** them with `503`, or
 **degrade** them to a cheaper path. Errors are RFC 9457 problem documents.
+
+Watch it live: the dashboard at [`/`](/) shows load, throughput, refusals and the
+latest orders as they change; the WebSocket `/ws` streams the same data as JSON.
 """
 
 
@@ -50,6 +57,8 @@ class Services:
     ingest: Ingest
     pool: WorkerPool
     inflight_keys: dict[str, str] = field(default_factory=dict)
+    streams: StreamSlots = field(default_factory=StreamSlots)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def limits_from(settings: Settings) -> capacity.Limits:
@@ -62,7 +71,10 @@ def limits_from(settings: Settings) -> capacity.Limits:
 
 
 @asynccontextmanager
-async def running_services(settings: Settings, clock: Clock) -> AsyncIterator[Services]:
+async def running_services(
+    settings: Settings, clock: Clock, *, metrics: Metrics | None = None
+) -> AsyncIterator[Services]:
+    metrics = metrics or Metrics()
     db = Database(settings.database_url, pool_size=settings.db_pool_size)
     try:
         if settings.migrate_on_start:
@@ -73,10 +85,13 @@ async def running_services(settings: Settings, clock: Clock) -> AsyncIterator[Se
                 if added:
                     log.info("seeded the demo catalogue (%d products)", added)
             counts = await queue.count_by_status(session=session)
+        db.pin_file()
         pipeline = Pipeline.from_settings(settings)
-        admission = Admission(limits_from(settings), pipeline)
+        admission = Admission(limits_from(settings), pipeline, metrics=metrics)
         admission.queued = counts.get(OrderStatus.QUEUED, 0)
         bus = EventBus()
+        bus.listen(log_transition)
+        bus.listen(metrics.notice)
         pool = WorkerPool(
             db=db,
             clock=clock,
@@ -87,6 +102,7 @@ async def running_services(settings: Settings, clock: Clock) -> AsyncIterator[Se
             poll_interval_s=settings.poll_interval_s,
             shutdown_timeout_s=settings.shutdown_timeout_s,
             claiming=settings.workers_enabled,
+            metrics=metrics,
         )
         ingest = Ingest(
             db=db,
@@ -98,28 +114,43 @@ async def running_services(settings: Settings, clock: Clock) -> AsyncIterator[Se
         await ingest.start()
         await pool.start()
         try:
-            yield Services(settings, clock, db, pipeline, admission, bus, ingest, pool)
+            yield Services(
+                settings,
+                clock,
+                db,
+                pipeline,
+                admission,
+                bus,
+                ingest,
+                pool,
+                streams=StreamSlots(settings.max_streams),
+                metrics=metrics,
+            )
         finally:
             await ingest.stop()
             await pool.stop()
     finally:
         await db.dispose()
+        metrics.process_exit()
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
     clock = clock or SystemClock()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running_services(settings, clock) as services:
+        async with running_services(settings, clock, metrics=metrics) as services:
             app.state.services = services
             yield
 
-    from retail.api import admin, health, orders, problems
+    from retail.api import admin, dashboard, health, live, orders, problems
+    from retail.api import metrics as metric_routes
     from retail.api import products as product_routes
     from retail.api.limits import BodySizeLimit
     from retail.api.startup import StartOnFirstRequest
+    from retail.api.telemetry import RequestTelemetry
 
     app = FastAPI(
         title="retail",
@@ -138,9 +169,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     problems.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(StartOnFirstRequest)  # servers without the ASGI lifespan (daphne)
+    app.add_middleware(RequestTelemetry, metrics=metrics)  # outermost: sees every answer
     app.include_router(orders.intake)
     app.include_router(orders.router)
     app.include_router(product_routes.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(metric_routes.router)
+    app.include_router(live.router)
+    dashboard.install(app)
     return app

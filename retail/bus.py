@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,12 +56,19 @@ class EventBus:
     def __init__(self) -> None:
         self._by_order: dict[uuid.UUID, set[Subscription]] = {}
         self._everything: set[Subscription] = set()
+        self._listeners: list[Callable[[OrderNotice], None]] = []
 
     @property
     def subscribers(self) -> int:
         return len(self._everything) + sum(len(s) for s in self._by_order.values())
 
+    def listen(self, listener: Callable[[OrderNotice], None]) -> None:
+        """Call `listener` with every notice as it is published (logs, metrics); keep it quick."""
+        self._listeners.append(listener)
+
     def publish(self, notice: OrderNotice) -> None:
+        for listener in self._listeners:
+            listener(notice)
         for subscription in self._by_order.get(notice.order_id, ()):
             subscription.offer(notice)
         for subscription in self._everything:

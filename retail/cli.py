@@ -57,6 +57,7 @@ def serve(
     import uvicorn
 
     from retail.app import create_app
+    from retail.logs import configure_logging
 
     settings = _settings(
         host=host,
@@ -68,14 +69,14 @@ def serve(
         fulfilment_delay=fulfilment_delay,
         migrate_on_start=migrate,
     )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_format, settings.log_level, access_log=access_log)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
-        access_log=access_log,
+        # uvicorn's own lines go through the same handler; the request lines are the app's.
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_s)),
     )
 
@@ -96,6 +97,7 @@ def worker(
 
     from retail.app import running_services
     from retail.clock import SystemClock
+    from retail.logs import configure_logging
 
     settings = _settings(
         database_url=database_url,
@@ -103,9 +105,7 @@ def worker(
         fulfilment_delay=fulfilment_delay,
         workers_enabled=True,
     )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_format, settings.log_level)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from retail.streams import DEFAULT_MAX_STREAMS
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./retail.db"
 DEFAULT_FULFILMENT_DELAY = "2"
 DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600.0
@@ -53,6 +55,13 @@ class ServiceLevel(enum.StrEnum):
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 def _split_list(value: Any) -> Any:
@@ -107,6 +116,12 @@ class Settings(BaseSettings):
         description="Bearer token for /admin endpoints. Unset: every admin call is refused.",
     )
     log_format: LogFormat = Field(LogFormat.TEXT, description="Log lines as `text` or `json`.")
+    log_level: LogLevel = Field(
+        LogLevel.INFO, description="Least severe level logged; `debug` adds every fulfilment step."
+    )
+    ready_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="`/readyz` answers 503 when the database is slower than this."
+    )
     db_pool_size: int = Field(10, ge=1, le=200, description="Connections per process (PostgreSQL).")
 
     # --- request limits ----------------------------------------------------------
@@ -175,6 +190,19 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="On SIGTERM, how long in-flight orders may run before they are left.",
+    )
+
+    # --- live views: dashboard, /ws, SSE --------------------------------------------
+    max_streams: int = Field(
+        DEFAULT_MAX_STREAMS,
+        ge=0,
+        description="Most live streams (SSE and /ws together) open at once.",
+    )
+    snapshot_interval_s: float = Field(
+        1.0, gt=0, le=3600, description="How often /ws sends a capacity snapshot."
+    )
+    keepalive_s: float = Field(
+        15.0, gt=0, le=3600, description="Keep-alive comment interval on idle SSE streams."
     )
 
     @field_validator("degrade_skip_steps", mode="before")

@@ -11,6 +11,7 @@ a commit (an fsync) is shared by every order in it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class _Pending:
     future: asyncio.Future[PlacedOrder] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    # The submitter's context (its request id): the order's first event is published in it.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class Ingest:
@@ -172,14 +175,15 @@ class Ingest:
         notices = [
             OrderNotice(
                 order_id=outcome.id,
-                event_id=0,
+                event_id=outcome.created_event.id,
                 kind="created",
                 status=OrderStatus.QUEUED,
                 step=None,
                 at=now,
+                detail=outcome.created_event.detail,
             )
             for outcome in outcomes
-            if isinstance(outcome, PlacedOrder)
+            if isinstance(outcome, PlacedOrder) and outcome.created_event is not None
         ]
         return outcomes, notices
 
@@ -197,7 +201,8 @@ class Ingest:
                 pending.future.set_result(outcome)
             else:
                 pending.future.set_exception(outcome)
+        contexts = {pending.order.id: pending.context for pending in batch}
         for notice in notices:
-            self._bus.publish(notice)
+            contexts[notice.order_id].run(self._bus.publish, notice)
         if placed:
             self._on_committed(placed)

@@ -1,10 +1,21 @@
-"""Capacity snapshot, liveness and readiness."""
+"""Capacity snapshot, liveness and readiness.
+
+Ready means this process can take orders: the database answers within
+`ready_timeout_s` (and, on SQLite, the file it writes is still the one at its
+path), the schema is at the code's head revision, and the worker pool runs. An
+API-only process (`workers_enabled=false`) is ready without fulfilling orders
+itself: it stores them for `retail worker` processes, and its pool still tracks
+the load the capacity policy decides on.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+
+from fastapi import APIRouter, Request
 from sqlalchemy import text
 
+from retail.api.bounded import within
 from retail.api.deps import ServicesDep
 from retail.api.problems import problem, responses
 from retail.app import Services
@@ -55,18 +66,32 @@ async def healthz() -> dict[str, str]:
     responses={503: {**responses(503)[503], "description": "Not ready; `detail` says why."}},
     response_model=None,
 )
-async def readyz(services: ServicesDep) -> dict[str, str] | object:
+async def readyz(request: Request, services: ServicesDep) -> dict[str, str] | object:
     reasons = []
+    timeout_s = services.settings.ready_timeout_s
     try:
-        async with services.db.read() as session:
-            await session.execute(text("SELECT 1"))
-        current, head = await schema_status(services.db.reader)
-        if current != head:
-            reasons.append(f"schema at {current}, code expects {head}: run `retail db upgrade`")
+        reasons.extend(
+            await within(request.app, "readiness", lambda: database_problems(services), timeout_s)
+        )
+    except TimeoutError:
+        reasons.append(f"database did not answer within {timeout_s:g} s")
     except Exception as error:
         reasons.append(f"database unreachable: {type(error).__name__}: {error}")
     if not services.pool.running:
-        reasons.append("fulfilment workers are not running")
+        reasons.append("the worker pool is not running (stopping, or it crashed)")
     if reasons:
         return problem(503, "not-ready", "Not ready", "; ".join(reasons))
-    return {"status": "ready"}
+    fulfilment = "this process" if services.pool.claiming else "other processes (API only)"
+    return {"status": "ready", "fulfilment": fulfilment}
+
+
+async def database_problems(services: Services) -> list[str]:
+    file_problem = await asyncio.to_thread(services.db.file_problem)
+    if file_problem is not None:
+        return [file_problem]
+    async with services.db.read() as session:
+        await session.execute(text("SELECT 1"))
+    current, head = await schema_status(services.db.reader)
+    if current != head:
+        return [f"schema at {current}, code expects {head}: run `retail db upgrade`"]
+    return []

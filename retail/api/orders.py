@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from retail.admission import Ticket
+from retail.api import live
 from retail.api.deps import ServicesDep
 from retail.api.problems import responses
 from retail.app import Services
@@ -453,10 +454,52 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Respon
 
 @router.get(
     "/{order_id}/events",
-    summary="An order's history, oldest first",
-    responses=responses(404, 422),
+    summary="An order's history, oldest first; live with `Accept: text/event-stream`",
+    description=(
+        "As JSON: every event so far.\n\n"
+        "With `Accept: text/event-stream`: a stream of Server-Sent Events, the history "
+        "first and then each event as it happens, until the order's terminal event "
+        "(`fulfilled`, `failed` or `cancelled`), when the stream ends. Each message has "
+        "`id:` (the event id), `event:` (its kind) and `data:` (the event as JSON, as in "
+        "the JSON list). Idle streams get a keep-alive comment every `RETAIL_KEEPALIVE_S`. "
+        "`Last-Event-ID` resumes after that event; resuming after the terminal event "
+        "gives `204`, which tells an `EventSource` to stop reconnecting. Streams count "
+        "against `RETAIL_MAX_STREAMS`: over it, `503`."
+    ),
+    response_model=list[OrderEventRead],
+    responses={
+        200: {
+            "description": "The events as JSON, or as an event stream.",
+            "content": {
+                live.EVENT_STREAM: {
+                    "schema": {"type": "string"},
+                    "example": live.SSE_EXAMPLE,
+                }
+            },
+        },
+        204: {"description": "Resumed (`Last-Event-ID`) after the terminal event: no more."},
+        **responses(404, 422),
+        503: {
+            **responses(503)[503],
+            "description": "Every live stream slot is taken; retry after `Retry-After` s.",
+        },
+    },
 )
-async def get_events(order_id: uuid.UUID, services: ServicesDep) -> list[OrderEventRead]:
+async def get_events(
+    order_id: uuid.UUID,
+    services: ServicesDep,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            description="Event stream only: resume after this event id.",
+        ),
+    ] = None,
+) -> list[OrderEventRead] | Response:
+    if live.wants_event_stream(accept):
+        return await live.order_event_stream(services, order_id, last_event_id)
     async with services.db.read() as session:
         events = await order_repo.list_events(session=session, order_id=order_id)
         return [OrderEventRead.model_validate(e, from_attributes=True) for e in events]

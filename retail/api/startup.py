@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import logging
 from contextlib import AsyncExitStack
 
@@ -42,8 +43,11 @@ class StartOnFirstRequest:
         )
         if self._starting is None or failed:
             # Its own task: a client hanging up cannot leave the services half started.
+            # A fresh context: the services' tasks must not inherit this request's id.
             self._starting = asyncio.create_task(
-                self._enter_lifespan(application), name="retail-start"
+                self._enter_lifespan(application),
+                name="retail-start",
+                context=contextvars.Context(),
             )
         await asyncio.shield(self._starting)
 

@@ -9,11 +9,12 @@ writer. On PostgreSQL both are the same pooled engine.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -59,6 +60,9 @@ class Database:
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
             )
             self.reader = self.writer
+        database = make_url(url).database if self.is_sqlite else None
+        self.path = database if database and database != ":memory:" else None
+        self._file_id: tuple[int, int] | None = None
         self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
 
@@ -72,6 +76,30 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._read_sessions() as session, session.begin():
             yield session
+
+    def pin_file(self) -> None:
+        """SQLite: remember which file this process opened, to notice if it is replaced."""
+        if self.path is not None:
+            stat = os.stat(self.path)
+            self._file_id = (stat.st_dev, stat.st_ino)
+
+    def file_problem(self) -> str | None:
+        """SQLite: why the file at the database path is not the one this process writes.
+
+        Open connections keep working on a deleted or replaced file, so queries alone do
+        not notice; what they write would be lost. None when all is well (and on PostgreSQL).
+        """
+        if self.path is None or self._file_id is None:
+            return None
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the database file {self.path} is gone (deleted, or its directory removed)"
+        except OSError as error:
+            return f"the database file {self.path} cannot be reached: {error}"
+        if (stat.st_dev, stat.st_ino) != self._file_id:
+            return f"the database file {self.path} was replaced by another file"
+        return None
 
     async def dispose(self) -> None:
         await self.writer.dispose()

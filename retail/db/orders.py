@@ -8,6 +8,7 @@ and first event with one multi-row statement each.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,15 @@ class PlacedOrder:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     failure_reason: str | None = None
+    created_event: CreatedEvent | None = None  # set once stored
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedEvent:
+    """The `created` event stored with a placed order (for its notice)."""
+
+    id: int
+    detail: dict[str, Any]
 
 
 @dataclass
@@ -156,8 +166,20 @@ async def place_orders(
             for line in p.lines
         ],
     )
-    await session.execute(
-        insert(table(OrderEvent)),
+    details = {
+        p.id: {
+            "service_level": p.service_level.value,
+            "skipped_steps": p.skipped_steps,
+            "queue_position": positions[p.id],
+            "total": p.total,
+        }
+        for p in placed
+    }
+    events = table(OrderEvent)
+    # One multi-row INSERT … RETURNING, matched back by order id (one event per order):
+    # asking for the rows in parameter order would make SQLite insert them one by one.
+    inserted = await session.execute(
+        insert(events).returning(events.c.order_id, events.c.id),
         [
             {
                 "order_id": p.id,
@@ -165,17 +187,20 @@ async def place_orders(
                 "status": OrderStatus.QUEUED.value,
                 "step": None,
                 "at": now,
-                "detail": {
-                    "service_level": p.service_level.value,
-                    "skipped_steps": p.skipped_steps,
-                    "queue_position": positions[p.id],
-                    "total": p.total,
-                },
+                "detail": details[p.id],
             }
             for p in placed
         ],
     )
-    return results
+    created = {
+        order_id: CreatedEvent(event_id, details[order_id]) for order_id, event_id in inserted
+    }
+    return [
+        dataclasses.replace(result, created_event=created[result.id])
+        if isinstance(result, PlacedOrder)
+        else result
+        for result in results
+    ]
 
 
 def _allocate(

@@ -36,6 +36,8 @@ class Claim:
     service_level: ServiceLevel
     resumed: bool  # it had been claimed before (a crash or a shutdown interrupted it)
     event: OrderEvent
+    created_at: datetime
+    started_at: datetime  # of its first claim
 
 
 async def claim_next(
@@ -70,7 +72,13 @@ async def claim_next(
                 updated_at=now,
             )
             .returning(
-                Order.id, Order.lease_token, Order.step_index, Order.line_count, Order.service_level
+                Order.id,
+                Order.lease_token,
+                Order.step_index,
+                Order.line_count,
+                Order.service_level,
+                Order.created_at,
+                Order.started_at,
             )
         )
     ).one_or_none()
@@ -94,6 +102,8 @@ async def claim_next(
         service_level=ServiceLevel(row.service_level),
         resumed=resumed,
         event=event,
+        created_at=row.created_at,
+        started_at=row.started_at,
     )
 
 

@@ -29,6 +29,7 @@ from retail.db import idempotency, queue
 from retail.db.engine import Database
 from retail.db.models import OrderEvent
 from retail.fulfilment.pipeline import PAYMENT_STEP, Pipeline, Plan
+from retail.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class WorkerPool:
         shutdown_timeout_s: float,
         claiming: bool = True,
         on_finished: Callable[[InFlight, OrderStatus], None] = lambda flight, status: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._db = db
@@ -83,6 +85,7 @@ class WorkerPool:
         self._shutdown_timeout_s = shutdown_timeout_s
         self._claiming = claiming
         self._on_finished = on_finished
+        self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
@@ -172,6 +175,9 @@ class WorkerPool:
             return False
         if not claim.resumed:
             self._admission.left_queue()
+        self._metrics.order_started(
+            None if claim.resumed else (now - claim.created_at).total_seconds()
+        )
         self._bus.publish(notice(claim.event))
         plan = self._pipeline.plan(
             order_seq=claim.seq, line_count=claim.line_count, level=claim.service_level
@@ -179,6 +185,7 @@ class WorkerPool:
         remaining = sum(step.delay_s for step in plan.steps[claim.step_index :])
         flight = InFlight(claim.order_id, plan, now, now + timedelta(seconds=remaining))
         self.in_flight[claim.order_id] = flight
+        self._metrics.set_in_flight(len(self.in_flight))
         task = asyncio.create_task(
             self._fulfil(claim, flight), name=f"retail-order-{claim.order_id}"
         )
@@ -200,6 +207,7 @@ class WorkerPool:
             )
         finally:
             self.in_flight.pop(claim.order_id, None)
+            self._metrics.set_in_flight(len(self.in_flight))
             self._on_finished(flight, status)
             self.notify()
 
@@ -213,10 +221,15 @@ class WorkerPool:
                 claim,
                 OrderStatus.FAILED,
                 reason=f"gave up after {MAX_ATTEMPTS} attempts",
+                code="attempts_exhausted",
             )
         steps = plan.steps
         index = claim.step_index
         completed: tuple[str, int, float] | None = None
+        # Steps keep to a timetable that starts with the order: the time spent recording
+        # a step boundary, or waking up late, comes out of the next step, so an order
+        # holds its slot for its planned time and not that plus one write per step.
+        step_start = self._clock.now()
         while True:
             starting = (steps[index].name, steps[index].delay_s) if index < len(steps) else None
             async with self._db.write() as session:
@@ -232,13 +245,20 @@ class WorkerPool:
             if starting is None:
                 break
             self.in_flight[claim.order_id].step = starting[0]
-            began = self._clock.now()
-            await self._clock.sleep(starting[1])
+            due = step_start + timedelta(seconds=starting[1])
+            await self._clock.sleep((due - self._clock.now()).total_seconds())
+            took_s = (self._clock.now() - step_start).total_seconds()
+            step_start = due
+            self._metrics.step_done(starting[0], took_s)
             if starting[0] == PAYMENT_STEP and plan.payment_declined:
                 return await self._finish(
-                    claim, OrderStatus.FAILED, reason="payment declined", step=PAYMENT_STEP
+                    claim,
+                    OrderStatus.FAILED,
+                    reason="payment declined",
+                    code="payment_declined",
+                    step=PAYMENT_STEP,
                 )
-            completed = (starting[0], index + 1, (self._clock.now() - began).total_seconds())
+            completed = (starting[0], index + 1, took_s)
             index += 1
         return await self._finish(claim, OrderStatus.FULFILLED, skipped=list(plan.skipped))
 
@@ -248,9 +268,11 @@ class WorkerPool:
         status: OrderStatus,
         *,
         reason: str | None = None,
+        code: str | None = None,
         step: str | None = None,
         skipped: list[str] | None = None,
     ) -> OrderStatus:
+        """End the order; `code` names a failure's reason in metrics."""
         detail: dict[str, object] = {}
         if step:
             detail["step"] = step
@@ -267,6 +289,9 @@ class WorkerPool:
                 reason=reason,
                 detail=detail,
             )
+        self._metrics.order_done((event.at - claim.started_at).total_seconds())
+        if code is not None:
+            self._metrics.order_failed(code)
         self._bus.publish(notice(event))
         return status
 

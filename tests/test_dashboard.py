@@ -1,0 +1,148 @@
+"""The dashboard in a real browser (headless Chromium) against a real server process:
+it shows the service live while orders flow, and its mode switch changes the mode."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serving import environment, free_port, serving, uvicorn_command
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "dashboard-admin-token"
+WAIT_S = 30
+
+
+def _binary(*candidates: str) -> Path | None:
+    for candidate in candidates:
+        found = shutil.which(candidate)
+        if found:
+            return Path(found)
+    return None
+
+
+CHROMIUM = _binary("/usr/bin/chromium", "chromium")
+CHROMEDRIVER = _binary("/usr/bin/chromedriver", "chromedriver")
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip(
+            "the browser test needs Chromium and its driver: "
+            "apt-get install chromium chromium-driver"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1440,1000",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_dashboard_shows_orders_flowing_and_switches_the_mode(
+    browser: object, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(browser, WebDriver)
+    driver = browser
+
+    def text(element_id: str) -> str:
+        return str(driver.find_element(By.ID, element_id).text)
+
+    def number(element_id: str) -> int:
+        value = text(element_id)
+        return int(value) if value.isdigit() else -1
+
+    def until(check: Callable[[], bool], what: str) -> None:
+        WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(lambda _: check(), what)
+
+    def rows() -> list[tuple[str, str]]:
+        """(status, text) of each row of the order table, read at one moment."""
+        found: list[list[str]] = driver.execute_script(
+            "return [...document.querySelectorAll('#orders tbody tr')]"
+            ".map((row) => [row.dataset.status, row.innerText]);"
+        )
+        return [(status, row) for status, row in found]
+
+    def burst(size: int) -> None:
+        field = driver.find_element(By.ID, "burst-size")
+        field.clear()
+        field.send_keys(str(size))
+        driver.find_element(By.ID, "burst-button").click()
+
+    def choose_mode(mode: str, token: str | None) -> None:
+        field = driver.find_element(By.ID, "admin-token")
+        field.clear()
+        if token is not None:
+            field.send_keys(token)
+        driver.find_element(By.CSS_SELECTOR, f".modes button[data-mode='{mode}']").click()
+
+    port = free_port()
+    env = environment(
+        f"sqlite+aiosqlite:///{tmp_path / 'retail.db'}",
+        capacity=2,
+        fulfilment_delay=0.3,
+        admin_token=TOKEN,
+        snapshot_interval_s=0.2,
+    )
+    log = tmp_path / "server.log"
+    with serving(uvicorn_command(port), port=port, env=env, cwd=tmp_path, log=log) as server:
+        driver.get(server.url + "/")
+        until(
+            lambda: driver.find_element(By.ID, "connection").get_attribute("data-state") == "live",
+            "the page never connected to /ws",
+        )
+        until(lambda: text("mode") == "queue" and text("capacity") == "2", "no snapshot shown")
+        assert driver.find_element(By.CSS_SELECTOR, "header a[href='/docs']").text == "API docs"
+        assert text("orders-empty").startswith("No orders yet")
+
+        # A burst in queue mode: every order is accepted, queues, and is fulfilled; the
+        # page sees it all live.
+        burst(8)
+        until(lambda: text("burst-result") == "8 placed: 8 accepted.", "burst not placed")
+        until(lambda: number("accepted-total") == 8, "accepted count not updated")
+        until(lambda: number("fulfilled-total") == 8, "fulfilments not seen live")
+        until(
+            lambda: [status for status, _ in rows()] == ["fulfilled"] * 8,
+            "order table not updated to fulfilled",
+        )
+        assert all("dashboard" in row for _, row in rows())
+
+        # The mode switch needs the admin token.
+        choose_mode("reject", None)
+        until(lambda: "admin token" in text("mode-message"), "no prompt for the token")
+        choose_mode("reject", "wrong-token")
+        until(lambda: text("mode-message").startswith("401"), "wrong token not refused")
+        assert httpx.get(server.url + "/capacity").json()["mode"] == "queue"
+
+        choose_mode("reject", TOKEN)
+        until(lambda: text("mode") == "reject", "the page does not show the new mode")
+        assert text("mode-message") == "Mode is now reject."
+        assert httpx.get(server.url + "/capacity").json()["mode"] == "reject"
+
+        # Over capacity in reject mode: the burst is partly refused, and the page says so.
+        burst(8)
+        until(lambda: "refused (503)" in text("burst-result"), "no refusals in reject mode")
+        until(lambda: number("rejected-total") > 0, "rejections not counted")
+        capacity = httpx.get(server.url + "/capacity").json()
+        assert capacity["counters"]["rejected"] == number("rejected-total")

@@ -1,0 +1,232 @@
+"""Log lines: one per request and one per order transition, tagged with the request id;
+plain text by default, JSON lines with `RETAIL_LOG_FORMAT=json`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from retail.config import LogFormat, LogLevel
+from retail.logs import configure_logging
+from tests.conftest import Running, StartApp, eventually, order_status, place
+from tests.serving import PYTHON, environment, follow, free_port, serving
+
+HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def records(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == logger]
+
+
+async def fulfilled(running: Running, order_id: str) -> None:
+    async def done() -> bool:
+        return await order_status(running.client, order_id) == "fulfilled"
+
+    await eventually(done)
+
+
+async def test_each_request_gets_one_line_with_its_request_id(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    response = await place(running.client, headers={"X-Request-ID": "checkout-42"})
+    assert response.status_code == 202
+    assert response.headers["x-request-id"] == "checkout-42"
+    order_id = response.json()["id"]
+    lines = [r for r in records(caplog, "retail.http") if r.request_id == "checkout-42"]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.getMessage().startswith("POST /orders 202 ")
+    assert f"order_id={order_id}" in line.getMessage()
+    fields: dict[str, Any] = line.fields
+    assert fields["method"] == "POST" and fields["path"] == "/orders" and fields["status"] == 202
+    assert fields["order_id"] == order_id and fields["duration_ms"] >= 0
+
+
+async def test_order_transitions_are_logged_with_the_order_id(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    response = await place(running.client, headers={"X-Request-ID": "checkout-43"})
+    order_id = response.json()["id"]
+    await fulfilled(running, order_id)
+    mine = [r for r in records(caplog, "retail.orders") if r.fields["order_id"] == order_id]
+    moves = [(r.fields["from_status"], r.fields["to_status"], r.fields["event"]) for r in mine]
+    assert moves == [
+        (None, "queued", "created"),
+        ("queued", "processing", "started"),
+        ("processing", "fulfilled", "fulfilled"),
+    ]
+    # The order was created by that request: its first line says so.
+    assert mine[0].request_id == "checkout-43"
+    assert mine[0].getMessage() == f"order {order_id} new -> queued (created)"
+    assert mine[1].request_id is None  # the worker, not a request, started it
+
+
+async def test_steps_are_logged_at_debug(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="retail.orders")
+    order_id = (await place(running.client)).json()["id"]
+    await fulfilled(running, order_id)
+    steps = [
+        (r.fields["event"], r.fields["step"])
+        for r in records(caplog, "retail.orders")
+        if r.fields["order_id"] == order_id and r.levelno == logging.DEBUG
+    ]
+    assert steps[:2] == [("step_started", "reserve"), ("step_completed", "reserve")]
+    assert steps[-1] == ("step_completed", "ship")
+    assert len(steps) == 12
+
+
+async def test_a_failed_order_says_why(
+    start_app: StartApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    running = await start_app(payment_decline_probability=1.0)
+    order_id = (await place(running.client)).json()["id"]
+
+    async def failed() -> bool:
+        return await order_status(running.client, order_id) == "failed"
+
+    await eventually(failed)
+    last = [r for r in records(caplog, "retail.orders") if r.fields["order_id"] == order_id][-1]
+    assert last.getMessage() == (
+        f"order {order_id} processing -> failed step=payment (failed): payment declined"
+    )
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["", "has spaces", "x" * 129, 'quote"d', "ünïcode", "-leading-dash"],
+    ids=["empty", "spaces", "too-long", "quote", "non-ascii", "leading-dash"],
+)
+async def test_an_unusable_request_id_is_replaced(
+    running: Running, caplog: pytest.LogCaptureFixture, given: str
+) -> None:
+    caplog.set_level(logging.INFO)
+    response = await running.client.get("/healthz", headers=[(b"X-Request-ID", given.encode())])
+    assert response.status_code == 200
+    generated = response.headers["x-request-id"]
+    assert HEX_ID.match(generated)
+    assert [r.request_id for r in records(caplog, "retail.http")] == [generated]
+
+
+async def test_every_answer_carries_a_request_id(running: Running) -> None:
+    answers = [
+        await running.client.get("/healthz"),
+        await running.client.get("/orders/not-a-uuid"),
+        await running.client.get("/no/such/page"),
+        await running.client.post("/orders", content=b"x" * 100_000),
+    ]
+    assert [a.status_code for a in answers] == [200, 422, 404, 413]
+    ids = [a.headers["x-request-id"] for a in answers]
+    assert all(HEX_ID.match(i) for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.fixture
+def configured() -> Iterator[Callable[..., None]]:
+    """`configure_logging` as the entry points call it; undone after the test."""
+    root = logging.getLogger()
+    level = root.level
+    yield configure_logging
+    for handler in list(root.handlers):
+        if getattr(handler, "retail", False):
+            root.removeHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("retail.http").setLevel(logging.NOTSET)
+
+
+async def test_text_lines(
+    running: Running, configured: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    configured(LogFormat.TEXT, LogLevel.INFO)
+    response = await place(running.client, headers={"X-Request-ID": "text-1"})
+    order_id = response.json()["id"]
+    await fulfilled(running, order_id)
+    lines = capsys.readouterr().err.splitlines()
+    request = [line for line in lines if " retail.http: POST /orders 202 " in line]
+    assert len(request) == 1
+    assert request[0].endswith(f"order_id={order_id} request_id=text-1")
+    assert any(
+        line.endswith(f"retail.orders: order {order_id} new -> queued (created) request_id=text-1")
+        for line in lines
+    )
+    assert any(f"order {order_id} processing -> fulfilled (fulfilled)" in line for line in lines)
+
+
+async def test_json_lines(
+    running: Running, configured: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    configured(LogFormat.JSON, LogLevel.INFO)
+    response = await place(running.client, headers={"X-Request-ID": "json-1"})
+    order_id = response.json()["id"]
+    await fulfilled(running, order_id)
+    entries = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    request = [e for e in entries if e["logger"] == "retail.http" and e["method"] == "POST"]
+    assert len(request) == 1
+    assert request[0]["request_id"] == "json-1"
+    assert request[0]["order_id"] == order_id
+    assert request[0]["status"] == 202 and request[0]["path"] == "/orders"
+    assert request[0]["level"] == "info" and request[0]["time"].endswith("+00:00")
+    moves = [
+        (e["from_status"], e["to_status"])
+        for e in entries
+        if e["logger"] == "retail.orders" and e["order_id"] == order_id
+    ]
+    assert moves == [(None, "queued"), ("queued", "processing"), ("processing", "fulfilled")]
+
+
+async def test_no_access_log_keeps_the_other_lines(
+    running: Running, configured: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    configured(LogFormat.TEXT, LogLevel.INFO, access_log=False)
+    order_id = (await place(running.client)).json()["id"]
+    await fulfilled(running, order_id)
+    err = capsys.readouterr().err
+    assert "retail.http" not in err
+    assert f"order {order_id} new -> queued (created)" in err
+
+
+@pytest.mark.slow
+def test_retail_serve_writes_json_lines(tmp_path: Path) -> None:
+    port = free_port()
+    env = environment(
+        f"sqlite+aiosqlite:///{tmp_path / 'retail.db'}", log_format="json", fulfilment_delay=0
+    )
+    log = tmp_path / "server.log"
+    command = [PYTHON, "-m", "retail", "serve", "--port", str(port)]
+    with serving(command, port=port, env=env, cwd=tmp_path, log=log) as server:
+        response = httpx.post(
+            f"{server.url}/orders",
+            json={"customer_id": "alice", "items": [{"sku": "MUG-1", "quantity": 1}]},
+            headers={"X-Request-ID": "process-1"},
+            timeout=10,
+        )
+        assert response.status_code == 202, response.text
+        assert response.headers["x-request-id"] == "process-1"
+        order_id = response.json()["id"]
+        assert follow(server.url, response.headers["location"])["status"] == "fulfilled"
+        code, _ = server.terminate()
+    entries = [json.loads(line) for line in server.output().splitlines()]  # every line
+    assert code in {0, -15}
+    assert any(e["logger"].startswith("uvicorn") for e in entries)  # the server's lines too
+    request = [e for e in entries if e.get("request_id") == "process-1"]
+    assert [(e["logger"], e.get("event")) for e in request] == [
+        ("retail.orders", "created"),
+        ("retail.http", None),
+    ]
+    assert request[1]["order_id"] == order_id
+    assert {e.get("event") for e in entries if e.get("order_id") == order_id} >= {
+        "created",
+        "started",
+        "fulfilled",
+    }
