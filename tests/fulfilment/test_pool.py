@@ -306,3 +306,26 @@ async def test_graceful_stop_leaves_unfinished_orders_for_the_next_start(
     resumed = [[e["kind"] for e in await events_of(second.client, i)] for i in ids[:2]]
     for kinds in resumed:
         assert "lease_released" in kinds and "resumed" in kinds
+
+
+async def test_a_late_step_does_not_delay_the_order(start_app: StartApp) -> None:
+    # Steps of a 2 s order: reserve 0.2, fraud_check 0.4, payment 0.3, pick 0.4, pack 0.3,
+    # ship 0.4. They keep to a timetable from the start: a step that ends late (a slow
+    # write, a busy event loop) shortens the next, so the order still takes 2 s.
+    clock = ManualClock()
+    running = await start_app(clock=clock, capacity=1, fulfilment_delay="2")
+    response = await place(running.client, customer="alice")
+    order_id = response.json()["id"]
+    await quiescent(running)  # reserve sleeps
+    clock.advance(0.5)  # reserve ends 0.3 s late
+    await quiescent(running)  # fraud_check sleeps, due 0.6 s after the start
+    clock.advance(0.1)
+    await quiescent(running)
+    kinds = [(e["kind"], e["step"]) for e in await events_of(running.client, order_id)]
+    assert ("step_completed", "fraud_check") in kinds
+    await drive(running, lambda: all_terminal(running.client, [order_id]), step_s=0.05)
+    events = await events_of(running.client, order_id)
+    by_kind = {e["kind"]: at(e) for e in events}
+    assert (by_kind["fulfilled"] - by_kind["started"]).total_seconds() < 2.05
+    took = {e["step"]: e["detail"]["took_s"] for e in events if e["kind"] == "step_completed"}
+    assert took["reserve"] == 0.5 and took["fraud_check"] == 0.1
