@@ -85,6 +85,31 @@ class Admission:
             degraded_service_s=self.pipeline.mean_s(ServiceLevel.DEGRADED),
         )
 
+    def refusal(self) -> CapacityExceeded | None:
+        """If a new order would be shed now, count it as shed and return why; else None.
+
+        For a caller that answers refusals before anything else (the intake's fast
+        path): nothing is taken, an order that is not refused still goes to `admit()`.
+        """
+        load = self.load()
+        decision = capacity.decide(self.limits, load)
+        if not isinstance(decision, capacity.Reject):
+            return None
+        self.metrics.decided(self.limits.mode, decision)
+        self.counters.rejected += 1
+        return self._exceeded(decision, load)
+
+    def _exceeded(self, decision: capacity.Reject, load: capacity.Load) -> CapacityExceeded:
+        return CapacityExceeded(
+            f"Order refused: {decision.reason}. Retry in {decision.retry_after_s} s.",
+            retry_after_s=decision.retry_after_s,
+            mode=self.limits.mode.value,
+            capacity=self.limits.capacity,
+            in_flight=load.in_flight,
+            queued=load.queued,
+            queue_limit=self.limits.queue_limit,
+        )
+
     def admit(self) -> Ticket:
         """Decide for one new order; raise `CapacityExceeded` to shed it."""
         load = self.load()
@@ -92,15 +117,7 @@ class Admission:
         self.metrics.decided(self.limits.mode, decision)
         if isinstance(decision, capacity.Reject):
             self.counters.rejected += 1
-            raise CapacityExceeded(
-                f"Order refused: {decision.reason}. Retry in {decision.retry_after_s} s.",
-                retry_after_s=decision.retry_after_s,
-                mode=self.limits.mode.value,
-                capacity=self.limits.capacity,
-                in_flight=load.in_flight,
-                queued=load.queued,
-                queue_limit=self.limits.queue_limit,
-            )
+            raise self._exceeded(decision, load)
         self.queued += 1
         self.unsettled += 1
         self.changes += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -143,12 +144,19 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with running_services(settings, clock, metrics=metrics) as services:
             app.state.services = services
-            yield
+            # What is built by now lives as long as the app: keep it out of the garbage
+            # collector's full passes, which otherwise stop the event loop for 50-100 ms.
+            gc.freeze()
+            try:
+                yield
+            finally:
+                gc.unfreeze()
 
     from retail.api import admin, dashboard, health, live, orders, problems
     from retail.api import metrics as metric_routes
     from retail.api import products as product_routes
     from retail.api.limits import BodySizeLimit
+    from retail.api.shedding import ShedOverCapacity
     from retail.api.startup import StartOnFirstRequest
     from retail.api.telemetry import RequestTelemetry
 
@@ -167,6 +175,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     app.state.settings = settings
     problems.install(app)
+    app.add_middleware(ShedOverCapacity)  # before routing: refusals cost next to nothing
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(StartOnFirstRequest)  # servers without the ASGI lifespan (daphne)
     app.add_middleware(RequestTelemetry, metrics=metrics)  # outermost: sees every answer

@@ -49,19 +49,24 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 async def _retail_error(request: Request, error: Exception) -> ProblemResponse:
     assert isinstance(error, RetailError)
+    if error.status >= 500 and not isinstance(error, CapacityExceeded):
+        log.error("%s %s: %s", request.method, request.url.path, error.detail)
+    return retail_problem(error, instance=request.url.path)
+
+
+def retail_problem(error: RetailError, *, instance: str | None) -> ProblemResponse:
+    """The problem response for a domain error (what its exception handler answers)."""
     headers = None
     if isinstance(error, CapacityExceeded):
         headers = {"Retry-After": str(error.retry_after_s)}
     elif error.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}  # required on every 401 (RFC 9110)
-    if error.status >= 500 and not isinstance(error, CapacityExceeded):
-        log.error("%s %s: %s", request.method, request.url.path, error.detail)
     return problem(
         error.status,
         error.slug,
         error.title,
         error.detail,
-        instance=request.url.path,
+        instance=instance,
         headers=headers,
         **error.extra,
     )

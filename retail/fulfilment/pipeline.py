@@ -9,7 +9,7 @@ resumes an order after a crash recomputes exactly the same plan.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from retail.config import ServiceLevel
@@ -65,6 +65,11 @@ class Pipeline:
     decline_probability: float
     degrade_skip: frozenset[str]
     degrade_factor: float
+    # Sum of the step means per service level, filled on first use: every admission
+    # decision asks for both, and the models do not change while the pipeline lives.
+    _step_means_s: dict[ServiceLevel, float] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -106,8 +111,11 @@ class Pipeline:
 
     def mean_s(self, level: ServiceLevel = ServiceLevel.FULL, line_count: int = 1) -> float:
         """Expected fulfilment time of one order: what the capacity policy plans with."""
-        factor = self._factor(level, line_count)
-        return sum(self._model(step).mean_s for step in self._steps(level)) * factor
+        steps_s = self._step_means_s.get(level)
+        if steps_s is None:
+            steps_s = sum(self._model(step).mean_s for step in self._steps(level))
+            self._step_means_s[level] = steps_s
+        return steps_s * self._factor(level, line_count)
 
     def skipped(self, level: ServiceLevel) -> tuple[str, ...]:
         return tuple(s.name for s in STEPS if s not in self._steps(level))

@@ -196,7 +196,7 @@ class WorkerPool:
     async def _fulfil(self, claim: queue.Claim, flight: InFlight) -> None:
         status = OrderStatus.PROCESSING
         try:
-            status = await self._run_steps(claim, flight.plan)
+            status = await self._run_steps(claim, flight.plan, flight.started)
         except queue.LeaseLost:
             log.info("order %s: lease lost to another worker; leaving it", claim.order_id)
         except asyncio.CancelledError:
@@ -215,7 +215,7 @@ class WorkerPool:
         for event in events:
             self._bus.publish(notice(event))
 
-    async def _run_steps(self, claim: queue.Claim, plan: Plan) -> OrderStatus:
+    async def _run_steps(self, claim: queue.Claim, plan: Plan, started: datetime) -> OrderStatus:
         if claim.token > MAX_ATTEMPTS:
             return await self._finish(
                 claim,
@@ -226,10 +226,10 @@ class WorkerPool:
         steps = plan.steps
         index = claim.step_index
         completed: tuple[str, int, float] | None = None
-        # Steps keep to a timetable that starts with the order: the time spent recording
-        # a step boundary, or waking up late, comes out of the next step, so an order
-        # holds its slot for its planned time and not that plus one write per step.
-        step_start = self._clock.now()
+        # Steps keep to a timetable that starts when the order was claimed: the time spent
+        # recording the claim or a step boundary, or waking up late, comes out of the next
+        # step, so an order holds its slot for its planned time, not that plus the writes.
+        step_start = started
         while True:
             starting = (steps[index].name, steps[index].delay_s) if index < len(steps) else None
             async with self._db.write() as session:
@@ -245,9 +245,10 @@ class WorkerPool:
             if starting is None:
                 break
             self.in_flight[claim.order_id].step = starting[0]
+            began = self._clock.now()
             due = step_start + timedelta(seconds=starting[1])
-            await self._clock.sleep((due - self._clock.now()).total_seconds())
-            took_s = (self._clock.now() - step_start).total_seconds()
+            await self._clock.sleep((due - began).total_seconds())
+            took_s = (self._clock.now() - began).total_seconds()
             step_start = due
             self._metrics.step_done(starting[0], took_s)
             if starting[0] == PAYMENT_STEP and plan.payment_declined:

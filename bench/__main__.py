@@ -1,0 +1,103 @@
+"""`python -m bench [ingest|overload|all]`: run the benchmarks, print markdown tables.
+
+    uv run python -m bench all --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
+
+Every server runs on 127.0.0.1 on a free port with a fresh database (SQLite file in a
+temporary folder; with `--postgres`, a `retail_bench_*` database created on that
+server and dropped afterwards). Load is bounded: wrk runs for `--duration` seconds,
+the open-loop runs for `--overload-duration` seconds each. `all` takes about 6 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import ingest, overload, report
+
+
+def _machine() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, load average {load:.2f} at start"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("what", nargs="?", choices=("ingest", "overload", "all"), default="all")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="also run ingest on PostgreSQL (any database of the server; a fresh one is made)",
+    )
+    parser.add_argument("--duration", type=float, default=12.0, help="wrk seconds per run")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument(
+        "--overload-duration", type=float, default=20.0, help="seconds per open-loop run"
+    )
+    parser.add_argument("--capacity", type=int, default=8, help="overload: capacity C")
+    parser.add_argument(
+        "--delay", type=float, default=1.0, help="overload: fixed fulfilment time D (s)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="retail-bench-"))
+    started = time.monotonic()
+    header = [
+        f"# retail benchmarks, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Machine: {_machine()}.",
+        f"Command: `uv run python -m bench {' '.join(argv if argv is not None else sys.argv[1:])}`",
+        "",
+    ]
+    print("\n".join(header), flush=True)
+    raw: dict[str, Any] = {}
+
+    if args.what in ("ingest", "all"):
+        results = []
+        for postgres in (None, args.postgres) if args.postgres else (None,):
+            for keys in (False, True):
+                results.append(
+                    ingest.run(
+                        postgres_url=postgres,
+                        duration_s=args.duration,
+                        connections=args.connections,
+                        keys=keys,
+                        workdir=workdir,
+                    )
+                )
+        print(report.ingest_table(results, args.connections, args.duration), flush=True)
+        raw["ingest"] = [asdict(r) for r in results]
+
+    if args.what in ("overload", "all"):
+        config = overload.OverloadConfig(
+            capacity=args.capacity, delay_s=args.delay, duration_s=args.overload_duration
+        )
+        runs = overload.run(config, workdir=workdir)
+        saturation = overload.saturation(
+            duration_s=args.duration, connections=args.connections, workdir=workdir
+        )
+        print(report.overload_tables(runs, saturation, config), flush=True)
+        raw["overload"] = [asdict(r) for r in runs]
+        raw["saturation"] = asdict(saturation)
+
+    print(f"\nTotal time: {time.monotonic() - started:.0f} s. Server logs: {workdir}")
+    if args.json:
+        args.json.write_text(json.dumps(raw, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

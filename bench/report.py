@@ -1,0 +1,167 @@
+"""Markdown tables for the benchmark results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bench.ingest import IngestResult
+from bench.overload import (
+    OverloadConfig,
+    OverloadResult,
+    SaturationResult,
+    degrade_over_queue,
+    rss_growth,
+)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ms(pair: tuple[float, float] | None) -> str:
+    return "-" if pair is None else f"{pair[0]:.1f} / {pair[1]:.1f}"
+
+
+def _target(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def ingest_table(results: Sequence[IngestResult], connections: int, duration_s: float) -> str:
+    rows = []
+    for r in results:
+        d = r.durability
+        base, retail = r.baseline.wrk, r.retail.wrk
+        rows.append(
+            [
+                r.backend + (" + Idempotency-Key" if r.keys else ""),
+                f"{base.rate:,.0f}",
+                f"{base.p50_ms:.1f} / {base.p99_ms:.1f}",
+                f"{r.baseline.cpu_us:,.0f}",
+                f"{retail.rate_of(202):,.0f}",
+                f"{retail.p50_ms:.1f} / {retail.p99_ms:.1f}",
+                f"{r.retail.cpu_us:,.0f}",
+                f"**{r.ratio:.2f}**",
+                f"{r.cpu_ratio:.2f}",
+                "ok" if d.ok else "**FAILED**",
+                f"{d.accepted:,} / {d.stored:,} / {d.missing}",
+            ]
+        )
+    text = table(
+        [
+            "database",
+            "baseline req/s",
+            "baseline p50 / p99 ms",
+            "baseline CPU µs/req",
+            "retail orders/s",
+            "retail p50 / p99 ms",
+            "retail CPU µs/order",
+            "ratio",
+            "CPU ratio",
+            "durable",
+            "202s seen / stored / missing",
+        ],
+        rows,
+    )
+    sqlite = [r.ratio for r in results if r.backend == "SQLite" and not r.keys]
+    verdict = (
+        f"Target ratio >= 0.5 on SQLite: {_target(min(sqlite) >= 0.5)} ({min(sqlite):.2f})."
+        if sqlite
+        else ""
+    )
+    return (
+        f"## Ingest: POST /orders, wrk closed loop, {connections} connections, "
+        f"{duration_s:g} s per run\n\n{text}\n\n{verdict}\n"
+    )
+
+
+def overload_tables(
+    runs: Sequence[OverloadResult], saturation: SaturationResult, config: OverloadConfig
+) -> str:
+    rows = []
+    for r in runs:
+        limit = r.limit_rate
+        rows.append(
+            [
+                r.mode,
+                f"{r.multiple:g}x ({r.rate:g}/s)",
+                f"{r.sent} / {r.accepted} / {r.refused} / {r.errors}",
+                f"{r.fulfilled_rate:.2f}",
+                f"{r.service_s:.3f}",
+                "-" if limit is None else f"{limit:.2f}",
+                "-" if r.of_limit is None else f"{r.of_limit:.3f}",
+                f"{r.replay_rate:.2f}" if r.mode == "reject" else "-",
+                _ms(r.refusal_ms),
+                _ms(r.refusal_sent_ms),
+                _ms(r.accept_ms),
+                f"{r.rss_kib[2] / 1024:.0f} ({rss_growth(r):.2f})",
+            ]
+        )
+    main = table(
+        [
+            "mode",
+            "offered",
+            "sent / accepted / refused / errors",
+            "fulfilled/s",
+            "mean service s",
+            "limit/s",
+            "of limit",
+            "replayed loss system/s",
+            "503 p50 / p99 ms from due",
+            "from send",
+            "202 p50 / p99 ms from due",
+            "peak RSS MiB (end/25 %)",
+        ],
+        rows,
+    )
+    notes = []
+    for r in runs:
+        if r.of_limit is not None:
+            notes.append(
+                f"- {r.mode} at {r.multiple:g}x: {r.of_limit:.3f} of the limit, "
+                f"target >= 0.95: {_target(r.of_limit >= 0.95)}"
+            )
+    for r in runs:
+        if r.mode == "reject" and r.refusal_ms is not None and r.refusal_sent_ms is not None:
+            notes.append(
+                f"- reject at {r.multiple:g}x: refusal p99 {r.refusal_ms[1]:.1f} ms from due "
+                f"(target <= 5 ms: {_target(r.refusal_ms[1] <= 5)}), "
+                f"{r.refusal_sent_ms[1]:.1f} ms from send ({_target(r.refusal_sent_ms[1] <= 5)})"
+            )
+    for multiple, ratio in degrade_over_queue(list(runs)).items():
+        notes.append(
+            f"- degrade over queue at {multiple:g}x: {ratio:.2f}, target >= 1.3: "
+            f"{_target(ratio >= 1.3)}"
+        )
+    s = saturation
+    sat = table(
+        ["endpoint", "answers/s", "p50 / p99 ms", "server CPU µs/answer", "statuses"],
+        [
+            [
+                "baseline POST /orders (no database)",
+                f"{s.baseline.wrk.rate:,.0f}",
+                f"{s.baseline.wrk.p50_ms:.1f} / {s.baseline.wrk.p99_ms:.1f}",
+                f"{s.baseline.cpu_us:,.0f}",
+                ", ".join(f"{k}: {v:,}" for k, v in sorted(s.baseline.wrk.statuses.items())),
+            ],
+            [
+                "retail POST /orders, reject mode, all slots full",
+                f"{s.refusals.wrk.rate_of(503):,.0f}",
+                f"{s.refusals.wrk.p50_ms:.1f} / {s.refusals.wrk.p99_ms:.1f}",
+                f"{s.refusals.cpu_us:,.0f}",
+                ", ".join(f"{k}: {v:,}" for k, v in sorted(s.refusals.wrk.statuses.items())),
+            ],
+        ],
+    )
+    notes.append(
+        f"- refusals/s over baseline answers/s: {s.ratio:.2f} (CPU ratio {s.cpu_ratio:.2f}); "
+        f"refusing should beat the baseline, > 1: {_target(s.ratio > 1)}"
+    )
+    return (
+        f"## Overload: capacity {config.capacity}, fixed fulfilment {config.delay_s:g} s "
+        f"(limit {config.limit_rate:g} orders/s), Poisson arrivals, "
+        f"{config.duration_s:g} s per run, SQLite\n\n{main}\n\n"
+        f"## Refusing at saturation: wrk, 64 connections\n\n{sat}\n\n"
+        "Targets:\n\n" + "\n".join(notes) + "\n"
+    )

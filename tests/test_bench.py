@@ -1,0 +1,143 @@
+"""The benchmark code still runs: its formulas, its parsing, and each benchmark at tiny scale.
+
+No timed assertions: the tiny runs check that the code paths work and that what they
+count is consistent (every 202 stored, nothing lost), not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench import erlang, ingest, overload, report, wrk
+from bench.baseline import create_app
+from retail.loadgen.schedule import Arrivals, Schedule, due_times
+
+needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+
+
+@pytest.mark.parametrize(
+    ("servers", "erlangs", "blocking"),
+    [(0, 3.0, 1.0), (1, 1.0, 0.5), (2, 1.0, 0.2), (10, 5.0, 0.018385), (8, 16.0, 0.545201)],
+)
+def test_erlang_b_known_values(servers: int, erlangs: float, blocking: float) -> None:
+    assert erlang.erlang_b(servers, erlangs) == pytest.approx(blocking, abs=1e-6)
+
+
+def test_limits_of_queue_and_reject() -> None:
+    assert erlang.queue_limit_rate(8, 1.0) == 8.0
+    # Far below capacity nothing is lost; far above, the carried load nears C / D.
+    assert erlang.carried_load(0.01, 8, 1.0) == pytest.approx(0.01, rel=1e-9)
+    assert erlang.carried_load(1000.0, 8, 1.0) == pytest.approx(8.0, rel=0.01)
+    assert erlang.carried_load(16.0, 8, 1.0) < erlang.carried_load(32.0, 8, 1.0) < 8.0
+
+
+def test_loss_system_admits_only_with_a_free_slot() -> None:
+    finishes = erlang.loss_system_finishes([0.0, 0.1, 0.2, 1.05, 1.06], servers=2, service_s=1.0)
+    # 0.2 finds both slots busy; 1.05 takes the slot freed at 1.0; 1.06 finds both busy.
+    assert finishes == [1.0, 1.1, 2.05]
+
+
+def test_poisson_arrivals_through_a_loss_system_follow_erlang_b() -> None:
+    rate, servers, service_s = 16.0, 8, 1.0
+    arrivals = due_times(Schedule.constant(rate, 1500.0), Arrivals.POISSON, seed=7)
+    assert len(arrivals) == pytest.approx(rate * 1500, rel=0.03)
+    admitted = len(erlang.loss_system_finishes(arrivals, servers, service_s)) / len(arrivals)
+    assert admitted == pytest.approx(1 - erlang.erlang_b(servers, rate * service_s), abs=0.02)
+
+
+def test_percentiles_by_nearest_rank() -> None:
+    assert overload.percentiles_ms([]) is None
+    p50, p99 = overload.percentiles_ms([i / 1000 for i in range(1, 101)]) or (0, 0)
+    assert (p50, p99) == (pytest.approx(50.0), pytest.approx(99.0))
+
+
+def test_wrk_output_is_parsed() -> None:
+    line = (
+        'BENCH-JSON {"requests":120,"duration_us":2000000,"errors":{"connect":0,"read":1,'
+        '"write":0,"status":20,"timeout":0},"p50_us":1500,"p90_us":2500,"p99_us":9000,'
+        '"max_us":12000,"statuses":{"202":100,"503":20}}'
+    )
+    result = wrk.parse("Running 2s test\n" + line + "\n")
+    assert result.statuses == {202: 100, 503: 20}
+    assert result.errors == 1
+    assert result.rate == 60.0
+    assert result.rate_of(503) == 10.0
+    assert (result.p50_ms, result.p99_ms) == (1.5, 9.0)
+    with pytest.raises(ValueError, match="BENCH-JSON"):
+        wrk.parse("no summary")
+    assert wrk.SCRIPT.exists()
+
+
+def test_only_loopback_is_loaded(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"127\.0\.0\.1"):
+        wrk.run("http://example.com", duration_s=1)
+
+
+async def test_baseline_validates_like_the_service() -> None:
+    transport = httpx.ASGITransport(app=create_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        ok = await client.post(
+            "/orders", json={"customer_id": "a", "items": [{"sku": "MUG-1", "quantity": 2}]}
+        )
+        twice = await client.post(
+            "/orders",
+            json={
+                "customer_id": "a",
+                "items": [{"sku": "MUG-1", "quantity": 1}, {"sku": "MUG-1", "quantity": 1}],
+            },
+        )
+        extra = await client.post(
+            "/orders",
+            json={"customer_id": "a", "items": [{"sku": "MUG-1", "quantity": 1}], "price": 1},
+        )
+    assert ok.status_code == 202
+    assert twice.status_code == 422
+    assert twice.headers["content-type"] == "application/problem+json"
+    assert extra.status_code == 422
+
+
+@pytest.mark.slow
+@needs_wrk
+def test_ingest_at_tiny_scale(tmp_path: Path) -> None:
+    result = ingest.run(duration_s=1, connections=4, warmup_s=1, workdir=tmp_path)
+    assert result.baseline.wrk.statuses.keys() == {202}
+    assert result.retail.wrk.statuses.keys() == {202}
+    durability = result.durability
+    assert durability.accepted > 0
+    assert durability.missing == 0
+    assert durability.stock_taken == durability.stored >= durability.accepted
+    assert durability.ok
+    assert "| SQLite |" in report.ingest_table([result], 4, 1)
+
+
+@pytest.mark.slow
+@needs_wrk
+def test_refusing_at_saturation_at_tiny_scale(tmp_path: Path) -> None:
+    result = overload.saturation(
+        duration_s=1, connections=4, capacity=1, warmup_s=1, workdir=tmp_path
+    )
+    assert result.refusals.wrk.statuses.keys() == {503}
+    assert result.baseline.wrk.statuses.keys() == {202}
+    assert result.ratio > 0
+
+
+@pytest.mark.slow
+def test_overload_at_tiny_scale(tmp_path: Path) -> None:
+    config = overload.OverloadConfig(
+        capacity=2, delay_s=0.2, duration_s=1.5, multiples=(3.0,), modes=("reject",), seed=3
+    )
+    [result] = overload.run(config, workdir=tmp_path)
+    assert result.mode == "reject"
+    assert result.sent == result.accepted + result.refused + result.errors
+    assert result.accepted > 0
+    assert result.errors == 0
+    assert result.fulfilled_in_window <= result.accepted
+    assert result.window_s == pytest.approx(1.5 - overload.WARMUP_SERVICE_TIMES * 0.2)
+    assert result.limit_rate == pytest.approx(erlang.carried_load(30.0, 2, 0.2))
+    assert result.rss_kib[2] >= result.rss_kib[1] > 0
+    assert not math.isnan(result.fulfilled_rate)
