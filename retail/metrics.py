@@ -161,9 +161,8 @@ class Metrics:
 
     # --- scraping ------------------------------------------------------------------------
 
-    def refresh(self, *, in_flight: int, queued: int, oldest_age_s: float | None) -> None:
-        """Set the gauges that describe the present, just before a scrape."""
-        self.orders_in_flight.set(in_flight)
+    def refresh(self, *, queued: int, oldest_age_s: float | None) -> None:
+        """Set the queue gauges just before a scrape (the worker pool keeps in-flight current)."""
         self.orders_queued.set(queued)
         if oldest_age_s is not None:
             self.queue_oldest_age.set(max(0.0, oldest_age_s))

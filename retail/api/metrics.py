@@ -48,8 +48,6 @@ async def metrics(services: ServicesDep, request: Request) -> Response:
         )
     except Exception as error:
         log.warning("metrics: could not read the queue: %s", error)
-    services.metrics.refresh(
-        in_flight=len(services.pool.in_flight), queued=queued, oldest_age_s=oldest_age_s
-    )
+    services.metrics.refresh(queued=queued, oldest_age_s=oldest_age_s)
     body, content_type = services.metrics.exposition(request.headers.get("accept"))
     return Response(body, media_type=content_type)
