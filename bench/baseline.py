@@ -3,7 +3,7 @@
 Everything `retail` does before it touches the database for an order, and nothing
 after: FastAPI parses and validates the body into `OrderCreate` (strict types, SKU
 pattern, line limits), the service's own checks run (line count, quantity per line,
-one line per SKU; `retail.api.orders._validate_items` with the default settings),
+one line per SKU; `retail.api.intake.validate_items` with the default settings),
 and the answer is `202` with a small JSON body; errors are the same RFC 9457
 problems. No lifespan, no database, no middleware. Serve it with one uvicorn worker:
 
@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from retail.api import problems
-from retail.api.orders import _validate_items
+from retail.api.intake import validate_items
 from retail.config import Settings
 from retail.schemas import OrderCreate
 
@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post("/orders", status_code=202)
     async def place_order(order_in: OrderCreate) -> dict[str, Any]:
-        items = _validate_items(services, order_in)
+        items = validate_items(services, order_in)
         return {"status": "accepted", "customer_id": order_in.customer_id, "lines": len(items)}
 
     return app

@@ -74,6 +74,9 @@ class Admission:
         self.counters = Counters()
         # Filled in by the worker pool: seconds left for each in-flight order.
         self.remaining_s = remaining_s
+        # What the policy plans with; the delay models do not change while the app runs.
+        self._full_service_s = pipeline.mean_s(ServiceLevel.FULL)
+        self._degraded_service_s = pipeline.mean_s(ServiceLevel.DEGRADED)
 
     def load(self) -> capacity.Load:
         remaining = self.remaining_s()
@@ -81,8 +84,8 @@ class Admission:
             in_flight=len(remaining),
             queued=self.queued,
             remaining_s=remaining,
-            full_service_s=self.pipeline.mean_s(ServiceLevel.FULL),
-            degraded_service_s=self.pipeline.mean_s(ServiceLevel.DEGRADED),
+            full_service_s=self._full_service_s,
+            degraded_service_s=self._degraded_service_s,
         )
 
     def refusal(self) -> CapacityExceeded | None:

@@ -152,11 +152,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             finally:
                 gc.unfreeze()
 
-    from retail.api import admin, dashboard, health, live, orders, problems
+    from retail.api import admin, dashboard, health, intake, live, orders, problems
     from retail.api import metrics as metric_routes
     from retail.api import products as product_routes
     from retail.api.limits import BodySizeLimit
-    from retail.api.shedding import ShedOverCapacity
     from retail.api.startup import StartOnFirstRequest
     from retail.api.telemetry import RequestTelemetry
 
@@ -165,6 +164,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # The service exports its own Prometheus metrics (`/metrics`); FastAPI's built-in
+        # OpenTelemetry would otherwise look for a configured provider on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         openapi_tags=[
             {"name": "orders", "description": "Place, follow and cancel orders."},
             {"name": "products", "description": "The catalogue and its stock."},
@@ -175,11 +177,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     app.state.settings = settings
     problems.install(app)
-    app.add_middleware(ShedOverCapacity)  # before routing: refusals cost next to nothing
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # POST /orders without the framework's generic path (it applies the body limit itself).
+    app.add_middleware(intake.OrderIntake, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(StartOnFirstRequest)  # servers without the ASGI lifespan (daphne)
     app.add_middleware(RequestTelemetry, metrics=metrics)  # outermost: sees every answer
-    app.include_router(orders.intake)
+    app.include_router(intake.router)
     app.include_router(orders.router)
     app.include_router(product_routes.router)
     app.include_router(admin.router)

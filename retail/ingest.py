@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from retail.bus import EventBus, OrderNotice
@@ -157,8 +158,10 @@ class Ingest:
         self, batch: list[_Pending]
     ) -> tuple[list[PlacedOrder | RetailError], list[OrderNotice]]:
         now = self._clock.now()
-        async with self._db.write() as session:
-            outcomes = await place_orders(session=session, orders=[p.order for p in batch], now=now)
+        expires_at = now + self._ttl
+
+        def write(connection: Connection) -> list[PlacedOrder | RetailError]:
+            outcomes = place_orders(connection=connection, orders=[p.order for p in batch], now=now)
             records = [
                 (
                     p.keyed.key,
@@ -169,9 +172,12 @@ class Ingest:
                 for p, outcome in zip(batch, outcomes, strict=True)
                 if p.keyed is not None and isinstance(outcome, PlacedOrder)
             ]
-            await idempotency.store(
-                session=session, records=records, now=now, expires_at=now + self._ttl
+            idempotency.store(
+                connection=connection, records=records, now=now, expires_at=expires_at
             )
+            return outcomes
+
+        outcomes = await self._db.run_write(write)
         notices = [
             OrderNotice(
                 order_id=outcome.id,

@@ -127,10 +127,21 @@ class Metrics:
             buckets=HTTP_BUCKETS_S,
         )
 
+        # Children by label values, for the series touched on every request: `labels()`
+        # checks and joins its arguments each time. The label sets are bounded (modes,
+        # outcomes, methods, route templates, statuses).
+        self._decisions: dict[tuple[OverloadMode, type], Counter] = {}
+        self._requests: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
     # --- observations, where they happen -----------------------------------------------
 
     def decided(self, mode: OverloadMode, decision: capacity.Decision) -> None:
-        self.admission_decisions.labels(mode.value, OUTCOMES[type(decision)]).inc()
+        key = (mode, type(decision))
+        child = self._decisions.get(key)
+        if child is None:
+            child = self.admission_decisions.labels(mode.value, OUTCOMES[type(decision)])
+            self._decisions[key] = child
+        child.inc()
 
     def order_started(self, queue_wait_s: float | None) -> None:
         """A worker claimed an order; `queue_wait_s` is None when it resumes one."""
@@ -156,8 +167,17 @@ class Metrics:
         self.orders_in_flight.set(count)
 
     def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._requests.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_duration.labels(method, route),
+            )
+            self._requests[key] = children
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)
 
     # --- scraping ------------------------------------------------------------------------
 

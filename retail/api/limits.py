@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retail.api.problems import problem
+from retail.api.problems import retail_problem
 from retail.errors import RetailError
 
 
 class BodyTooLarge(RetailError):
     status, slug, title = 413, "body-too-large", "Request body too large"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"The request body exceeds {max_bytes} bytes.")
+
+
+def declared_too_large(content_length: bytes, max_bytes: int) -> bool:
+    """Whether a `Content-Length` value announces a body over `max_bytes`."""
+    try:
+        return int(content_length) > max_bytes
+    except ValueError:
+        return False
 
 
 class BodySizeLimit:
@@ -23,17 +34,12 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        detail = f"The request body exceeds {self.max_bytes} bytes."
         for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    too_large = int(value) > self.max_bytes
-                except ValueError:
-                    too_large = False
-                if too_large:
-                    response = problem(413, BodyTooLarge.slug, BodyTooLarge.title, detail)
-                    await response(scope, receive, send)
-                    return
+            if name == b"content-length" and declared_too_large(value, self.max_bytes):
+                await retail_problem(BodyTooLarge(self.max_bytes), instance=None)(
+                    scope, receive, send
+                )
+                return
         received = 0
         exceeded = False
 
@@ -44,7 +50,7 @@ class BodySizeLimit:
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     exceeded = True
-                    raise BodyTooLarge(detail)
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         replaced = False
@@ -56,7 +62,8 @@ class BodySizeLimit:
                 await send(message)
             elif not replaced:
                 replaced = True
-                response = problem(413, BodyTooLarge.slug, BodyTooLarge.title, detail)
-                await response(scope, receive, send)
+                await retail_problem(BodyTooLarge(self.max_bytes), instance=None)(
+                    scope, receive, send
+                )
 
         await self.app(scope, limited_receive, checked_send)

@@ -9,17 +9,17 @@ are labelled by route template (`/orders/{order_id}`), never by raw path.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retail.logs import request_id
 from retail.metrics import Metrics
 
 REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_RAW = REQUEST_ID_HEADER.lower().encode()
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+/=@-]{0,127}$")
 UNMATCHED_ROUTE = "unmatched"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -53,19 +53,18 @@ class RequestTelemetry:
             if name == b"x-request-id":
                 given = sane_request_id(value.decode("latin-1"))
                 break
-        rid = given or uuid.uuid4().hex
+        rid = given or os.urandom(16).hex()
         token = request_id.set(rid)
         started = time.perf_counter()
         status = 500  # unless a response starts: the server answers an exception with 500
-        location: str | None = None
+        headers: list[tuple[bytes, bytes]] = []
 
         async def tagged_send(message: Message) -> None:
-            nonlocal status, location
+            nonlocal status, headers
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers[REQUEST_ID_HEADER] = rid
-                location = headers.get("location")
+                headers = [*message.get("headers", ()), (REQUEST_ID_RAW, rid.encode("latin-1"))]
+                message["headers"] = headers
             await send(message)
 
         try:
@@ -75,18 +74,22 @@ class RequestTelemetry:
             method = scope["method"]
             label = method if method in METHODS else "other"  # a client cannot add series
             self.metrics.http_request(label, route_template(scope), status, seconds)
-            self._log(method, scope["path"], status, seconds, rid, location)
+            self._log(method, scope["path"], status, seconds, rid, headers)
             request_id.reset(token)
 
     @staticmethod
     def _log(
-        method: str, path: str, status: int, seconds: float, rid: str, location: str | None
+        method: str,
+        path: str,
+        status: int,
+        seconds: float,
+        rid: str,
+        headers: list[tuple[bytes, bytes]],
     ) -> None:
         if not access.isEnabledFor(logging.INFO):
             return
-        order_id = None
-        if location is not None and location.startswith("/orders/"):
-            order_id = location.removeprefix("/orders/")
+        location = next((v.decode("latin-1") for k, v in headers if k == b"location"), "")
+        order_id = location.removeprefix("/orders/") if location.startswith("/orders/") else None
         access.info(
             "%s %s %d %.1fms%s",
             method,

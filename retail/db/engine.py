@@ -5,30 +5,46 @@ file lock (and fail with "database is locked"), this process writes through one
 connection (`writer`), whose transactions start with `BEGIN IMMEDIATE`, and reads
 through a small pool of its own (`reader`); WAL mode lets readers run beside the
 writer. On PostgreSQL both are the same pooled engine.
+
+Bulk writes (`run_write`: a synchronous function given one transaction's
+connection) are the exception on a SQLite file. Through aiosqlite every statement
+is three or four hops to the driver's thread and back; a batch of orders is half a
+dozen statements. So they run whole in a thread of their own, on a synchronous
+connection to the same file, one hop per transaction. A lock shared with `write()`
+keeps the two writer connections from ever waiting on each other's file lock.
+Elsewhere `run_write` runs the function on the async writer (`run_sync`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Any, TypeVar
 
-from sqlalchemy import event, make_url
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+T = TypeVar("T")
 
 
 def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=60)
+    _configure_sqlite(engine.sync_engine, begin=begin)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def _configure_sqlite(engine: Engine, *, begin: str) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN and SAVEPOINT behave.
         dbapi_connection.isolation_level = None
@@ -39,11 +55,9 @@ def _sqlite_engine(url: str, *, begin: str, pool_size: int) -> AsyncEngine:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql(begin)
-
-    return engine
 
 
 class Database:
@@ -63,14 +77,43 @@ class Database:
         database = make_url(url).database if self.is_sqlite else None
         self.path = database if database and database != ":memory:" else None
         self._file_id: tuple[int, int] | None = None
+        self._write_lock = asyncio.Lock()
+        self._bulk_writer: Engine | None = None
+        self._bulk_thread: ThreadPoolExecutor | None = None
+        if self.path is not None:
+            sync_url = make_url(url).set(drivername="sqlite+pysqlite")
+            # One connection, used by one thread at a time (the bulk thread).
+            self._bulk_writer = create_engine(
+                sync_url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+            _configure_sqlite(self._bulk_writer, begin="BEGIN IMMEDIATE")
+            self._bulk_thread = ThreadPoolExecutor(1, thread_name_prefix="retail-sqlite-writer")
         self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction, committed on success, rolled back on error."""
-        async with self._write_sessions() as session, session.begin():
+        async with self._writing(), self._write_sessions() as session, session.begin():
             yield session
+
+    def _writing(self) -> AbstractAsyncContextManager[Any]:
+        # SQLite: one writer at a time (see the module docstring); PostgreSQL: no limit.
+        return self._write_lock if self.is_sqlite else nullcontext()
+
+    async def run_write(self, write: Callable[[Connection], T]) -> T:
+        """`write(connection)` inside one transaction, committed if it returns."""
+        if self._bulk_writer is None or self._bulk_thread is None:
+            async with self.writer.begin() as connection:
+                return await connection.run_sync(write)
+        engine = self._bulk_writer
+
+        def transaction() -> T:
+            with engine.begin() as connection:
+                return write(connection)
+
+        async with self._write_lock:
+            return await asyncio.get_running_loop().run_in_executor(self._bulk_thread, transaction)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -102,6 +145,9 @@ class Database:
         return None
 
     async def dispose(self) -> None:
+        if self._bulk_thread is not None and self._bulk_writer is not None:
+            self._bulk_thread.shutdown(wait=True)
+            self._bulk_writer.dispose()
         await self.writer.dispose()
         if self.reader is not self.writer:
             await self.reader.dispose()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Connection, bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from retail.db.models import IdempotencyRecord, table
@@ -33,9 +33,17 @@ async def find(*, session: AsyncSession, key: str, now: datetime) -> StoredRespo
     return StoredResponse(row.request_hash, row.order_id, row.response_status, row.response_body)
 
 
-async def store(
+records_table = table(IdempotencyRecord)
+_DELETE_EXPIRED = delete(records_table).where(
+    records_table.c.key.in_(bindparam("keys", expanding=True)),
+    records_table.c.expires_at <= bindparam("now"),
+)
+_INSERT = insert(records_table)
+
+
+def store(
     *,
-    session: AsyncSession,
+    connection: Connection,
     records: list[tuple[str, StoredResponse]],
     now: datetime,
     expires_at: datetime,
@@ -44,13 +52,9 @@ async def store(
     if not records:
         return
     keys = [key for key, _ in records]
-    await session.execute(
-        delete(IdempotencyRecord).where(
-            IdempotencyRecord.key.in_(keys), IdempotencyRecord.expires_at <= now
-        )
-    )
-    await session.execute(
-        insert(table(IdempotencyRecord)),
+    connection.execute(_DELETE_EXPIRED, {"keys": keys, "now": now})
+    connection.execute(
+        _INSERT,
         [
             {
                 "key": key,

@@ -8,19 +8,19 @@ and first event with one multi-row statement each.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from retail.config import OrderStatus, ServiceLevel
 from retail.db import products
+from retail.db.bulk import BulkInsert
 from retail.db.models import Order, OrderEvent, OrderLine, Product, table
 from retail.errors import (
     InsufficientStock,
@@ -94,118 +94,156 @@ class _Stock:
     taken: int = field(default=0)
 
 
-async def place_orders(
-    *, session: AsyncSession, orders: Sequence[NewOrder], now: datetime
+orders_table = table(Order)
+lines_table = table(OrderLine)
+events_table = table(OrderEvent)
+
+# The batch's statements, built once: a statement object caches its own cache key, so
+# executing it again goes straight to the compiled form.
+_STOCK = (
+    select(
+        products_table.c.sku,
+        products_table.c.stock,
+        products_table.c.unit_price,
+        products_table.c.currency,
+    )
+    .where(products_table.c.sku.in_(bindparam("skus", expanding=True)))
+    .order_by(products_table.c.sku)
+)
+_STOCK_LOCKED = _STOCK.with_for_update()  # SQLite: BEGIN IMMEDIATE already holds the lock
+_TAKE_STOCK = (
+    update(products_table)
+    .where(
+        products_table.c.sku == bindparam("b_sku"),
+        products_table.c.stock >= bindparam("b_taken"),
+    )
+    .values(stock=products_table.c.stock - bindparam("b_taken"), updated_at=bindparam("b_now"))
+)
+_INSERT_ORDERS = BulkInsert(
+    orders_table,
+    (
+        "id",
+        "customer_id",
+        "status",
+        "service_level",
+        "skipped_steps",
+        "total",
+        "currency",
+        "line_count",
+        "created_at",
+        "updated_at",
+        "step_index",
+        "lease_token",
+    ),
+)
+_INSERT_LINES = BulkInsert(lines_table, ("order_id", "sku", "quantity", "unit_price"))
+_INSERT_EVENTS = BulkInsert(events_table, ("order_id", "kind", "status", "step", "at", "detail"))
+
+
+def place_orders(
+    *, connection: Connection, orders: Sequence[NewOrder], now: datetime
 ) -> list[PlacedOrder | RetailError]:
     """Reserve stock for and insert each order; per order, the order or why it was refused."""
     skus = sorted({sku for order in orders for sku, _ in order.items})
-    query = (
-        select(Product.sku, Product.stock, Product.unit_price, Product.currency)
-        .where(Product.sku.in_(skus))
-        .order_by(Product.sku)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()  # SQLite: BEGIN IMMEDIATE already holds the lock
+    query = _STOCK_LOCKED if connection.dialect.name == "postgresql" else _STOCK
     stock = {
         row.sku: _Stock(row.stock, row.unit_price, row.currency)
-        for row in await session.execute(query)
+        for row in connection.execute(query, {"skus": skus})
     }
 
-    results: list[PlacedOrder | RetailError] = []
+    outcomes: list[_Accepted | RetailError] = []
     for order in orders:
-        outcome = _allocate(order, stock, now)
-        if isinstance(outcome, PlacedOrder):
+        outcome = _allocate(order, stock)
+        if isinstance(outcome, _Accepted):
             for line in outcome.lines:
                 stock[line.sku].taken += line.quantity
-        results.append(outcome)
+        outcomes.append(outcome)
 
-    placed = [result for result in results if isinstance(result, PlacedOrder)]
-    if not placed:
-        return results
+    accepted = [outcome for outcome in outcomes if isinstance(outcome, _Accepted)]
+    if not accepted:
+        return [outcome for outcome in outcomes if isinstance(outcome, RetailError)]
     taken = [(sku, s.taken) for sku, s in stock.items() if s.taken]
-    await session.execute(
-        update(products_table)
-        .where(
-            products_table.c.sku == bindparam("b_sku"),
-            products_table.c.stock >= bindparam("b_taken"),
-        )
-        .values(stock=products_table.c.stock - bindparam("b_taken"), updated_at=now),
-        [{"b_sku": sku, "b_taken": quantity} for sku, quantity in sorted(taken)],
+    connection.execute(
+        _TAKE_STOCK,
+        [{"b_sku": sku, "b_taken": quantity, "b_now": now} for sku, quantity in sorted(taken)],
     )
-    positions = {order.id: order.queue_position for order in orders}
-    await session.execute(
-        insert(table(Order)),
+    queued = OrderStatus.QUEUED.value
+    _INSERT_ORDERS.execute(
+        connection,
         [
-            {
-                "id": p.id,
-                "customer_id": p.customer_id,
-                "status": p.status.value,
-                "service_level": p.service_level.value,
-                "skipped_steps": p.skipped_steps,
-                "total": p.total,
-                "currency": p.currency,
-                "line_count": len(p.lines),
-                "created_at": now,
-                "updated_at": now,
-                "step_index": 0,
-                "lease_token": 0,
-            }
-            for p in placed
+            (
+                a.order.id,
+                a.order.customer_id,
+                queued,
+                a.order.service_level.value,
+                a.order.skipped_steps,
+                a.total,
+                a.currency,
+                len(a.lines),
+                now,
+                now,
+                0,
+                0,
+            )
+            for a in accepted
         ],
     )
-    await session.execute(
-        insert(table(OrderLine)),
+    _INSERT_LINES.execute(
+        connection,
         [
-            {
-                "order_id": p.id,
-                "sku": line.sku,
-                "quantity": line.quantity,
-                "unit_price": line.unit_price,
-            }
-            for p in placed
-            for line in p.lines
+            (a.order.id, line.sku, line.quantity, line.unit_price)
+            for a in accepted
+            for line in a.lines
         ],
     )
-    details = {
-        p.id: {
-            "service_level": p.service_level.value,
-            "skipped_steps": p.skipped_steps,
-            "queue_position": positions[p.id],
-            "total": p.total,
+    event_ids = _INSERT_EVENTS.returning(
+        connection,
+        [(a.order.id, "created", queued, None, now, a.detail) for a in accepted],
+        key="order_id",
+        value="id",
+    )
+    placed = iter(
+        [a.placed(now, event_id) for a, event_id in zip(accepted, event_ids, strict=True)]
+    )
+    return [next(placed) if isinstance(outcome, _Accepted) else outcome for outcome in outcomes]
+
+
+@dataclass(slots=True)
+class _Accepted:
+    """An order of the batch that its stock allows, before it is written."""
+
+    order: NewOrder
+    lines: list[PlacedLine]
+    total: int
+    currency: str
+    detail: dict[str, Any] = field(init=False)  # what its `created` event records
+
+    def __post_init__(self) -> None:
+        self.detail = {
+            "service_level": self.order.service_level.value,
+            "skipped_steps": list(self.order.skipped_steps),
+            "queue_position": self.order.queue_position,
+            "total": self.total,
         }
-        for p in placed
-    }
-    events = table(OrderEvent)
-    # One multi-row INSERT … RETURNING, matched back by order id (one event per order):
-    # asking for the rows in parameter order would make SQLite insert them one by one.
-    inserted = await session.execute(
-        insert(events).returning(events.c.order_id, events.c.id),
-        [
-            {
-                "order_id": p.id,
-                "kind": "created",
-                "status": OrderStatus.QUEUED.value,
-                "step": None,
-                "at": now,
-                "detail": details[p.id],
-            }
-            for p in placed
-        ],
-    )
-    created = {
-        order_id: CreatedEvent(event_id, details[order_id]) for order_id, event_id in inserted
-    }
-    return [
-        dataclasses.replace(result, created_event=created[result.id])
-        if isinstance(result, PlacedOrder)
-        else result
-        for result in results
-    ]
+
+    def placed(self, now: datetime, event_id: int) -> PlacedOrder:
+        order = self.order
+        return PlacedOrder(
+            id=order.id,
+            customer_id=order.customer_id,
+            status=OrderStatus.QUEUED,
+            service_level=order.service_level,
+            skipped_steps=list(order.skipped_steps),
+            lines=self.lines,
+            total=self.total,
+            currency=self.currency,
+            created_at=now,
+            updated_at=now,
+            created_event=CreatedEvent(event_id, self.detail),
+        )
 
 
-def _allocate(
-    order: NewOrder, stock: dict[str, _Stock], now: datetime
-) -> PlacedOrder | RetailError:
+def _allocate(order: NewOrder, stock: dict[str, _Stock]) -> _Accepted | RetailError:
     unknown = [sku for sku, _ in order.items if sku not in stock]
     if unknown:
         return UnknownSku(
@@ -229,18 +267,7 @@ def _allocate(
             "cannot share an order; place one order per currency.",
         )
     lines = [PlacedLine(sku, quantity, stock[sku].unit_price) for sku, quantity in order.items]
-    return PlacedOrder(
-        id=order.id,
-        customer_id=order.customer_id,
-        status=OrderStatus.QUEUED,
-        service_level=order.service_level,
-        skipped_steps=list(order.skipped_steps),
-        lines=lines,
-        total=sum(line.line_total for line in lines),
-        currency=currencies.pop(),
-        created_at=now,
-        updated_at=now,
-    )
+    return _Accepted(order, lines, sum(line.line_total for line in lines), currencies.pop())
 
 
 async def get_order(*, session: AsyncSession, order_id: uuid.UUID) -> Order:

@@ -118,7 +118,9 @@ class Pipeline:
         return steps_s * self._factor(level, line_count)
 
     def skipped(self, level: ServiceLevel) -> tuple[str, ...]:
-        return tuple(s.name for s in STEPS if s not in self._steps(level))
+        if level is ServiceLevel.DEGRADED:
+            return tuple(name for name in STEP_NAMES if name in self.degrade_skip)
+        return ()
 
     def plan(self, *, order_seq: int, line_count: int, level: ServiceLevel) -> Plan:
         rng = random.Random(f"{self.seed}:{order_seq}" if self.seed is not None else None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
@@ -91,6 +92,7 @@ class WorkerPool:
         self._dispatcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_housekeeping = 0.0
+        self._last_resync = -math.inf
         self.in_flight: dict[uuid.UUID, InFlight] = {}
         admission.remaining_s = self.remaining_s
 
@@ -152,6 +154,11 @@ class WorkerPool:
                 await self._idle()
 
     async def _resync(self) -> None:
+        # Woken on every stored batch, but other processes' changes are only looked
+        # for once per poll interval: a busy intake must not count the queue per batch.
+        if time.monotonic() - self._last_resync < self._poll_interval_s:
+            return
+        self._last_resync = time.monotonic()
         read_at_change = self._admission.changes
         try:
             async with self._db.read() as session:

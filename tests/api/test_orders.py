@@ -53,6 +53,43 @@ async def test_place_order_happy_path(client: httpx.AsyncClient) -> None:
     assert "retry-after" not in (await client.get(f"/orders/{order['id']}")).headers
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        pytest.param("application/json", id="fast-path"),
+        pytest.param("application/json; charset=utf-8", id="route"),
+        pytest.param("application/merge-patch+json", id="route-json-suffix"),
+    ],
+)
+async def test_every_json_content_type_places_the_same_order(
+    running: Running, content_type: str
+) -> None:
+    client = running.client
+    before = await stock_of(client, "MUG-1")
+    body = b'{"customer_id": "bob", "items": [{"sku": "MUG-1", "quantity": 3}]}'
+    response = await client.post(
+        "/orders",
+        content=body,
+        headers={"Content-Type": content_type, "Prefer": "wait=0", "X-Request-ID": "same-1"},
+    )
+    assert response.status_code == 202
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["x-request-id"] == "same-1"
+    assert int(response.headers["retry-after"]) >= 1
+    order = response.json()
+    assert response.headers["location"] == f"/orders/{order['id']}"
+    stored = (await client.get(response.headers["location"])).json()
+    assert {k: order[k] for k in ("id", "customer_id", "lines", "total", "created_at")} == {
+        k: stored[k] for k in ("id", "customer_id", "lines", "total", "created_at")
+    }
+    assert order["lines"] == [
+        {"sku": "MUG-1", "quantity": 3, "unit_price": 1250, "line_total": 3750}
+    ]
+    assert await stock_of(client, "MUG-1") == before - 3
+    metrics = (await client.get("/metrics")).text
+    assert 'retail_http_requests_total{method="POST",route="/orders",status="202"} 1.0' in metrics
+
+
 async def test_prices_come_from_the_catalogue(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/orders",
