@@ -88,20 +88,6 @@ class Admission:
             degraded_service_s=self._degraded_service_s,
         )
 
-    def refusal(self) -> CapacityExceeded | None:
-        """If a new order would be shed now, count it as shed and return why; else None.
-
-        For a caller that answers refusals before anything else (the intake's fast
-        path): nothing is taken, an order that is not refused still goes to `admit()`.
-        """
-        load = self.load()
-        decision = capacity.decide(self.limits, load)
-        if not isinstance(decision, capacity.Reject):
-            return None
-        self.metrics.decided(self.limits.mode, decision)
-        self.counters.rejected += 1
-        return self._exceeded(decision, load)
-
     def _exceeded(self, decision: capacity.Reject, load: capacity.Load) -> CapacityExceeded:
         return CapacityExceeded(
             f"Order refused: {decision.reason}. Retry in {decision.retry_after_s} s.",

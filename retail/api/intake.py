@@ -88,8 +88,13 @@ async def take_order(
     body: bytes,
     key: str | None,
     prefer: str | None,
+    ticket: Ticket | None = None,
 ) -> Answer:
-    """Store `order_in` (or replay its key's stored answer); raise a `RetailError` if not."""
+    """Store `order_in` (or replay its key's stored answer); raise a `RetailError` if not.
+
+    `ticket`: the order's place, if admission already gave it one (an order without a
+    key, admitted before its body was read); it is settled here either way.
+    """
     digest = None
     if key is not None:
         if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
@@ -113,8 +118,14 @@ async def take_order(
                 json.dumps(stored.body, separators=(",", ":")).encode(),
             )
         _check_in_flight(services, key, digest)  # another request may have started meanwhile
-    items = validate_items(services, order_in)
-    ticket = services.admission.admit()  # raises CapacityExceeded: 503, nothing written
+    try:
+        items = validate_items(services, order_in)
+    except InvalidOrder:
+        if ticket is not None:
+            ticket.release()
+        raise
+    if ticket is None:
+        ticket = services.admission.admit()  # raises CapacityExceeded: 503, nothing written
     decision = ticket.decision
     estimated_start = services.clock.now() + timedelta(seconds=decision.estimated_start_s)
     new = NewOrder(
@@ -345,11 +356,13 @@ async def place_order(order_in: OrderCreate, request: Request, services: Service
         body=await request.body(),
         key=request.headers.get("idempotency-key"),
         prefer=request.headers.get("prefer"),
+        ticket=request.scope.pop(TICKET, None),
     )
     return Response(answer.body, answer.status, answer.headers, media_type=JSON)
 
 
 ROUTE = next(r for r in router.routes if isinstance(r, APIRoute))
+TICKET = "retail.ticket"  # scope key: the place the fast path took for an order it hands on
 
 
 # --- the fast path ----------------------------------------------------------------------
@@ -386,26 +399,34 @@ class OrderIntake:
                 json_body = value == b"application/json"
             elif name == b"content-length":
                 declared_too_large = limits.declared_too_large(value, self.max_body_bytes)
+        ticket = None
         if key is None:
-            # A retry with a key must get its stored answer even when full: only orders
-            # without one are refused before anything is read.
-            refusal = services.admission.refusal()
-            if refusal is not None:
+            # Decided before anything is read. A retry with a key must get its stored
+            # answer even when the service is full: it is decided after the key's lookup.
+            try:
+                ticket = services.admission.admit()
+            except CapacityExceeded as refusal:
                 await retail_problem(refusal, instance=PATH)(scope, receive, send)
                 return
-        if not json_body or declared_too_large:
-            await self.app(scope, receive, send)  # the route, or the body-size limit's 413
-            return
         try:
+            if not json_body or declared_too_large:
+                # The route (or the body-size limit's 413) answers.
+                given, ticket = ticket, None
+                await self._hand_on(scope, receive, send, given)
+                return
             body = await _read_body(receive, self.max_body_bytes)
             if body is None:
                 return  # the client left before its order was whole: nothing to answer
             try:
                 order_in = OrderCreate.model_validate_json(body)
-            except ValidationError:
-                await self.app(scope, _replay(body, receive), send)  # the route's 400/422
+            except ValidationError:  # the route's 400/422
+                given, ticket = ticket, None
+                await self._hand_on(scope, _replay(body, receive), send, given)
                 return
-            answer = await take_order(services, order_in, body=body, key=key, prefer=prefer)
+            given, ticket = ticket, None  # from here on, take_order settles it
+            answer = await take_order(
+                services, order_in, body=body, key=key, prefer=prefer, ticket=given
+            )
         except limits.BodyTooLarge as error:
             await retail_problem(error, instance=None)(scope, receive, send)  # as the limit's
             return
@@ -414,6 +435,9 @@ class OrderIntake:
                 log.error("POST %s: %s", PATH, error.detail)
             await retail_problem(error, instance=PATH)(scope, receive, send)
             return
+        finally:
+            if ticket is not None:
+                ticket.release()  # no order came of it
         headers = [
             (b"content-type", JSON.encode()),
             (b"content-length", str(len(answer.body)).encode()),
@@ -421,6 +445,19 @@ class OrderIntake:
         ]
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})
+
+    async def _hand_on(
+        self, scope: Scope, receive: Receive, send: Send, ticket: Ticket | None
+    ) -> None:
+        """Let the route answer, with the place already taken (given back if unused)."""
+        if ticket is not None:
+            scope[TICKET] = ticket
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            unused: Ticket | None = scope.pop(TICKET, None)  # the route takes it if it runs
+            if unused is not None:
+                unused.release()
 
 
 async def _read_body(receive: Receive, max_bytes: int) -> bytes | None:

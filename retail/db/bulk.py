@@ -2,10 +2,15 @@
 
 `connection.execute(insert(table), [dict, ...])` builds, checks and converts one
 parameter dictionary per row, which for a batch of orders is more work than the
-database does to store them. `BulkInsert` compiles its statements once per dialect
-and hands the driver tuples, each value converted by its column type's own bind
-processor (the same conversion SQLAlchemy applies). A value that repeats from one
-row to the next as the same object (the batch's timestamp, say) is converted once.
+database does to store them. `BulkInsert` sends the rows as multi-row
+`INSERT … VALUES (…), (…)` statements, compiled once per dialect and row count,
+with each value converted by its column type's own bind processor (the conversion
+SQLAlchemy applies). A value that repeats from one row to the next as the same
+object (the batch's timestamp, say) is converted once.
+
+One statement for many rows also matters to the SQLite writer thread: the driver
+lets go of the GIL around every statement it steps, and each time the event loop
+may keep it for a while; `executemany` would step once per row.
 """
 
 from __future__ import annotations
@@ -25,102 +30,91 @@ class BulkInsert:
     def __init__(self, table: Table, columns: Sequence[str]) -> None:
         self.table = table
         self.columns = tuple(columns)
-        self._compiled: dict[tuple[str, str], tuple[str, list[int], list[Processor | None]]] = {}
-        self._returning: dict[tuple[str, str, int, str, str], str] = {}
+        self.rows_per_statement = max(1, MAX_PARAMETERS // len(self.columns))
+        self._processors: dict[tuple[str, str], list[Processor | None]] = {}
+        self._statements: dict[tuple[str, str, int, tuple[str, ...]], str] = {}
 
     def execute(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
-        """Insert `rows`, each a sequence of values in `columns` order (`executemany`)."""
-        if not rows:
-            return
-        sql, order, processors = self._compile(connection.dialect)
-        connection.exec_driver_sql(sql, self._convert(rows, order, processors))
+        """Insert `rows`, each a sequence of values in `columns` order."""
+        statements, _ = self._statements_for(connection.dialect, rows, ())
+        for sql, parameters in statements:
+            connection.exec_driver_sql(sql, parameters)
 
     def returning(
         self, connection: Connection, rows: Sequence[Sequence[Any]], *, key: str, value: str
     ) -> list[Any]:
         """Insert `rows` and give each row's `value` column (a generated id, say).
 
-        Rows go in multi-row `INSERT … VALUES … RETURNING` statements; the database may
-        return them in any order, so they are matched back by the `key` column, which
-        must be unique among `rows`.
+        The database may return the rows of `INSERT … RETURNING` in any order, so they
+        are matched back by the `key` column, which must be unique among `rows`.
         """
-        dialect = connection.dialect
-        _, order, processors = self._compile(dialect)
-        converted = self._convert(rows, order, processors)
-        key_at = order.index(self.columns.index(key))
+        statements, values = self._statements_for(connection.dialect, rows, (key, value))
         found: dict[Any, Any] = {}
-        per_statement = max(1, MAX_PARAMETERS // len(self.columns))
-        for start in range(0, len(converted), per_statement):
-            chunk = converted[start : start + per_statement]
-            sql = self._compile_returning(dialect, len(chunk), key, value)
-            parameters = tuple(v for row in chunk for v in row)
+        for sql, parameters in statements:
             found.update(connection.exec_driver_sql(sql, parameters).all())
-        return [found[row[key_at]] for row in converted]
+        keys = values[self.columns.index(key) :: len(self.columns)]  # as the database has them
+        return [found[k] for k in keys]
 
-    @staticmethod
-    def _convert(
-        rows: Sequence[Sequence[Any]], order: list[int], processors: list[Processor | None]
-    ) -> list[tuple[Any, ...]]:
-        converted = []
-        last: list[Any] = [_UNSET] * len(order)
-        done: list[Any] = [None] * len(order)
+    def _statements_for(
+        self, dialect: Dialect, rows: Sequence[Sequence[Any]], returning: tuple[str, ...]
+    ) -> tuple[list[tuple[str, tuple[Any, ...]]], list[Any]]:
+        """The statements with their parameters, and all the converted values in a row."""
+        processors = self._processors_for(dialect)
+        width = len(self.columns)
+        last: list[Any] = [_UNSET] * width
+        done: list[Any] = [None] * width
+        values: list[Any] = []
         for row in rows:
-            values = []
-            for position, index in enumerate(order):
+            for index in range(width):
                 value = row[index]
-                process = processors[position]
+                process = processors[index]
                 if process is not None:
-                    if value is not last[position]:
-                        last[position] = value
-                        done[position] = process(value)
-                    value = done[position]
+                    if value is not last[index]:
+                        last[index] = value
+                        done[index] = process(value)
+                    value = done[index]
                 values.append(value)
-            converted.append(tuple(values))
-        return converted
+        step = self.rows_per_statement
+        statements = [
+            (
+                self._statement(dialect, min(step, len(rows) - start), returning),
+                tuple(values[start * width : (start + step) * width]),
+            )
+            for start in range(0, len(rows), step)
+        ]
+        return statements, values
 
-    def _compile_returning(self, dialect: Dialect, count: int, key: str, value: str) -> str:
-        cache_key = (dialect.name, dialect.driver, count, key, value)
-        sql = self._returning.get(cache_key)
+    def _processors_for(self, dialect: Dialect) -> list[Processor | None]:
+        key = (dialect.name, dialect.driver)
+        processors = self._processors.get(key)
+        if processors is None:
+            processors = [
+                self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                for name in self.columns
+            ]
+            self._processors[key] = processors
+        return processors
+
+    def _statement(self, dialect: Dialect, count: int, returning: tuple[str, ...]) -> str:
+        key = (dialect.name, dialect.driver, count, returning)
+        sql = self._statements.get(key)
         if sql is None:
             table = self.table
-            statement = (
-                insert(table)
-                .values(
-                    [
-                        {
-                            name: bindparam(f"{name}_{i}", type_=table.c[name].type)
-                            for name in self.columns
-                        }
-                        for i in range(count)
-                    ]
-                )
-                .returning(table.c[key], table.c[value])
-                .compile(dialect=dialect)
-            )
-            expected = [f"{name}_{i}" for i in range(count) for name in self._positional(dialect)]
-            if list(statement.positiontup or ()) != expected:
-                raise NotImplementedError(f"{dialect.name}: unexpected parameter order")
-            sql = statement.string
-            self._returning[cache_key] = sql
-        return sql
-
-    def _positional(self, dialect: Dialect) -> list[str]:
-        _, order, _ = self._compile(dialect)
-        return [self.columns[index] for index in order]
-
-    def _compile(self, dialect: Dialect) -> tuple[str, list[int], list[Processor | None]]:
-        key = (dialect.name, dialect.driver)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            statement = insert(self.table).compile(dialect=dialect, column_keys=list(self.columns))
-            if not statement.positional or statement.positiontup is None:
-                raise NotImplementedError(f"{dialect.name}: only positional paramstyles")
-            names = list(statement.positiontup)
-            order = [self.columns.index(name) for name in names]
-            processors: list[Processor | None] = [
-                self.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-                for name in names
+            rows = [
+                {name: bindparam(f"{name}_{i}", type_=table.c[name].type) for name in self.columns}
+                for i in range(count)
             ]
-            compiled = (statement.string, order, processors)
-            self._compiled[key] = compiled
-        return compiled
+            statement = insert(table).values(rows)
+            if returning:
+                statement = statement.returning(*(table.c[name] for name in returning))
+            compiled = statement.compile(dialect=dialect)
+            # The values are bound row by row, each row in `columns` order.
+            expected = [f"{name}_{i}" for i in range(count) for name in self.columns]
+            if not compiled.positional or list(compiled.positiontup or ()) != expected:
+                raise ValueError(
+                    f"{table.name}: give the columns in the table's order, and use a "
+                    f"positional paramstyle ({dialect.name} uses {dialect.paramstyle})"
+                )
+            sql = compiled.string
+            self._statements[key] = sql
+        return sql
