@@ -31,6 +31,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uuid_utils.compat import uuid7
 
 from retail.admission import Ticket
 from retail.api import limits
@@ -129,7 +130,7 @@ async def take_order(
     decision = ticket.decision
     estimated_start = services.clock.now() + timedelta(seconds=decision.estimated_start_s)
     new = NewOrder(
-        id=uuid.uuid4(),
+        id=uuid7(),  # time-ordered: new ids go to the end of each index on them
         customer_id=order_in.customer_id,
         items=items,
         service_level=decision.service_level,

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Uuid,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from uuid_utils.compat import uuid7
 
 from retail.config import OrderStatus, ServiceLevel
 
@@ -94,7 +95,7 @@ class Order(Base):
 
     # `seq` orders everything (FIFO fulfilment, newest-first listing); `id` is public.
     seq: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
-    id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True, default=uuid7)
     customer_id: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), default=OrderStatus.QUEUED.value)
     service_level: Mapped[str] = mapped_column(String(16), default=ServiceLevel.FULL.value)
