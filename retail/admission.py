@@ -48,6 +48,20 @@ class Ticket:
             self._admission.queued = max(0, self._admission.queued - 1)
             self._admission.changes += 1
 
+    def withdraw(self) -> None:
+        """The order turned out to be a retry of one already stored: as if never admitted."""
+        if self._open:
+            self.release()
+            counters = self._admission.counters
+            counters.accepted -= 1
+            match self.decision:
+                case capacity.Admit():
+                    counters.admitted -= 1
+                case capacity.Queue():
+                    counters.queued -= 1
+                case capacity.Degrade():
+                    counters.degraded -= 1
+
     def keep(self) -> None:
         """The order is stored: its place now shows in the database's count too."""
         if self._open:

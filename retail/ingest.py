@@ -1,6 +1,6 @@
 """Group commit: many orders per transaction, each all-or-nothing.
 
-Request handlers hand their order to `Ingest.place()` and await it. One writer
+Request handlers hand their order to `Ingest.submit()` and await it. One writer
 task takes everything that is waiting, writes it in one transaction (see
 `retail.db.orders.place_orders`), commits once, and only then answers each
 handler: a `202` is never sent before its order is durable. Under light load a
@@ -27,11 +27,26 @@ from retail.config import OrderStatus
 from retail.db import idempotency
 from retail.db.engine import Database
 from retail.db.orders import NewOrder, PlacedOrder, place_orders
-from retail.errors import IdempotencyKeyInUse, RetailError
+from retail.errors import IdempotencyKeyInUse, IdempotencyKeyMismatch, RetailError
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_ORDERS = 512
+
+
+# What a submitted order comes to: stored, or (same key, same body) the answer stored
+# for an earlier request, or why not (`RetailError`).
+Outcome = PlacedOrder | idempotency.StoredResponse | RetailError
+
+
+def _replay(keyed: KeyedResponse, stored: idempotency.StoredResponse) -> Outcome:
+    if stored.request_hash != keyed.request_hash:
+        return IdempotencyKeyMismatch(
+            "This Idempotency-Key was used for a different request body; "
+            "use a new key for a different order.",
+            order_id=str(stored.order_id),
+        )
+    return stored
 
 
 class IngestClosed(RetailError):
@@ -51,7 +66,7 @@ class KeyedResponse:
 class _Pending:
     order: NewOrder
     keyed: KeyedResponse | None
-    future: asyncio.Future[PlacedOrder] = field(
+    future: asyncio.Future[PlacedOrder | idempotency.StoredResponse] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     # The submitter's context (its request id): the order's first event is published in it.
@@ -91,16 +106,14 @@ class Ingest:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
-    async def place(self, order: NewOrder, keyed: KeyedResponse | None = None) -> PlacedOrder:
-        """Store the order durably, or raise why it was refused."""
-        return await asyncio.shield(self.submit(order, keyed))
-
     def submit(
         self, order: NewOrder, keyed: KeyedResponse | None = None
-    ) -> asyncio.Future[PlacedOrder]:
+    ) -> asyncio.Future[PlacedOrder | idempotency.StoredResponse]:
         """Queue the order for the next batch; the future resolves once it is durable.
 
-        The write happens whether or not anyone still awaits the future.
+        With a key already stored (and live), the future resolves to that key's stored
+        response instead, and nothing is written. The write happens whether or not
+        anyone still awaits the future.
         """
         if self._closed:
             raise IngestClosed("The service is shutting down; retry against a running instance.")
@@ -154,14 +167,23 @@ class Ingest:
             return
         self._answer([pending], outcomes, notices)
 
-    async def _transaction(
-        self, batch: list[_Pending]
-    ) -> tuple[list[PlacedOrder | RetailError], list[OrderNotice]]:
+    async def _transaction(self, batch: list[_Pending]) -> tuple[list[Outcome], list[OrderNotice]]:
         now = self._clock.now()
         expires_at = now + self._ttl
 
-        def write(connection: Connection) -> list[PlacedOrder | RetailError]:
-            outcomes = place_orders(connection=connection, orders=[p.order for p in batch], now=now)
+        def write(connection: Connection) -> list[Outcome]:
+            keys = [p.keyed.key for p in batch if p.keyed is not None]
+            stored = idempotency.find_live(connection=connection, keys=keys, now=now)
+            new = [p for p in batch if p.keyed is None or p.keyed.key not in stored]
+            placed = iter(
+                place_orders(connection=connection, orders=[p.order for p in new], now=now)
+            )
+            outcomes = [
+                next(placed)
+                if p.keyed is None or p.keyed.key not in stored
+                else _replay(p.keyed, stored[p.keyed.key])
+                for p in batch
+            ]
             records = [
                 (
                     p.keyed.key,
@@ -196,17 +218,17 @@ class Ingest:
     def _answer(
         self,
         batch: list[_Pending],
-        outcomes: list[PlacedOrder | RetailError],
+        outcomes: list[Outcome],
         notices: list[OrderNotice],
     ) -> None:
         self.batches += 1
         placed = [o for o in outcomes if isinstance(o, PlacedOrder)]
         self.orders += len(placed)
         for pending, outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, PlacedOrder):
-                pending.future.set_result(outcome)
-            else:
+            if isinstance(outcome, RetailError):
                 pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
         contexts = {pending.order.id: pending.context for pending in batch}
         for notice in notices:
             contexts[notice.order_id].run(self._bus.publish, notice)

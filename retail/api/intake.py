@@ -42,6 +42,7 @@ from retail.app import Services
 from retail.config import OrderStatus
 from retail.db import idempotency
 from retail.db import orders as order_repo
+from retail.db.idempotency import StoredResponse
 from retail.db.models import Order
 from retail.db.orders import NewOrder, PlacedOrder
 from retail.errors import (
@@ -104,21 +105,6 @@ async def take_order(
             )
         digest = request_hash(body)
         _check_in_flight(services, key, digest)
-        async with services.db.read() as session:
-            stored = await idempotency.find(session=session, key=key, now=services.clock.now())
-        if stored is not None:
-            if stored.request_hash != digest:
-                raise IdempotencyKeyMismatch(
-                    "This Idempotency-Key was used for a different request body; "
-                    "use a new key for a different order.",
-                    order_id=str(stored.order_id),
-                )
-            return Answer(
-                stored.status,
-                {"Location": f"/orders/{stored.order_id}", "Idempotent-Replayed": "true"},
-                json.dumps(stored.body, separators=(",", ":")).encode(),
-            )
-        _check_in_flight(services, key, digest)  # another request may have started meanwhile
     try:
         items = validate_items(services, order_in)
     except InvalidOrder:
@@ -126,7 +112,18 @@ async def take_order(
             ticket.release()
         raise
     if ticket is None:
-        ticket = services.admission.admit()  # raises CapacityExceeded: 503, nothing written
+        try:
+            ticket = services.admission.admit()
+        except CapacityExceeded:
+            # A retry of an order already stored gets its answer even when full.
+            if key is not None and digest is not None:
+                async with services.db.read() as session:
+                    stored = await idempotency.find(
+                        session=session, key=key, now=services.clock.now()
+                    )
+                if stored is not None:
+                    return _replayed(stored, digest)
+            raise  # 503, nothing written
     decision = ticket.decision
     estimated_start = services.clock.now() + timedelta(seconds=decision.estimated_start_s)
     new = NewOrder(
@@ -146,13 +143,19 @@ async def take_order(
     keyed = None
     if key is not None and digest is not None:
         keyed = KeyedResponse(key, digest, lambda placed: render(placed).model_dump(mode="json"))
+    # The writer also looks the key up, in the batch's transaction: an earlier request's
+    # stored answer comes back instead of a new order.
     wait_s = _prefer_wait_s(prefer, services.settings.prefer_wait_max_s)
     if wait_s is None:
         # Shielded: a client that hangs up does not stop its order from being stored.
         placed = await asyncio.shield(_submit(services, ticket, key, digest, new, keyed))
+        if isinstance(placed, StoredResponse):
+            return _replayed(placed, digest)
     else:
         with services.bus.subscribe(new.id) as subscription:
             placed = await asyncio.shield(_submit(services, ticket, key, digest, new, keyed))
+            if isinstance(placed, StoredResponse):
+                return _replayed(placed, digest)
             order = await _wait_terminal(services, subscription.queue, placed.id, wait_s)
         if order is not None:
             return Answer(
@@ -173,6 +176,21 @@ async def take_order(
     )
 
 
+def _replayed(stored: StoredResponse, digest: str | None) -> Answer:
+    """The stored answer to an earlier request with the same key (if the body is the same)."""
+    if stored.request_hash != digest:
+        raise IdempotencyKeyMismatch(
+            "This Idempotency-Key was used for a different request body; "
+            "use a new key for a different order.",
+            order_id=str(stored.order_id),
+        )
+    return Answer(
+        stored.status,
+        {"Location": f"/orders/{stored.order_id}", "Idempotent-Replayed": "true"},
+        json.dumps(stored.body, separators=(",", ":")).encode(),
+    )
+
+
 def _submit(
     services: Services,
     ticket: Ticket,
@@ -180,14 +198,16 @@ def _submit(
     digest: str | None,
     new: NewOrder,
     keyed: KeyedResponse | None,
-) -> asyncio.Future[PlacedOrder]:
+) -> asyncio.Future[PlacedOrder | StoredResponse]:
     """Hand the order to the writer; its place and key are settled once it is stored."""
 
-    def settle(future: asyncio.Future[PlacedOrder] | None) -> None:
+    def settle(future: asyncio.Future[PlacedOrder | StoredResponse] | None) -> None:
         if future is None or future.cancelled() or future.exception() is not None:
             ticket.release()
-        else:
+        elif isinstance(future.result(), PlacedOrder):
             ticket.keep()
+        else:
+            ticket.withdraw()  # a replay: no new order
         if key is not None:
             services.inflight_keys.pop(key, None)
 

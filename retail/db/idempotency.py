@@ -34,6 +34,32 @@ async def find(*, session: AsyncSession, key: str, now: datetime) -> StoredRespo
 
 
 records_table = table(IdempotencyRecord)
+_FIND_LIVE = select(
+    records_table.c.key,
+    records_table.c.request_hash,
+    records_table.c.order_id,
+    records_table.c.response_status,
+    records_table.c.response_body,
+).where(
+    records_table.c.key.in_(bindparam("keys", expanding=True)),
+    records_table.c.expires_at > bindparam("now"),
+)
+
+
+def find_live(
+    *, connection: Connection, keys: list[str], now: datetime
+) -> dict[str, StoredResponse]:
+    """The live records among `keys`, by key (one query, for a batch)."""
+    if not keys:
+        return {}
+    return {
+        row.key: StoredResponse(
+            row.request_hash, row.order_id, row.response_status, row.response_body
+        )
+        for row in connection.execute(_FIND_LIVE, {"keys": keys, "now": now})
+    }
+
+
 _DELETE_EXPIRED = delete(records_table).where(
     records_table.c.key.in_(bindparam("keys", expanding=True)),
     records_table.c.expires_at <= bindparam("now"),

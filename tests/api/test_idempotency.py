@@ -25,6 +25,9 @@ async def test_retry_with_same_key_replays_the_first_response(running: Running) 
     assert retry.headers["idempotent-replayed"] == "true"
     assert len((await client.get("/orders")).json()["items"]) == 1
     assert (await client.get("/products/MUG-1")).json()["stock"] == 999
+    capacity = (await client.get("/capacity")).json()
+    assert capacity["counters"]["accepted"] == 1  # a replay is not a new order
+    assert capacity["queued"] + capacity["in_flight"] == 1
 
 
 async def test_same_key_with_another_body_is_422(running: Running) -> None:
@@ -35,6 +38,7 @@ async def test_same_key_with_another_body_is_422(running: Running) -> None:
     assert response.status_code == 422
     assert response.json()["type"] == "/problems/idempotency-key-mismatch"
     assert len((await client.get("/orders")).json()["items"]) == 1
+    assert (await client.get("/capacity")).json()["queued"] <= 1  # its place was given back
 
 
 async def test_fifty_concurrent_posts_with_one_key_make_one_order(start_app: StartApp) -> None:
