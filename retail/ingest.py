@@ -27,26 +27,16 @@ from retail.config import OrderStatus
 from retail.db import idempotency
 from retail.db.engine import Database
 from retail.db.orders import NewOrder, PlacedOrder, place_orders
-from retail.errors import IdempotencyKeyInUse, IdempotencyKeyMismatch, RetailError
+from retail.errors import IdempotencyKeyInUse, RetailError
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_ORDERS = 512
 
 
-# What a submitted order comes to: stored, or (same key, same body) the answer stored
-# for an earlier request, or why not (`RetailError`).
+# What a submitted order comes to: stored, or the response stored for an earlier
+# request with its key (whose body the caller compares), or why not (`RetailError`).
 Outcome = PlacedOrder | idempotency.StoredResponse | RetailError
-
-
-def _replay(keyed: KeyedResponse, stored: idempotency.StoredResponse) -> Outcome:
-    if stored.request_hash != keyed.request_hash:
-        return IdempotencyKeyMismatch(
-            "This Idempotency-Key was used for a different request body; "
-            "use a new key for a different order.",
-            order_id=str(stored.order_id),
-        )
-    return stored
 
 
 class IngestClosed(RetailError):
@@ -112,7 +102,8 @@ class Ingest:
         """Queue the order for the next batch; the future resolves once it is durable.
 
         With a key already stored (and live), the future resolves to that key's stored
-        response instead, and nothing is written. The write happens whether or not
+        response instead, and nothing is written: the caller replays it if the request
+        is the same, and refuses it if not. The write happens whether or not
         anyone still awaits the future.
         """
         if self._closed:
@@ -181,7 +172,7 @@ class Ingest:
             outcomes = [
                 next(placed)
                 if p.keyed is None or p.keyed.key not in stored
-                else _replay(p.keyed, stored[p.keyed.key])
+                else stored[p.keyed.key]
                 for p in batch
             ]
             records = [
