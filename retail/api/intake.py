@@ -136,8 +136,10 @@ async def take_order(
     )
 
     def render(placed: PlacedOrder) -> OrderRead:
+        # Not before the order exists (its time is the batch's, a moment after admission).
+        start_at = max(estimated_start, placed.created_at)
         return order_read(
-            placed, queue_position=decision.queue_position, estimated_start_at=estimated_start
+            placed, queue_position=decision.queue_position, estimated_start_at=start_at
         )
 
     keyed = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 
 import httpx
 import pytest
@@ -85,6 +86,8 @@ async def test_every_json_content_type_places_the_same_order(
     assert order["lines"] == [
         {"sku": "MUG-1", "quantity": 3, "unit_price": 1250, "line_total": 3750}
     ]
+    created_at = datetime.fromisoformat(order["created_at"])
+    assert datetime.fromisoformat(order["estimated_start_at"]) >= created_at
     assert await stock_of(client, "MUG-1") == before - 3
     metrics = (await client.get("/metrics")).text
     assert 'retail_http_requests_total{method="POST",route="/orders",status="202"} 1.0' in metrics
