@@ -82,9 +82,12 @@ class Database:
         self._bulk_thread: ThreadPoolExecutor | None = None
         if self.path is not None:
             sync_url = make_url(url).set(drivername="sqlite+pysqlite")
-            # One connection, used by one thread at a time (the bulk thread).
+            # One connection, used by one thread at a time (the bulk thread). Multi-row
+            # inserts make a statement per row count: keep them all prepared.
             self._bulk_writer = create_engine(
-                sync_url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+                sync_url,
+                poolclass=StaticPool,
+                connect_args={"check_same_thread": False, "cached_statements": 1024},
             )
             _configure_sqlite(self._bulk_writer, begin="BEGIN IMMEDIATE")
             self._bulk_thread = ThreadPoolExecutor(1, thread_name_prefix="retail-sqlite-writer")
