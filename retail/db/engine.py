@@ -107,7 +107,7 @@ class Database:
     async def run_write(self, write: Callable[[Connection], T]) -> T:
         """`write(connection)` inside one transaction, committed if it returns."""
         if self._bulk_writer is None or self._bulk_thread is None:
-            async with self.writer.begin() as connection:
+            async with self._writing(), self.writer.begin() as connection:
                 return await connection.run_sync(write)
         engine = self._bulk_writer
 
