@@ -27,6 +27,17 @@ class Counters:
     degraded: int = 0
     rejected: int = 0
 
+    def count_accepted(self, decision: capacity.Decision, step: int = 1) -> None:
+        """Count an order accepted on `decision` (`step=-1`: take that back)."""
+        self.accepted += step
+        match decision:
+            case capacity.Admit():
+                self.admitted += step
+            case capacity.Queue():
+                self.queued += step
+            case capacity.Degrade():
+                self.degraded += step
+
 
 @dataclass
 class Ticket:
@@ -52,15 +63,7 @@ class Ticket:
         """The order turned out to be a retry of one already stored: as if never admitted."""
         if self._open:
             self.release()
-            counters = self._admission.counters
-            counters.accepted -= 1
-            match self.decision:
-                case capacity.Admit():
-                    counters.admitted -= 1
-                case capacity.Queue():
-                    counters.queued -= 1
-                case capacity.Degrade():
-                    counters.degraded -= 1
+            self._admission.counters.count_accepted(self.decision, step=-1)
 
     def keep(self) -> None:
         """The order is stored: its place now shows in the database's count too."""
@@ -124,14 +127,7 @@ class Admission:
         self.queued += 1
         self.unsettled += 1
         self.changes += 1
-        self.counters.accepted += 1
-        match decision:
-            case capacity.Admit():
-                self.counters.admitted += 1
-            case capacity.Queue():
-                self.counters.queued += 1
-            case capacity.Degrade():
-                self.counters.degraded += 1
+        self.counters.count_accepted(decision)
         return Ticket(decision, self)
 
     def resync(self, stored_queued: int, *, read_at_change: int) -> None:

@@ -165,15 +165,11 @@ class Ingest:
         def write(connection: Connection) -> list[Outcome]:
             keys = [p.keyed.key for p in batch if p.keyed is not None]
             stored = idempotency.find_live(connection=connection, keys=keys, now=now)
-            new = [p for p in batch if p.keyed is None or p.keyed.key not in stored]
-            placed = iter(
-                place_orders(connection=connection, orders=[p.order for p in new], now=now)
-            )
-            outcomes = [
-                next(placed)
-                if p.keyed is None or p.keyed.key not in stored
-                else stored[p.keyed.key]
-                for p in batch
+            replays = [stored.get(p.keyed.key) if p.keyed else None for p in batch]
+            new = [p.order for p, replay in zip(batch, replays, strict=True) if replay is None]
+            placed = iter(place_orders(connection=connection, orders=new, now=now))
+            outcomes: list[Outcome] = [
+                next(placed) if replay is None else replay for replay in replays
             ]
             records = [
                 (

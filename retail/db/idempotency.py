@@ -21,18 +21,6 @@ class StoredResponse:
     body: dict[str, Any]
 
 
-async def find(*, session: AsyncSession, key: str, now: datetime) -> StoredResponse | None:
-    """The live record for `key`, or None (never seen, or expired)."""
-    row = await session.scalar(
-        select(IdempotencyRecord).where(
-            IdempotencyRecord.key == key, IdempotencyRecord.expires_at > now
-        )
-    )
-    if row is None:
-        return None
-    return StoredResponse(row.request_hash, row.order_id, row.response_status, row.response_body)
-
-
 records_table = table(IdempotencyRecord)
 _FIND_LIVE = select(
     records_table.c.key,
@@ -46,6 +34,12 @@ _FIND_LIVE = select(
 )
 
 
+async def find(*, session: AsyncSession, key: str, now: datetime) -> StoredResponse | None:
+    """The live record for `key`, or None (never seen, or expired)."""
+    rows = await session.execute(_FIND_LIVE, {"keys": [key], "now": now})
+    return next((_stored(row) for row in rows), None)
+
+
 def find_live(
     *, connection: Connection, keys: list[str], now: datetime
 ) -> dict[str, StoredResponse]:
@@ -53,11 +47,12 @@ def find_live(
     if not keys:
         return {}
     return {
-        row.key: StoredResponse(
-            row.request_hash, row.order_id, row.response_status, row.response_body
-        )
-        for row in connection.execute(_FIND_LIVE, {"keys": keys, "now": now})
+        row.key: _stored(row) for row in connection.execute(_FIND_LIVE, {"keys": keys, "now": now})
     }
+
+
+def _stored(row: Any) -> StoredResponse:  # a row of _FIND_LIVE
+    return StoredResponse(row.request_hash, row.order_id, row.response_status, row.response_body)
 
 
 _DELETE_EXPIRED = delete(records_table).where(
