@@ -3,7 +3,7 @@
 Everything `retail` does before it touches the database for an order, and nothing
 after: FastAPI parses and validates the body into `OrderCreate` (strict types, SKU
 pattern, line limits), the service's own checks run (line count, quantity per line,
-one line per SKU; `retail.api.intake.validate_items` with the default settings),
+one line per SKU; `retail.web.intake.validate_items` with the default settings),
 and the answer is `202` with a small JSON body; errors are the same RFC 9457
 problems. No lifespan, no database, no middleware. Serve it with one uvicorn worker:
 
@@ -17,10 +17,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from retail.api import problems
-from retail.api.intake import validate_items
 from retail.config import Settings
-from retail.schemas import OrderCreate
+from retail.web import problems
+from retail.web.intake import validate_items
+from retail.web.schemas import OrderCreate
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

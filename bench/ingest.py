@@ -103,8 +103,8 @@ def put_product(url: str, sku: str, stock: int) -> None:
 async def _check(database_url: str, accepted_ids: set[str], sku: str, stock: int) -> Durability:
     from sqlalchemy import func, select
 
-    from retail.db.engine import Database
-    from retail.db.models import Order, Product
+    from retail.store.sql.engine import Database
+    from retail.store.sql.models import Order, Product
 
     db = Database(database_url)
     try:

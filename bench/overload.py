@@ -146,9 +146,9 @@ async def _fulfilled(database_url: str) -> list[tuple[float, float, str]]:
     """(started_at, finished_at, service level) of every fulfilled order, epoch seconds."""
     from sqlalchemy import select
 
-    from retail.config import OrderStatus
-    from retail.db.engine import Database
-    from retail.db.models import Order
+    from retail.core.types import OrderStatus
+    from retail.store.sql.engine import Database
+    from retail.store.sql.models import Order
 
     db = Database(database_url)
     try:

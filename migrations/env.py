@@ -10,7 +10,7 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from retail.config import Settings
-from retail.db.models import Base
+from retail.store.sql.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("connection") is None:
@@ -53,7 +53,7 @@ def run_offline() -> None:
 if context.is_offline_mode():
     run_offline()
 elif (connection := config.attributes.get("connection")) is not None:
-    # Called from the application (retail.db.migrations) with its own connection.
+    # Called from the application (retail.store.sql.migrations) with its own connection.
     _run(connection)
 else:
     asyncio.run(_run_async())

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from retail.config import OverloadMode, Settings
+from retail.config import Settings
+from retail.core.types import OverloadMode
 from retail.loadgen.cli import demo, load
 
 app = typer.Typer(help="A simulated retail order-processing backend.", no_args_is_help=True)
@@ -56,8 +57,8 @@ def serve(
     """Start the HTTP API and the fulfilment workers."""
     import uvicorn
 
-    from retail.app import create_app
-    from retail.logs import configure_logging
+    from retail.runtime.logs import configure_logging
+    from retail.web.app import create_app
 
     settings = _settings(
         host=host,
@@ -95,9 +96,9 @@ def worker(
     """Fulfil orders without serving HTTP: add fulfilment capacity beside `retail serve`."""
     import signal
 
-    from retail.app import running_services
-    from retail.clock import SystemClock
-    from retail.logs import configure_logging
+    from retail.runtime.clock import SystemClock
+    from retail.runtime.logs import configure_logging
+    from retail.runtime.services import running_services
 
     settings = _settings(
         database_url=database_url,
@@ -122,7 +123,7 @@ def worker(
 
 
 def _engine(database_url: str | None) -> Any:
-    from retail.db.engine import Database
+    from retail.store.sql.engine import Database
 
     return Database(_settings(database_url=database_url).database_url)
 
@@ -133,7 +134,7 @@ def db_upgrade(
     database_url: Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")] = None,
 ) -> None:
     """Migrate the schema up (to the newest revision by default)."""
-    from retail.db.migrations import migrate
+    from retail.store.sql.migrations import migrate
 
     async def run() -> None:
         db = _engine(database_url)
@@ -152,7 +153,7 @@ def db_downgrade(
     database_url: Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")] = None,
 ) -> None:
     """Migrate the schema down."""
-    from retail.db.migrations import migrate
+    from retail.store.sql.migrations import migrate
 
     async def run() -> None:
         db = _engine(database_url)
@@ -170,7 +171,7 @@ def db_current(
     database_url: Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")] = None,
 ) -> None:
     """Show the database's revision and the code's head revision."""
-    from retail.db.migrations import schema_status
+    from retail.store.sql.migrations import schema_status
 
     async def run() -> tuple[str | None, str | None]:
         db = _engine(database_url)

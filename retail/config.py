@@ -1,8 +1,8 @@
-"""Settings and the enums shared by every layer.
+"""Settings: every knob of the service, read from the environment.
 
 One `Settings` object, read from `RETAIL_*` environment variables and an optional
 `.env` file; the CLI overrides fields by constructing `Settings(**overrides)`.
-Business code receives settings from the composition root (`retail.app`), it never
+Business code receives settings from the composition root (`retail.web.app`), it never
 reads the environment itself.
 """
 
@@ -15,41 +15,13 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from retail.streams import DEFAULT_MAX_STREAMS
+from retail.core.capacity import Limits
+from retail.core.pipeline import Pipeline
+from retail.core.types import OverloadMode
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./retail.db"
 DEFAULT_FULFILMENT_DELAY = "2"
 DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600.0
-
-
-class OverloadMode(enum.StrEnum):
-    """What `POST /orders` does when every fulfilment slot is busy."""
-
-    QUEUE = "queue"
-    REJECT = "reject"
-    DEGRADE = "degrade"
-
-
-class OrderStatus(enum.StrEnum):
-    """Lifecycle: queued -> processing -> fulfilled | failed; queued -> cancelled."""
-
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    FULFILLED = "fulfilled"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-
-TERMINAL_STATUSES = frozenset({OrderStatus.FULFILLED, OrderStatus.FAILED, OrderStatus.CANCELLED})
-
-
-class ServiceLevel(enum.StrEnum):
-    FULL = "full"
-    DEGRADED = "degraded"
 
 
 class LogFormat(enum.StrEnum):
@@ -194,7 +166,7 @@ class Settings(BaseSettings):
 
     # --- live views: dashboard, /ws, SSE --------------------------------------------
     max_streams: int = Field(
-        DEFAULT_MAX_STREAMS,
+        100,
         ge=0,
         description="Most live streams (SSE and /ws together) open at once.",
     )
@@ -226,12 +198,26 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_delays(self) -> Settings:
-        # Imported here: fulfilment depends on config, not the other way round.
-        from retail.fulfilment.pipeline import Pipeline
-
-        Pipeline.from_settings(self)  # raises ValueError with a readable message
+        self.pipeline()  # raises ValueError with a readable message
         return self
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
+    def pipeline(self) -> Pipeline:
+        """The fulfilment steps and delay models these settings describe."""
+        return Pipeline.build(
+            fulfilment_delay=self.fulfilment_delay,
+            step_delays=self.step_delays,
+            delay_per_extra_line=self.delay_per_extra_line,
+            seed=self.fulfilment_seed,
+            decline_probability=self.payment_decline_probability,
+            degrade_skip_steps=self.degrade_skip_steps,
+            degrade_delay_factor=self.degrade_delay_factor,
+        )
+
+    def limits(self) -> Limits:
+        """The capacity policy's limits at start."""
+        return Limits(
+            mode=self.overload_mode,
+            capacity=self.capacity,
+            queue_limit=self.queue_limit,
+            max_queue_wait_s=self.max_queue_wait_s,
+        )

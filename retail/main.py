@@ -5,9 +5,9 @@ go to stderr in `RETAIL_LOG_FORMAT`; the server keeps its own logging (run uvico
 with `--no-access-log`: the service logs every request itself, with its request id).
 """
 
-from retail.app import create_app
 from retail.config import Settings
-from retail.logs import configure_logging
+from retail.runtime.logs import configure_logging
+from retail.web.app import create_app
 
 settings = Settings()
 configure_logging(settings.log_format, settings.log_level, logger="retail")

@@ -17,9 +17,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from retail.app import Services, create_app
-from retail.clock import Clock, ManualClock
 from retail.config import Settings
+from retail.runtime.clock import Clock, ManualClock
+from retail.runtime.services import Services
+from retail.web.app import create_app
 
 POSTGRES_URL_ENV = "RETAIL_TEST_POSTGRES_URL"
 ADMIN_TOKEN = "test-admin-token"

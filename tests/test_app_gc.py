@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from retail.app import create_app
+from retail.web.app import create_app
 from tests.conftest import make_settings
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retail.capacity import (
+from retail.core.capacity import (
     Admit,
     Degrade,
     Limits,
@@ -15,7 +15,7 @@ from retail.capacity import (
     estimated_start_s,
     slot_free_times,
 )
-from retail.config import OverloadMode, ServiceLevel
+from retail.core.types import OverloadMode, ServiceLevel
 
 FULL_S = 2.0
 DEGRADED_S = 0.8

@@ -14,10 +14,10 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from retail.app import create_app
 from retail.cli import app as cli
-from retail.config import OverloadMode, ServiceLevel, Settings
-from retail.fulfilment.pipeline import Pipeline
+from retail.config import Settings
+from retail.core.types import OverloadMode, ServiceLevel
+from retail.web.app import create_app
 from tests.conftest import ADMIN, StartApp
 from tests.serving import python_environment
 
@@ -141,7 +141,7 @@ def test_degrade_skip_steps_as_a_list(
 ) -> None:
     settings = settings_from_env(monkeypatch, degrade_skip_steps=value)
     assert settings.degrade_skip_steps == steps
-    assert list(Pipeline.from_settings(settings).skipped(ServiceLevel.DEGRADED)) == steps
+    assert list(settings.pipeline().skipped(ServiceLevel.DEGRADED)) == steps
 
 
 def test_only_optional_steps_can_be_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,7 +158,7 @@ def test_step_delays_as_a_mapping(monkeypatch: pytest.MonkeyPatch, value: str) -
     settings = settings_from_env(monkeypatch, step_delays=value, fulfilment_delay="0")
     assert set(settings.step_delays) == {"payment", "ship"}
     # The other steps take their share of the (zero) total: an order takes 1.5 s.
-    assert Pipeline.from_settings(settings).mean_s(ServiceLevel.FULL) == pytest.approx(1.5)
+    assert settings.pipeline().mean_s(ServiceLevel.FULL) == pytest.approx(1.5)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from retail.config import LogFormat, LogLevel
-from retail.logs import configure_logging
+from retail.runtime.logs import configure_logging
 from tests.conftest import Running, StartApp, eventually, order_status, place
 from tests.serving import PYTHON, environment, follow, free_port, serving
 

@@ -233,8 +233,9 @@ def run_demo(
     customers: Sequence[str] = CUSTOMERS,
 ) -> list[DemoRound]:
     """Start a private service, play one round per capacity, stop the service."""
-    from retail.app import create_app
-    from retail.config import OverloadMode, Settings
+    from retail.config import Settings
+    from retail.core.types import OverloadMode
+    from retail.web.app import create_app
 
     if not capacities or any(c < 1 for c in capacities):
         raise DemoError("capacities must be whole numbers of at least 1")

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import make_url
 
-from retail.app import create_app
-from retail.db.engine import Database
-from retail.db.migrations import migrate, schema_status
+from retail.store.sql.engine import Database
+from retail.store.sql.migrations import migrate, schema_status
+from retail.web.app import create_app
 from tests.conftest import StartApp, eventually, make_settings, place
 
 

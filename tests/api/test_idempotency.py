@@ -73,7 +73,7 @@ async def test_refused_orders_are_not_remembered(running: Running) -> None:
 
 
 async def test_keys_expire(start_app: StartApp, manual_clock: object) -> None:
-    from retail.clock import ManualClock
+    from retail.runtime.clock import ManualClock
 
     clock = ManualClock()
     running = await start_app(clock=clock, idempotency_ttl_s=60, workers_enabled=False)

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from retail.clock import ManualClock
+from retail.runtime.clock import ManualClock
 from tests.conftest import (
     Running,
     StartApp,

@@ -15,7 +15,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from retail.clock import ManualClock
+from retail.runtime.clock import ManualClock
 from tests.conftest import StartApp, drive, place, quiescent
 from tests.serving import PYTHON, environment, free_port, serving, uvicorn_command
 

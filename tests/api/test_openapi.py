@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from retail.app import create_app
 from retail.config import Settings
+from retail.web.app import create_app
 from tests.conftest import ADMIN, Running, StartApp, eventually, place
 
 PROBLEM_REF = "#/components/schemas/Problem"

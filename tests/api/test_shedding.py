@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retail.clock import ManualClock
+from retail.runtime.clock import ManualClock
 from tests.conftest import Running, StartApp, place, quiescent
 
 

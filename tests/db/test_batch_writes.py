@@ -6,12 +6,12 @@ import uuid
 
 from sqlalchemy import Connection, select
 
-from retail.config import OrderStatus, ServiceLevel
-from retail.db import orders as order_repo
-from retail.db.bulk import MAX_PARAMETERS
-from retail.db.models import OrderEvent, table
-from retail.db.orders import NewOrder, PlacedOrder, place_orders
-from retail.errors import InsufficientStock, RetailError, UnknownSku
+from retail.core.errors import InsufficientStock, RetailError, UnknownSku
+from retail.core.types import OrderStatus, ServiceLevel
+from retail.store.sql import orders as order_repo
+from retail.store.sql.bulk import MAX_PARAMETERS
+from retail.store.sql.models import OrderEvent, table
+from retail.store.sql.orders import NewOrder, PlacedOrder, place_orders
 from tests.conftest import ADMIN, StartApp
 
 # More created events than one multi-row statement takes (six values each).

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner
 
 from retail.cli import app as cli
-from retail.db.migrations import alembic_config
-from retail.db.models import Base
+from retail.store.sql.migrations import alembic_config
+from retail.store.sql.models import Base
 from tests.serving import environment
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()

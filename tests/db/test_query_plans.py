@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import Select, select
 from sqlalchemy.dialects import sqlite
 
-from retail.config import OrderStatus
-from retail.db.engine import Database
-from retail.db.migrations import upgrade_to_head
-from retail.db.models import Order
+from retail.core.types import OrderStatus
+from retail.store.sql.engine import Database
+from retail.store.sql.migrations import upgrade_to_head
+from retail.store.sql.models import Order
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 

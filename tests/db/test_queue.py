@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from retail.clock import ManualClock
-from retail.config import OrderStatus
-from retail.db import queue
+from retail.core.types import OrderStatus
+from retail.runtime.clock import ManualClock
+from retail.store.sql import queue
 from tests.conftest import StartApp, place
 
 

@@ -7,9 +7,10 @@ import statistics
 
 import pytest
 
-from retail.config import ServiceLevel, Settings
-from retail.fulfilment.delays import Exponential, Fixed, Lognormal, Uniform, parse_delay
-from retail.fulfilment.pipeline import STEP_NAMES, Pipeline
+from retail.config import Settings
+from retail.core.delays import Exponential, Fixed, Lognormal, Uniform, parse_delay
+from retail.core.pipeline import STEP_NAMES, Pipeline
+from retail.core.types import ServiceLevel
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,7 @@ def test_samples_average_to_the_stated_mean(spec: str) -> None:
 
 def pipeline(**settings: object) -> Pipeline:
     values = {"fulfilment_delay": "2", "fulfilment_seed": 42, **settings}
-    return Pipeline.from_settings(Settings(_env_file=None, **values))  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values).pipeline()  # type: ignore[call-arg]
 
 
 def test_the_total_is_split_over_the_steps() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from retail.clock import ManualClock
+from retail.runtime.clock import ManualClock
 from tests.conftest import ADMIN, Running, StartApp, drive, eventually, place, quiescent
 
 
@@ -281,7 +281,7 @@ async def test_client_hanging_up_while_waiting_keeps_the_order(start_app: StartA
 async def test_graceful_stop_leaves_unfinished_orders_for_the_next_start(
     start_app: StartApp, database_url: str
 ) -> None:
-    from retail.app import create_app
+    from retail.web.app import create_app
     from tests.conftest import make_settings
 
     clock = ManualClock()

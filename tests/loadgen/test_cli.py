@@ -13,9 +13,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from retail.app import create_app
 from retail.cli import app
 from retail.loadgen.demo import serve_in_thread
+from retail.web.app import create_app
 from tests.conftest import ADMIN_TOKEN, make_settings
 
 PNG = b"\x89PNG\r\n\x1a\n"

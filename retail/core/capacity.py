@@ -1,0 +1,151 @@
+"""The capacity policy: admit, queue, degrade or reject a new order.
+
+Pure: no I/O, no clock, no framework. `decide(limits, load)` turns a snapshot of
+the current load and the configured limits into a frozen decision value, which
+`POST /orders` acts on before it touches the database.
+
+Estimates assume every order takes the mean service time of its service level
+and that waiting orders start in FIFO order, each on the slot that frees first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+from retail.core.types import OverloadMode, ServiceLevel
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    mode: OverloadMode
+    capacity: int
+    queue_limit: int
+    max_queue_wait_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What the process knows about its own load, at one instant."""
+
+    in_flight: int
+    queued: int
+    # seconds until each in-flight order is expected to finish (any order)
+    remaining_s: tuple[float, ...]
+    full_service_s: float
+    degraded_service_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """A slot is free: the order starts at once, in full."""
+
+    service_level: ServiceLevel = ServiceLevel.FULL
+    queue_position: int = 1
+    estimated_start_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """Every slot is busy: the order waits its turn, in full."""
+
+    queue_position: int
+    estimated_start_s: float
+    service_level: ServiceLevel = ServiceLevel.FULL
+
+
+@dataclass(frozen=True, slots=True)
+class Degrade:
+    """Every slot is busy: the order is accepted on the reduced-service path."""
+
+    queue_position: int
+    estimated_start_s: float
+    service_level: ServiceLevel = ServiceLevel.DEGRADED
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Shed: nothing is written. Retry after `retry_after_s` whole seconds."""
+
+    retry_after_s: int
+    reason: str
+
+
+Decision = Admit | Queue | Degrade | Reject
+
+
+def slot_free_times(load: Load, capacity: int) -> list[float]:
+    """When each of the `capacity` slots is next free for a waiting order, soonest first."""
+    busy = sorted(max(0.0, r) for r in load.remaining_s)
+    if len(busy) >= capacity:
+        # Over capacity (it was lowered at run time): a slot frees only once enough finish.
+        return busy[len(busy) - capacity :]
+    return [0.0] * (capacity - len(busy)) + busy
+
+
+def estimated_start_s(load: Load, capacity: int, waiting_index: int, service_s: float) -> float:
+    """Seconds until the queued order with `waiting_index` queued orders ahead of it starts.
+
+    Orders ahead include those about to take a free slot (free at 0 s in `slot_free_times`).
+    """
+    if waiting_index < 0:
+        return 0.0
+    free = slot_free_times(load, capacity)  # sorted, so already a heap
+    if service_s <= 0:
+        return free[0]
+    # Hand out slots one by one until they all free within one service time of each
+    # other; from then on they come round in the same order every `service_s`.
+    latest = free[-1]
+    index = waiting_index
+    while index > 0 and latest - free[0] > service_s:
+        freed_again = free[0] + service_s
+        heapq.heapreplace(free, freed_again)
+        latest = max(latest, freed_again)
+        index -= 1
+    rounds, slot = divmod(index, capacity)
+    return sorted(free)[slot] + rounds * service_s
+
+
+def _retry_after(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
+
+
+def decide(limits: Limits, load: Load) -> Decision:
+    capacity = limits.capacity
+    if load.in_flight + load.queued < capacity:
+        return Admit(queue_position=load.queued + 1)
+
+    position = load.queued + 1  # among orders with status `queued`, this one included
+    waiting_index = load.queued  # queued orders ahead, some perhaps about to take a free slot
+
+    if limits.mode is OverloadMode.REJECT:
+        # A slot is back for a new order once the orders still queued have taken theirs.
+        room_s = estimated_start_s(load, capacity, waiting_index, load.full_service_s)
+        return Reject(
+            retry_after_s=_retry_after(room_s),
+            reason=f"all {capacity} fulfilment slots are busy",
+        )
+
+    service_s = (
+        load.degraded_service_s if limits.mode is OverloadMode.DEGRADE else load.full_service_s
+    )
+    if load.queued >= limits.queue_limit:
+        # Room comes back when the order at the head of the excess starts.
+        excess = waiting_index - limits.queue_limit
+        return Reject(
+            retry_after_s=_retry_after(estimated_start_s(load, capacity, excess, service_s)),
+            reason=f"the queue is full ({load.queued} of {limits.queue_limit} waiting)",
+        )
+    start_s = estimated_start_s(load, capacity, waiting_index, service_s)
+    if limits.max_queue_wait_s is not None and start_s > limits.max_queue_wait_s:
+        return Reject(
+            retry_after_s=_retry_after(start_s - limits.max_queue_wait_s),
+            reason=(
+                f"the estimated wait {start_s:.1f} s exceeds the limit "
+                f"{limits.max_queue_wait_s:g} s"
+            ),
+        )
+    if limits.mode is OverloadMode.DEGRADE:
+        return Degrade(queue_position=position, estimated_start_s=start_s)
+    return Queue(queue_position=position, estimated_start_s=start_s)

@@ -1,0 +1,147 @@
+"""Log lines: plain text or JSON, each tagged with the request it belongs to.
+
+The HTTP middleware puts the request id in `request_id` (a context variable); every
+line logged while that request is handled, and by tasks it starts, carries it. The
+entry points (`retail serve`, `retail worker`, `retail.main`) call
+`configure_logging`; the app itself never touches the logging configuration.
+
+Structured fields go in `extra={"fields": {...}}`: JSON lines carry them as keys;
+text lines carry what the message says, plus the request id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from retail.config import LogFormat, LogLevel
+from retail.core.types import OrderStatus
+from retail.runtime.bus import OrderNotice
+
+request_id: ContextVar[str | None] = ContextVar("retail_request_id", default=None)
+
+transitions = logging.getLogger("retail.orders")
+
+# Where each kind of event comes from: the lifecycle is fixed (see OrderStatus).
+FROM_STATUS: dict[str, OrderStatus | None] = {
+    "created": None,
+    "started": OrderStatus.QUEUED,
+    "cancelled": OrderStatus.QUEUED,
+}
+# Step boundaries inside `processing`: logged at DEBUG; status changes at INFO.
+STEP_KINDS = frozenset({"step_started", "step_completed"})
+
+
+class RequestIdFilter(logging.Filter):
+    """Give every record a `request_id` attribute (None outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid = getattr(record, "request_id", None)
+        if rid is None:
+            return line
+        first, newline, rest = line.partition("\n")  # keep a traceback below the line
+        return f"{first} request_id={rid}{newline}{rest}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request_id, fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = getattr(record, "request_id", None)
+        if rid is not None:
+            entry["request_id"] = rid
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
+
+
+def formatter(log_format: LogFormat) -> logging.Formatter:
+    return JsonFormatter() if log_format is LogFormat.JSON else TextFormatter()
+
+
+def configure_logging(
+    log_format: LogFormat,
+    level: LogLevel = LogLevel.INFO,
+    *,
+    access_log: bool = True,
+    logger: str = "",
+) -> None:
+    """Write log lines to stderr in `log_format`.
+
+    `logger=""` (the root) takes every line, the server's and the libraries' too: for
+    processes `retail` runs itself. `logger="retail"` takes only the service's lines and
+    leaves the rest to a server that configured its own logging (`uvicorn retail.main:app`).
+    Replaces only what an earlier call installed. `access_log=False` drops the request lines.
+    """
+    target = logging.getLogger(logger or None)
+    for existing in list(target.handlers):
+        if getattr(existing, "retail", False):
+            target.removeHandler(existing)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.retail = True  # type: ignore[attr-defined]
+    handler.setFormatter(formatter(log_format))
+    handler.addFilter(RequestIdFilter())
+    target.addHandler(handler)
+    target.setLevel(level.value.upper())
+    if logger:
+        target.propagate = False  # the server's handlers would print it a second time
+    logging.getLogger("retail.http").setLevel(logging.NOTSET if access_log else logging.WARNING)
+
+
+def log_transition(notice: OrderNotice) -> None:
+    """One line per order event: order id, from and to status, step."""
+    source = FROM_STATUS.get(notice.kind, OrderStatus.PROCESSING)
+    level = logging.DEBUG if notice.kind in STEP_KINDS else logging.INFO
+    if not transitions.isEnabledFor(level):
+        return
+    detail = notice.detail or {}
+    step_name = notice.step or detail.get("step")  # a failure names the step it failed in
+    step = f" step={step_name}" if step_name else ""
+    reason = detail.get("reason") if notice.kind == "failed" else None
+    transitions.log(
+        level,
+        "order %s %s -> %s%s (%s)%s",
+        notice.order_id,
+        source.value if source else "new",
+        notice.status.value,
+        step,
+        notice.kind,
+        f": {reason}" if reason else "",
+        extra={
+            "request_id": request_id.get(),
+            "fields": {
+                "order_id": str(notice.order_id),
+                "event": notice.kind,
+                "from_status": source.value if source else None,
+                "to_status": notice.status.value,
+                "step": step_name,
+                **({"reason": reason} if reason else {}),
+            },
+        },
+    )

@@ -1,0 +1,206 @@
+"""Prometheus metrics: what the service counts and times, and their exposition.
+
+Each app builds one `Metrics` (with its own `CollectorRegistry`) in the composition
+root and hands it to the parts that observe something: the admission gate, the
+worker pool, the HTTP middleware. Nothing is registered globally, so any number of
+apps can live in one process.
+
+Several server processes (`uvicorn --workers N`): when `PROMETHEUS_MULTIPROC_DIR`
+names a directory at start, prometheus_client keeps every value in a file there and
+`/metrics` of any process sums the files of all of them. That directory must be
+empty when the server starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    multiprocess,
+)
+from prometheus_client.exposition import choose_encoder
+
+from retail.core import capacity
+from retail.core.types import OverloadMode
+from retail.runtime.bus import OrderNotice
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Seconds. Orders take seconds to minutes (and wait as long again when queued);
+# requests take milliseconds, or as long as `Prefer: wait`.
+ORDER_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
+WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+STEP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+OUTCOMES: dict[type, str] = {
+    capacity.Admit: "admit",
+    capacity.Queue: "queue",
+    capacity.Degrade: "degrade",
+    capacity.Reject: "reject",
+}
+
+
+def multiprocess_dir() -> str | None:
+    """The directory prometheus_client shares values through, if it runs in that mode."""
+    return os.environ.get(MULTIPROCESS_DIR_ENV) or None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        # No `_created` series: they double the series count and no query here needs them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.admission_decisions = Counter(
+            "retail_admission_decisions",
+            "Admission decisions for new orders, by overload mode and outcome.",
+            ["mode", "outcome"],
+            registry=registry,
+        )
+        self.orders_in_flight = Gauge(
+            "retail_orders_in_flight",
+            "Orders being fulfilled now (summed over processes).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.orders_queued = Gauge(
+            "retail_orders_queued",
+            "Orders waiting for a fulfilment slot.",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.queue_oldest_age = Gauge(
+            "retail_queue_oldest_age_seconds",
+            "How long the oldest queued order has waited; 0 when none waits.",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.queue_wait = Histogram(
+            "retail_order_queue_wait_seconds",
+            "From an order's creation to the start of its fulfilment.",
+            registry=registry,
+            buckets=WAIT_BUCKETS_S,
+        )
+        self.fulfilment_duration = Histogram(
+            "retail_order_fulfilment_duration_seconds",
+            "From the start of an order's fulfilment to fulfilled or failed.",
+            registry=registry,
+            buckets=ORDER_BUCKETS_S,
+        )
+        self.step_duration = Histogram(
+            "retail_fulfilment_step_duration_seconds",
+            "Time one fulfilment step took, by step.",
+            ["step"],
+            registry=registry,
+            buckets=STEP_BUCKETS_S,
+        )
+        self.orders_finished = Counter(
+            "retail_orders_finished",
+            "Orders that reached a terminal status, by status.",
+            ["status"],
+            registry=registry,
+        )
+        self.order_failures = Counter(
+            "retail_order_failures",
+            "Orders that failed, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "retail_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            "retail_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route template.",
+            ["method", "route"],
+            registry=registry,
+            buckets=HTTP_BUCKETS_S,
+        )
+
+        # Children by label values, for the series touched on every request: `labels()`
+        # checks and joins its arguments each time. The label sets are bounded (modes,
+        # outcomes, methods, route templates, statuses).
+        self._decisions: dict[tuple[OverloadMode, type], Counter] = {}
+        self._requests: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    # --- observations, where they happen -----------------------------------------------
+
+    def decided(self, mode: OverloadMode, decision: capacity.Decision) -> None:
+        key = (mode, type(decision))
+        child = self._decisions.get(key)
+        if child is None:
+            child = self.admission_decisions.labels(mode.value, OUTCOMES[type(decision)])
+            self._decisions[key] = child
+        child.inc()
+
+    def order_started(self, queue_wait_s: float | None) -> None:
+        """A worker claimed an order; `queue_wait_s` is None when it resumes one."""
+        if queue_wait_s is not None:
+            self.queue_wait.observe(max(0.0, queue_wait_s))
+
+    def step_done(self, step: str, seconds: float) -> None:
+        self.step_duration.labels(step).observe(max(0.0, seconds))
+
+    def order_done(self, fulfilment_s: float) -> None:
+        """A worker brought an order to fulfilled or failed, `fulfilment_s` after it started."""
+        self.fulfilment_duration.observe(max(0.0, fulfilment_s))
+
+    def order_failed(self, reason: str) -> None:
+        self.order_failures.labels(reason).inc()
+
+    def notice(self, notice: OrderNotice) -> None:
+        """Every published order event: count the terminal ones (cancellations too)."""
+        if notice.status.is_terminal:
+            self.orders_finished.labels(notice.status.value).inc()
+
+    def set_in_flight(self, count: int) -> None:
+        self.orders_in_flight.set(count)
+
+    def http_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._requests.get(key)
+        if children is None:
+            children = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_duration.labels(method, route),
+            )
+            self._requests[key] = children
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)
+
+    # --- scraping ------------------------------------------------------------------------
+
+    def refresh(self, *, queued: int, oldest_age_s: float | None) -> None:
+        """Set the queue gauges just before a scrape (the worker pool keeps in-flight current)."""
+        self.orders_queued.set(queued)
+        if oldest_age_s is not None:
+            self.queue_oldest_age.set(max(0.0, oldest_age_s))
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The body and content type of a scrape: Prometheus text, or OpenMetrics if asked."""
+        encode: Callable[[CollectorRegistry], bytes]
+        encode, content_type = choose_encoder(accept or "")
+        directory = multiprocess_dir()
+        if directory is None:
+            return encode(self.registry), content_type
+        # Every process's values, from the shared directory.
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
+        return encode(merged), content_type
+
+    def process_exit(self) -> None:
+        """Drop this process's live gauges from the shared directory (multiprocess mode)."""
+        directory = multiprocess_dir()
+        if directory is not None:
+            multiprocess.mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]

@@ -1,0 +1,316 @@
+"""The worker pool: claims orders from the database and runs their steps.
+
+One dispatcher task claims orders in FIFO order while fewer than `capacity` are
+in flight, and starts one named task per order. Capacity `1` is the synchronous
+server (one order at a time); capacity `N` fulfils up to N at once on the event
+loop. Stopping: no new claims, in-flight orders get `shutdown_timeout_s` to
+finish, the rest are cancelled and their leases released so the next start
+resumes them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from retail.core.admission import Admission
+from retail.core.pipeline import PAYMENT_STEP, Pipeline, Plan
+from retail.core.types import OrderStatus
+from retail.runtime.bus import EventBus, OrderNotice
+from retail.runtime.clock import Clock
+from retail.runtime.metrics import Metrics
+from retail.store.sql import idempotency, queue
+from retail.store.sql.engine import Database
+from retail.store.sql.models import OrderEvent
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+HOUSEKEEPING_INTERVAL_S = 600.0
+
+
+@dataclass
+class InFlight:
+    order_id: uuid.UUID
+    plan: Plan
+    started: datetime
+    expected_end: datetime
+    step: str | None = None
+
+
+def notice(event: OrderEvent) -> OrderNotice:
+    return OrderNotice(
+        order_id=event.order_id,
+        event_id=event.id,
+        kind=event.kind,
+        status=OrderStatus(event.status),
+        step=event.step,
+        at=event.at,
+        detail=event.detail,
+    )
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        clock: Clock,
+        pipeline: Pipeline,
+        admission: Admission,
+        bus: EventBus,
+        lease_s: float,
+        poll_interval_s: float,
+        shutdown_timeout_s: float,
+        claiming: bool = True,
+        on_finished: Callable[[InFlight, OrderStatus], None] = lambda flight, status: None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._db = db
+        self._clock = clock
+        self._pipeline = pipeline
+        self._admission = admission
+        self._bus = bus
+        self._lease_s = lease_s
+        self._poll_interval_s = poll_interval_s
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._claiming = claiming
+        self._on_finished = on_finished
+        self._metrics = metrics or Metrics()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_housekeeping = 0.0
+        self._last_resync = -math.inf
+        self.in_flight: dict[uuid.UUID, InFlight] = {}
+        admission.remaining_s = self.remaining_s
+
+    @property
+    def claiming(self) -> bool:
+        """Whether this process fulfils orders (else it only keeps its load figures fresh)."""
+        return self._claiming
+
+    @property
+    def running(self) -> bool:
+        return self._dispatcher is not None and not self._dispatcher.done()
+
+    def remaining_s(self) -> tuple[float, ...]:
+        now = self._clock.now()
+        return tuple(
+            max(0.0, (f.expected_end - now).total_seconds()) for f in self.in_flight.values()
+        )
+
+    def notify(self) -> None:
+        """Something changed (new order, free slot, new capacity): look for work now."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="retail-dispatcher")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._dispatcher is not None:
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        if not self._tasks:
+            return
+        _, unfinished = await asyncio.wait(self._tasks, timeout=self._shutdown_timeout_s)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        if unfinished:
+            async with self._db.write() as session:
+                released = await queue.release_leases(
+                    session=session, owner=self.owner, now=self._clock.now()
+                )
+            log.warning("shutdown: left %d unfinished orders for the next start", released)
+
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            if not self._claiming or len(self.in_flight) >= self._admission.limits.capacity:
+                await self._resync()
+                await self._idle()
+                continue
+            try:
+                started = await self._claim_and_start()
+            except Exception:
+                log.exception("claiming an order failed; retrying")
+                started = False
+            if not started:
+                await self._resync()
+                await self._housekeeping()
+                await self._idle()
+
+    async def _resync(self) -> None:
+        # Woken on every stored batch, but other processes' changes are only looked
+        # for once per poll interval: a busy intake must not count the queue per batch.
+        if time.monotonic() - self._last_resync < self._poll_interval_s:
+            return
+        self._last_resync = time.monotonic()
+        read_at_change = self._admission.changes
+        try:
+            async with self._db.read() as session:
+                counts = await queue.count_by_status(session=session)
+        except Exception:
+            log.exception("reading the queue length failed")
+            return
+        self._admission.resync(counts.get(OrderStatus.QUEUED, 0), read_at_change=read_at_change)
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+
+    async def _claim_and_start(self) -> bool:
+        now = self._clock.now()
+        async with self._db.write() as session:
+            claim = await queue.claim_next(
+                session=session, owner=self.owner, now=now, lease_s=self._lease_s
+            )
+        if claim is None:
+            return False
+        if not claim.resumed:
+            self._admission.left_queue()
+        self._metrics.order_started(
+            None if claim.resumed else (now - claim.created_at).total_seconds()
+        )
+        self._bus.publish(notice(claim.event))
+        plan = self._pipeline.plan(
+            order_seq=claim.seq, line_count=claim.line_count, level=claim.service_level
+        )
+        remaining = sum(step.delay_s for step in plan.steps[claim.step_index :])
+        flight = InFlight(claim.order_id, plan, now, now + timedelta(seconds=remaining))
+        self.in_flight[claim.order_id] = flight
+        self._metrics.set_in_flight(len(self.in_flight))
+        task = asyncio.create_task(
+            self._fulfil(claim, flight), name=f"retail-order-{claim.order_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _fulfil(self, claim: queue.Claim, flight: InFlight) -> None:
+        status = OrderStatus.PROCESSING
+        try:
+            status = await self._run_steps(claim, flight.plan, flight.started)
+        except queue.LeaseLost:
+            log.info("order %s: lease lost to another worker; leaving it", claim.order_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception(
+                "order %s: fulfilment failed; it resumes when the lease ends", claim.order_id
+            )
+        finally:
+            self.in_flight.pop(claim.order_id, None)
+            self._metrics.set_in_flight(len(self.in_flight))
+            self._on_finished(flight, status)
+            self.notify()
+
+    async def _write_events(self, events: list[OrderEvent]) -> None:
+        for event in events:
+            self._bus.publish(notice(event))
+
+    async def _run_steps(self, claim: queue.Claim, plan: Plan, started: datetime) -> OrderStatus:
+        if claim.token > MAX_ATTEMPTS:
+            return await self._finish(
+                claim,
+                OrderStatus.FAILED,
+                reason=f"gave up after {MAX_ATTEMPTS} attempts",
+                code="attempts_exhausted",
+            )
+        steps = plan.steps
+        index = claim.step_index
+        completed: tuple[str, int, float] | None = None
+        # Steps keep to a timetable that starts when the order was claimed: the time spent
+        # recording the claim or a step boundary, or waking up late, comes out of the next
+        # step, so an order holds its slot for its planned time, not that plus the writes.
+        step_start = started
+        while True:
+            starting = (steps[index].name, steps[index].delay_s) if index < len(steps) else None
+            async with self._db.write() as session:
+                events = await queue.step_boundary(
+                    session=session,
+                    claim=claim,
+                    now=self._clock.now(),
+                    completed=completed,
+                    starting=starting,
+                    lease_s=self._lease_s,
+                )
+            await self._write_events(events)
+            if starting is None:
+                break
+            self.in_flight[claim.order_id].step = starting[0]
+            began = self._clock.now()
+            due = step_start + timedelta(seconds=starting[1])
+            await self._clock.sleep((due - began).total_seconds())
+            took_s = (self._clock.now() - began).total_seconds()
+            step_start = due
+            self._metrics.step_done(starting[0], took_s)
+            if starting[0] == PAYMENT_STEP and plan.payment_declined:
+                return await self._finish(
+                    claim,
+                    OrderStatus.FAILED,
+                    reason="payment declined",
+                    code="payment_declined",
+                    step=PAYMENT_STEP,
+                )
+            completed = (starting[0], index + 1, took_s)
+            index += 1
+        return await self._finish(claim, OrderStatus.FULFILLED, skipped=list(plan.skipped))
+
+    async def _finish(
+        self,
+        claim: queue.Claim,
+        status: OrderStatus,
+        *,
+        reason: str | None = None,
+        code: str | None = None,
+        step: str | None = None,
+        skipped: list[str] | None = None,
+    ) -> OrderStatus:
+        """End the order; `code` names a failure's reason in metrics."""
+        detail: dict[str, object] = {}
+        if step:
+            detail["step"] = step
+        if skipped:
+            detail["skipped_steps"] = skipped
+        if status is OrderStatus.FAILED:
+            detail["stock_released"] = True
+        async with self._db.write() as session:
+            event = await queue.finish(
+                session=session,
+                claim=claim,
+                now=self._clock.now(),
+                status=status,
+                reason=reason,
+                detail=detail,
+            )
+        self._metrics.order_done((event.at - claim.started_at).total_seconds())
+        if code is not None:
+            self._metrics.order_failed(code)
+        self._bus.publish(notice(event))
+        return status
+
+    async def _housekeeping(self) -> None:
+        if time.monotonic() - self._last_housekeeping < HOUSEKEEPING_INTERVAL_S:
+            return
+        self._last_housekeeping = time.monotonic()
+        try:
+            async with self._db.write() as session:
+                purged = await idempotency.purge_expired(session=session, now=self._clock.now())
+            if purged:
+                log.info("purged %d expired idempotency keys", purged)
+        except Exception:
+            log.exception("housekeeping failed")

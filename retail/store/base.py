@@ -1,0 +1,195 @@
+"""What the service needs from persistence: the `Store` protocol and the values it speaks.
+
+Two implementations: `retail.store.sql.SqlStore` (SQLite and PostgreSQL through
+SQLAlchemy) and `retail.store.memory.MemoryStore` (a process's memory, for unit tests
+and the simulator). `tests/store/` is one conformance suite run against all three.
+
+The orders table is the record and the work queue. A worker claims the oldest
+available order (queued, or processing under an expired lease) and gets a fencing
+token (`Claim.token`) that grows with every claim; every later write for that claim
+is refused with `LeaseLost` once another claim has taken the order over.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from retail.core.errors import RetailError
+from retail.core.events import OrderEvent
+from retail.core.orders import NewOrder, OrderView, Placed
+from retail.core.types import OrderStatus, ServiceLevel
+
+
+class LeaseLost(Exception):
+    """Another worker owns the order now (or it was finished elsewhere)."""
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """The first answer to a keyed `POST /orders`, kept for replay."""
+
+    request_hash: str
+    order_id: uuid.UUID
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Keyed:
+    """An order's `Idempotency-Key` and the answer to store with it (rendered by the caller)."""
+
+    key: str
+    request_hash: str
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Placing:
+    """One order of a batch write, with its key if it has one."""
+
+    order: NewOrder
+    keyed: Keyed | None = None
+
+
+# Per order of a batch: stored, the answer stored earlier under its key (nothing written),
+# or why it was refused (unknown SKU, not enough stock, mixed currencies).
+Outcome = Placed | StoredResponse | RetailError
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    order_id: uuid.UUID
+    seq: int
+    token: int
+    step_index: int
+    line_count: int
+    service_level: ServiceLevel
+    resumed: bool  # it had been claimed before (a crash or a shutdown interrupted it)
+    event: OrderEvent  # `started` or `resumed`
+    created_at: datetime
+    started_at: datetime  # of its first claim
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    sku: str
+    name: str
+    unit_price: int
+    currency: str
+    stock: int
+    updated_at: datetime
+
+
+class Store(Protocol):
+    # --- life -------------------------------------------------------------------------
+    async def prepare(self, *, migrate: bool, seed_catalogue: bool, now: datetime) -> int:
+        """Migrate (if asked) and seed the demo catalogue into an empty one; products added."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def problems(self) -> list[str]:
+        """Why the store cannot take orders now (empty when all is well); raises if unreachable."""
+        ...
+
+    # --- placing --------------------------------------------------------------------------
+    async def place_orders(
+        self, batch: Sequence[Placing], *, now: datetime, keys_expire_at: datetime
+    ) -> list[Outcome]:
+        """Write a batch in one transaction: per order, stock taken and order, lines, first
+        event and key record written, all or nothing; a live key already stored gives its
+        stored answer instead. Outcomes in the batch's order."""
+        ...
+
+    async def find_response(self, key: str, *, now: datetime) -> StoredResponse | None: ...
+
+    async def purge_expired_responses(self, *, now: datetime) -> int: ...
+
+    # --- reading --------------------------------------------------------------------------
+    async def get_order(self, order_id: uuid.UUID) -> OrderView:
+        """The order; `OrderNotFound` if there is none."""
+        ...
+
+    async def list_orders(
+        self,
+        *,
+        status: OrderStatus | None = None,
+        customer_id: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[OrderView], int | None]:
+        """Newest first (by `seq`), and the `before_seq` of the next page (None: last page)."""
+        ...
+
+    async def queue_position(self, order: OrderView) -> int:
+        """1 + the queued orders that start before this one."""
+        ...
+
+    async def list_events(self, order_id: uuid.UUID, *, after_id: int = 0) -> list[OrderEvent]:
+        """Oldest first; `OrderNotFound` if there is no such order."""
+        ...
+
+    async def count_by_status(self) -> dict[OrderStatus, int]:
+        """Queued and processing orders."""
+        ...
+
+    async def oldest_queued_at(self) -> datetime | None: ...
+
+    # --- changing -------------------------------------------------------------------------
+    async def cancel_order(self, order_id: uuid.UUID, *, now: datetime) -> OrderEvent:
+        """Cancel a queued order, its stock back exactly once; `InvalidTransition` otherwise."""
+        ...
+
+    # --- the work queue -------------------------------------------------------------------
+    async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None: ...
+
+    async def step_boundary(
+        self,
+        claim: Claim,
+        *,
+        now: datetime,
+        completed: tuple[str, int, float] | None,
+        starting: tuple[str, float] | None,
+        lease_s: float,
+    ) -> list[OrderEvent]:
+        """Record the end of a step (name, new step_index, seconds it took) and/or the start of
+        the next (name, planned seconds), renewing the lease past it; `LeaseLost` if fenced."""
+        ...
+
+    async def finish(
+        self,
+        claim: Claim,
+        *,
+        now: datetime,
+        status: OrderStatus,
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> OrderEvent:
+        """The terminal state; a failure gives its stock back (once); `LeaseLost` if fenced."""
+        ...
+
+    async def release_leases(self, *, owner: str, now: datetime) -> int:
+        """Give up this owner's unfinished orders so the next claim resumes them at once."""
+        ...
+
+    # --- the catalogue --------------------------------------------------------------------
+    async def list_products(self) -> list[Product]: ...
+
+    async def get_product(self, sku: str) -> Product:
+        """`ProductNotFound` if there is none."""
+        ...
+
+    async def upsert_product(
+        self, *, sku: str, name: str, unit_price: int, stock: int, currency: str, now: datetime
+    ) -> tuple[Product, bool]:
+        """Create or replace; the product and whether it was created."""
+        ...

@@ -1,0 +1,97 @@
+"""Capacity snapshot, liveness and readiness.
+
+Ready means this process can take orders: the database answers within
+`ready_timeout_s` (and, on SQLite, the file it writes is still the one at its
+path), the schema is at the code's head revision, and the worker pool runs. An
+API-only process (`workers_enabled=false`) is ready without fulfilling orders
+itself: it stores them for `retail worker` processes, and its pool still tracks
+the load the capacity policy decides on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from sqlalchemy import text
+
+from retail.core.types import ServiceLevel
+from retail.runtime.services import Services
+from retail.store.sql.migrations import schema_status
+from retail.web.bounded import within
+from retail.web.deps import ServicesDep
+from retail.web.problems import problem, responses
+from retail.web.schemas import CapacityCounters, CapacityRead
+
+router = APIRouter()
+
+
+def capacity_snapshot(services: Services) -> CapacityRead:
+    admission = services.admission
+    limits = admission.limits
+    counters = admission.counters
+    return CapacityRead(
+        mode=limits.mode,
+        capacity=limits.capacity,
+        queue_limit=limits.queue_limit,
+        max_queue_wait_s=limits.max_queue_wait_s,
+        in_flight=len(services.pool.in_flight),
+        queued=admission.queued,
+        full_service_s=services.pipeline.mean_s(ServiceLevel.FULL),
+        degraded_service_s=services.pipeline.mean_s(ServiceLevel.DEGRADED),
+        counters=CapacityCounters(
+            accepted=counters.accepted,
+            admitted=counters.admitted,
+            queued=counters.queued,
+            degraded=counters.degraded,
+            rejected=counters.rejected,
+        ),
+    )
+
+
+@router.get("/capacity", tags=["capacity"], summary="Mode, limits, load and admission counters")
+async def get_capacity(services: ServicesDep) -> CapacityRead:
+    return capacity_snapshot(services)
+
+
+@router.get("/healthz", tags=["health"], summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    tags=["health"],
+    summary="Ready to take orders: database reachable, schema at head, workers running",
+    responses={503: {**responses(503)[503], "description": "Not ready; `detail` says why."}},
+    response_model=None,
+)
+async def readyz(request: Request, services: ServicesDep) -> dict[str, str] | object:
+    reasons = []
+    timeout_s = services.settings.ready_timeout_s
+    try:
+        reasons.extend(
+            await within(request.app, "readiness", lambda: database_problems(services), timeout_s)
+        )
+    except TimeoutError:
+        reasons.append(f"database did not answer within {timeout_s:g} s")
+    except Exception as error:
+        reasons.append(f"database unreachable: {type(error).__name__}: {error}")
+    if not services.pool.running:
+        reasons.append("the worker pool is not running (stopping, or it crashed)")
+    if reasons:
+        return problem(503, "not-ready", "Not ready", "; ".join(reasons))
+    fulfilment = "this process" if services.pool.claiming else "other processes (API only)"
+    return {"status": "ready", "fulfilment": fulfilment}
+
+
+async def database_problems(services: Services) -> list[str]:
+    file_problem = await asyncio.to_thread(services.db.file_problem)
+    if file_problem is not None:
+        return [file_problem]
+    async with services.db.read() as session:
+        await session.execute(text("SELECT 1"))
+    current, head = await schema_status(services.db.reader)
+    if current != head:
+        return [f"schema at {current}, code expects {head}: run `retail db upgrade`"]
+    return []

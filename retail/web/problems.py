@@ -1,0 +1,168 @@
+"""Every error as an RFC 9457 `application/problem+json` response."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from retail.core.errors import CapacityExceeded, RetailError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_MEDIA_TYPE
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> ProblemResponse:
+    body = {
+        "type": f"/problems/{slug}" if slug != "about:blank" else slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **({"instance": instance} if instance else {}),
+        **extra,
+    }
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+async def _retail_error(request: Request, error: Exception) -> ProblemResponse:
+    assert isinstance(error, RetailError)
+    if error.status >= 500 and not isinstance(error, CapacityExceeded):
+        log.error("%s %s: %s", request.method, request.url.path, error.detail)
+    return retail_problem(error, instance=request.url.path)
+
+
+def retail_problem(error: RetailError, *, instance: str | None) -> ProblemResponse:
+    """The problem response for a domain error (what its exception handler answers)."""
+    headers = None
+    if isinstance(error, CapacityExceeded):
+        headers = {"Retry-After": str(error.retry_after_s)}
+    elif error.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}  # required on every 401 (RFC 9110)
+    return problem(
+        error.status,
+        error.slug,
+        error.title,
+        error.detail,
+        instance=instance,
+        headers=headers,
+        **error.extra,
+    )
+
+
+async def _validation_error(request: Request, error: Exception) -> ProblemResponse:
+    assert isinstance(error, RequestValidationError)
+    errors = [
+        {"field": _location(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
+        for e in error.errors()
+    ]
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem(
+            400,
+            "malformed-json",
+            "Malformed JSON",
+            "The request body is not valid JSON: " + errors[0]["message"] + ".",
+            instance=request.url.path,
+        )
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+    if len(errors) > 5:
+        summary += f"; and {len(errors) - 5} more"
+    return problem(
+        422,
+        "validation-error",
+        "Invalid request",
+        summary,
+        instance=request.url.path,
+        errors=errors,
+    )
+
+
+async def _http_error(request: Request, error: Exception) -> ProblemResponse:
+    assert isinstance(error, StarletteHTTPException)
+    titles = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized", 403: "Forbidden"}
+    return problem(
+        error.status_code,
+        "about:blank",
+        titles.get(error.status_code, "HTTP error"),
+        str(error.detail),
+        instance=request.url.path,
+        headers=dict(error.headers) if error.headers else None,
+    )
+
+
+async def _unexpected(request: Request, error: Exception) -> ProblemResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return problem(
+        500,
+        "internal-error",
+        "Internal error",
+        "The server failed to handle this request; nothing was changed by it unless a "
+        "response said so. Retry, and report it if it persists.",
+        instance=request.url.path,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RetailError, _retail_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    _document_problem(app)
+
+
+def _document_problem(app: FastAPI) -> None:
+    """Put the `Problem` schema that `responses()` refers to into the OpenAPI components."""
+    from retail.web.schemas import Problem
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault("Problem", Problem.model_json_schema())
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem responses a route can give."""
+    meaning = {
+        400: "Malformed JSON or header.",
+        401: "Missing or wrong admin token (`Authorization: Bearer …`).",
+        403: "Admin endpoints are disabled: no `RETAIL_ADMIN_TOKEN` is set.",
+        404: "No such resource.",
+        409: "Conflicts with the current state.",
+        413: "Request body too large.",
+        422: "The request is well-formed but invalid; `errors` lists each field.",
+        503: "Over capacity or shutting down; retry after `Retry-After` seconds.",
+    }
+    return {
+        status: {
+            "description": meaning[status],
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

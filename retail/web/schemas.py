@@ -1,0 +1,166 @@
+"""Request and response models: what clients send and what they get back."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from retail.core.types import OrderStatus, OverloadMode, ServiceLevel
+
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+HARD_MAX_QUANTITY = 1_000_000
+HARD_MAX_LINES = 1000
+
+Sku = Annotated[
+    str,
+    Field(pattern=SKU_PATTERN, description="Stock-keeping unit: letters, digits, `.`, `_`, `-`."),
+]
+
+
+class StrictModel(BaseModel):
+    """Client input: exact types, no unknown fields (prices never come from clients)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class OrderItemIn(StrictModel):
+    sku: Sku = Field(examples=["MUG-1"])
+    quantity: int = Field(gt=0, le=HARD_MAX_QUANTITY, examples=[2])
+
+
+class OrderCreate(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"customer_id": "alice", "items": [{"sku": "MUG-1", "quantity": 2}]}]
+        }
+    )
+
+    customer_id: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^\S(.*\S)?$",
+        description="Who places the order (free text, no leading or trailing spaces).",
+    )
+    items: list[OrderItemIn] = Field(
+        min_length=1,
+        max_length=HARD_MAX_LINES,
+        description="One line per SKU. The service limits the number of lines (see /capacity).",
+    )
+
+
+class OrderLineRead(BaseModel):
+    sku: str
+    quantity: int
+    unit_price: int = Field(description="Catalogue price per unit when ordered, minor units.")
+    line_total: int
+
+
+class OrderRead(BaseModel):
+    id: uuid.UUID
+    customer_id: str
+    status: OrderStatus
+    service_level: ServiceLevel
+    skipped_steps: list[str] = Field(
+        description="Optional fulfilment steps left out on the degraded path."
+    )
+    lines: list[OrderLineRead]
+    total: int = Field(description="Sum of the lines, in minor units of `currency`.")
+    currency: str
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    current_step: str | None = Field(None, description="The step in progress while processing.")
+    failure_reason: str | None = None
+    queue_position: int | None = Field(
+        None, description="While queued: 1 means next to start when a slot frees."
+    )
+    estimated_start_at: datetime | None = Field(
+        None, description="While queued: when fulfilment is expected to start."
+    )
+
+
+class OrderPage(BaseModel):
+    items: list[OrderRead]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next (older) page; null on the last page."
+    )
+
+
+class OrderEventRead(BaseModel):
+    id: int
+    kind: str = Field(
+        description="created, started, resumed, step_started, step_completed, fulfilled, "
+        "failed, cancelled, lease_released"
+    )
+    status: OrderStatus
+    step: str | None = None
+    at: datetime
+    detail: dict[str, Any] | None = None
+
+
+class ProductRead(BaseModel):
+    sku: str
+    name: str
+    unit_price: int = Field(description="Minor units (cents).")
+    currency: str
+    stock: int = Field(description="Units available to order now.")
+
+
+class ProductUpsert(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "Coffee mug", "unit_price": 1250, "stock": 40}]}
+    )
+
+    name: str = Field(min_length=1, max_length=200)
+    unit_price: int = Field(ge=0, le=10**12, description="Minor units (cents).")
+    stock: int = Field(ge=0, le=2**31 - 1)
+    currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")
+
+
+class CapacityCounters(BaseModel):
+    accepted: int = Field(description="Orders accepted since start, any path.")
+    admitted: int = Field(description="Accepted with a slot free.")
+    queued: int = Field(description="Accepted to wait in the queue.")
+    degraded: int = Field(description="Accepted on the degraded path.")
+    rejected: int = Field(description="Refused with 503.")
+
+
+class CapacityRead(BaseModel):
+    mode: OverloadMode
+    capacity: int
+    queue_limit: int
+    max_queue_wait_s: float | None
+    in_flight: int
+    queued: int
+    full_service_s: float = Field(description="Expected fulfilment time of a full order.")
+    degraded_service_s: float = Field(description="Expected fulfilment time of a degraded order.")
+    counters: CapacityCounters
+
+
+class CapacityUpdate(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"mode": "reject"}, {"capacity": 8, "queue_limit": 50}]}
+    )
+
+    mode: OverloadMode | None = Field(None, strict=False, examples=["reject"])
+    capacity: int | None = Field(None, ge=1, le=10_000)
+    queue_limit: int | None = Field(None, ge=0, le=10_000_000)
+    max_queue_wait_s: float | None = Field(
+        None, gt=0, description="Seconds; send null to remove the bound, omit to keep it."
+    )
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None

@@ -1,0 +1,110 @@
+"""Per-request telemetry: a request id, one log line, and the HTTP metrics.
+
+The outermost middleware, so it sees every answer (413s, 503s, problems). The
+request id is the client's `X-Request-ID` when that is a sane token, else a new
+one; it is echoed in the response and tags every log line of the request. Metrics
+are labelled by route template (`/orders/{order_id}`), never by raw path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from retail.runtime.logs import request_id
+from retail.runtime.metrics import Metrics
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_RAW = REQUEST_ID_HEADER.lower().encode()
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+/=@-]{0,127}$")
+UNMATCHED_ROUTE = "unmatched"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+access = logging.getLogger("retail.http")
+
+
+def sane_request_id(value: str | None) -> str | None:
+    """The client's request id if it is 1-128 token characters, else None."""
+    if value is not None and REQUEST_ID_PATTERN.fullmatch(value):
+        return value
+    return None
+
+
+def route_template(scope: Scope) -> str:
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class RequestTelemetry:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given = sane_request_id(value.decode("latin-1"))
+                break
+        rid = given or os.urandom(16).hex()
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500  # unless a response starts: the server answers an exception with 500
+        headers: list[tuple[bytes, bytes]] = []
+
+        async def tagged_send(message: Message) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", ()), (REQUEST_ID_RAW, rid.encode("latin-1"))]
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tagged_send)
+        finally:
+            seconds = time.perf_counter() - started
+            method = scope["method"]
+            label = method if method in METHODS else "other"  # a client cannot add series
+            self.metrics.http_request(label, route_template(scope), status, seconds)
+            self._log(method, scope["path"], status, seconds, rid, headers)
+            request_id.reset(token)
+
+    @staticmethod
+    def _log(
+        method: str,
+        path: str,
+        status: int,
+        seconds: float,
+        rid: str,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        if not access.isEnabledFor(logging.INFO):
+            return
+        location = next((v.decode("latin-1") for k, v in headers if k == b"location"), "")
+        order_id = location.removeprefix("/orders/") if location.startswith("/orders/") else None
+        access.info(
+            "%s %s %d %.1fms%s",
+            method,
+            path,
+            status,
+            seconds * 1000,
+            f" order_id={order_id}" if order_id else "",
+            extra={
+                "request_id": rid,
+                "fields": {
+                    "method": method,
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 3),
+                    **({"order_id": order_id} if order_id else {}),
+                },
+            },
+        )
