@@ -190,7 +190,7 @@ async def quiescent(running: Running) -> None:
 
     def check() -> bool:
         pool = services.pool
-        busy = len(pool.in_flight)
+        busy = pool.in_flight
         return clock.sleepers == busy and (
             services.admission.queued == 0 or busy >= services.admission.limits.capacity
         )

@@ -1,9 +1,13 @@
-"""Admission: the process's live load, the current limits, and the counters.
+"""Admission: the load the policy decides on, the limits in force, and the counters.
 
-`capacity.decide` is the pure policy; this holds the state it decides on. An
-admitted order takes a place in `queued` at once (before its row is written), so
-concurrent requests never over-admit; the place is given back if the write fails.
-All methods are synchronous: between a check and its increment nothing else runs.
+`capacity.decide` is the pure policy; `Admission` owns the state it decides on and
+every counter of it. Waiting orders (`queued`) are counted here and nowhere else:
+an admitted order takes its place at once (before its row is written), so
+concurrent requests never over-admit, and gives it back if it is not stored
+(`Ticket.release`), when it starts (`left_queue`) or when it is cancelled
+(`left_queue`). In-flight orders and when each frees its slot come from the
+`Dispatcher`. All methods are synchronous: between a check and its increment
+nothing else runs.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from retail.core import capacity
+from retail.core.dispatch import Dispatcher
 from retail.core.errors import CapacityExceeded
 from retail.core.pipeline import Pipeline
-from retail.core.types import ServiceLevel
-from retail.runtime.metrics import Metrics
+from retail.core.types import OverloadMode, ServiceLevel
+
+DecisionObserver = Callable[[OverloadMode, capacity.Decision], None]
 
 
 @dataclass
@@ -41,23 +48,17 @@ class Counters:
 
 @dataclass
 class Ticket:
-    """A place taken by an admitted order; `release()` it if the order is not stored."""
+    """A place taken by an admitted order; settle it once: `keep`, `release` or `withdraw`."""
 
     decision: capacity.Admit | capacity.Queue | capacity.Degrade
     _admission: Admission
     _open: bool = True
 
-    @property
-    def service_level(self) -> ServiceLevel:
-        return self.decision.service_level
-
     def release(self) -> None:
         """The order was not stored: give its place back."""
         if self._open:
             self._open = False
-            self._admission.unsettled -= 1
-            self._admission.queued = max(0, self._admission.queued - 1)
-            self._admission.changes += 1
+            self._admission._settled(queued=-1)
 
     def withdraw(self) -> None:
         """The order turned out to be a retry of one already stored: as if never admitted."""
@@ -66,11 +67,10 @@ class Ticket:
             self._admission.counters.count_accepted(self.decision, step=-1)
 
     def keep(self) -> None:
-        """The order is stored: its place now shows in the database's count too."""
+        """The order is stored: its place now shows in the store's count too."""
         if self._open:
             self._open = False
-            self._admission.unsettled -= 1
-            self._admission.changes += 1
+            self._admission._settled(queued=0)
 
 
 class Admission:
@@ -78,25 +78,25 @@ class Admission:
         self,
         limits: capacity.Limits,
         pipeline: Pipeline,
-        remaining_s: Callable[[], tuple[float, ...]] = tuple,
+        dispatcher: Dispatcher[Any] | None = None,
         *,
-        metrics: Metrics | None = None,
+        on_decision: DecisionObserver | None = None,
     ) -> None:
         self.limits = limits
-        self.metrics = metrics or Metrics()
         self.pipeline = pipeline
-        self.queued = 0
-        self.unsettled = 0  # admitted, not yet stored or refused
+        self.dispatcher: Dispatcher[Any] = dispatcher or Dispatcher(limits.capacity)
+        self.dispatcher.capacity = limits.capacity
+        self.queued = 0  # waiting for a slot, admitted orders not yet stored included
+        self.unsettled = 0  # admitted, not yet stored or given back
         self.changes = 0  # bumped on every local change, so a stale resync is dropped
         self.counters = Counters()
-        # Filled in by the worker pool: seconds left for each in-flight order.
-        self.remaining_s = remaining_s
-        # What the policy plans with; the delay models do not change while the app runs.
+        self._on_decision = on_decision
+        # What the policy plans with; the delay models do not change while it runs.
         self._full_service_s = pipeline.mean_s(ServiceLevel.FULL)
         self._degraded_service_s = pipeline.mean_s(ServiceLevel.DEGRADED)
 
-    def load(self) -> capacity.Load:
-        remaining = self.remaining_s()
+    def load(self, now: float) -> capacity.Load:
+        remaining = self.dispatcher.remaining_s(now)
         return capacity.Load(
             in_flight=len(remaining),
             queued=self.queued,
@@ -104,6 +104,70 @@ class Admission:
             full_service_s=self._full_service_s,
             degraded_service_s=self._degraded_service_s,
         )
+
+    def _decide(self, now: float) -> tuple[capacity.Decision, capacity.Load]:
+        load = self.load(now)
+        decision = capacity.decide(self.limits, load)
+        if self._on_decision is not None:
+            self._on_decision(self.limits.mode, decision)
+        if isinstance(decision, capacity.Reject):
+            self.counters.rejected += 1
+            raise self._exceeded(decision, load)
+        return decision, load
+
+    def refuse_early(self, now: float) -> None:
+        """Raise `CapacityExceeded` if a new order would be refused now; take nothing.
+
+        For a refusal before the request is read: an order that passes still has to be
+        admitted (`admit`) once it is whole.
+        """
+        load = self.load(now)
+        decision = capacity.decide(self.limits, load)
+        if isinstance(decision, capacity.Reject):
+            if self._on_decision is not None:
+                self._on_decision(self.limits.mode, decision)
+            self.counters.rejected += 1
+            raise self._exceeded(decision, load)
+
+    def admit(self, now: float) -> Ticket:
+        """Decide for one new order and take its place; raise `CapacityExceeded` to shed it."""
+        decision, _ = self._decide(now)
+        assert not isinstance(decision, capacity.Reject)
+        self.queued += 1
+        self.unsettled += 1
+        self.changes += 1
+        self.counters.count_accepted(decision)
+        return Ticket(decision, self)
+
+    def _settled(self, *, queued: int) -> None:
+        self.unsettled -= 1
+        self.queued = max(0, self.queued + queued)
+        self.changes += 1
+
+    def left_queue(self) -> None:
+        """A waiting order started (a worker claimed it) or was cancelled."""
+        self.queued = max(0, self.queued - 1)
+        self.changes += 1
+
+    def resync(self, stored_queued: int, *, read_at_change: int) -> None:
+        """Adopt the store's count of waiting orders (other processes enqueue and claim too).
+
+        `read_at_change` is `changes` when the count was read; if anything changed here
+        since, the count may be stale and is dropped (the next one will do).
+        """
+        if read_at_change == self.changes:
+            self.queued = stored_queued + self.unsettled
+
+    def estimated_start_s(self, now: float, queue_position: int, level: ServiceLevel) -> float:
+        """Estimated seconds until the waiting order at `queue_position` (1-based) starts."""
+        return capacity.estimated_start_s(
+            self.load(now), self.limits.capacity, queue_position - 1, self.pipeline.mean_s(level)
+        )
+
+    def update(self, **changes: Any) -> None:
+        """New limits (mode, capacity, queue_limit, max_queue_wait_s) from now on."""
+        self.limits = dataclasses.replace(self.limits, **changes)
+        self.dispatcher.capacity = self.limits.capacity
 
     def _exceeded(self, decision: capacity.Reject, load: capacity.Load) -> CapacityExceeded:
         return CapacityExceeded(
@@ -115,40 +179,3 @@ class Admission:
             queued=load.queued,
             queue_limit=self.limits.queue_limit,
         )
-
-    def admit(self) -> Ticket:
-        """Decide for one new order; raise `CapacityExceeded` to shed it."""
-        load = self.load()
-        decision = capacity.decide(self.limits, load)
-        self.metrics.decided(self.limits.mode, decision)
-        if isinstance(decision, capacity.Reject):
-            self.counters.rejected += 1
-            raise self._exceeded(decision, load)
-        self.queued += 1
-        self.unsettled += 1
-        self.changes += 1
-        self.counters.count_accepted(decision)
-        return Ticket(decision, self)
-
-    def resync(self, stored_queued: int, *, read_at_change: int) -> None:
-        """Adopt the database's count of queued orders (other processes enqueue and claim too).
-
-        `read_at_change` is `changes` when the count was read; if anything changed here
-        since, the count may be stale and is dropped (the next one will do).
-        """
-        if read_at_change == self.changes:
-            self.queued = stored_queued + self.unsettled
-
-    def left_queue(self) -> None:
-        """A queued order was claimed by a worker or cancelled."""
-        self.queued = max(0, self.queued - 1)
-        self.changes += 1
-
-    def estimated_start_s(self, queue_position: int, level: ServiceLevel) -> float:
-        """Estimated seconds until the order at `queue_position` (1-based) starts."""
-        return capacity.estimated_start_s(
-            self.load(), self.limits.capacity, queue_position - 1, self.pipeline.mean_s(level)
-        )
-
-    def update(self, **changes: object) -> None:
-        self.limits = dataclasses.replace(self.limits, **changes)  # type: ignore[arg-type]

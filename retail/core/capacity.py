@@ -107,8 +107,22 @@ def estimated_start_s(load: Load, capacity: int, waiting_index: int, service_s: 
     return sorted(free)[slot] + rounds * service_s
 
 
-def _retry_after(seconds: float) -> int:
+def retry_after_s(seconds: float) -> int:
+    """A `Retry-After` for a wait of `seconds`: whole seconds, at least 1."""
     return max(1, math.ceil(seconds))
+
+
+def _slots_taken(capacity: int, load: Load) -> str:
+    slots = (
+        "the only fulfilment slot is" if capacity == 1 else f"all {capacity} fulfilment slots are"
+    )
+    about_to_start = load.queued
+    if about_to_start and load.in_flight < capacity:
+        return (
+            f"{slots} taken ({load.in_flight} in fulfilment, {about_to_start} "
+            f"{'order' if about_to_start == 1 else 'orders'} about to start)"
+        )
+    return f"{slots} busy"
 
 
 def decide(limits: Limits, load: Load) -> Decision:
@@ -123,8 +137,8 @@ def decide(limits: Limits, load: Load) -> Decision:
         # A slot is back for a new order once the orders still queued have taken theirs.
         room_s = estimated_start_s(load, capacity, waiting_index, load.full_service_s)
         return Reject(
-            retry_after_s=_retry_after(room_s),
-            reason=f"all {capacity} fulfilment slots are busy",
+            retry_after_s=retry_after_s(room_s),
+            reason=_slots_taken(capacity, load),
         )
 
     service_s = (
@@ -134,13 +148,13 @@ def decide(limits: Limits, load: Load) -> Decision:
         # Room comes back when the order at the head of the excess starts.
         excess = waiting_index - limits.queue_limit
         return Reject(
-            retry_after_s=_retry_after(estimated_start_s(load, capacity, excess, service_s)),
+            retry_after_s=retry_after_s(estimated_start_s(load, capacity, excess, service_s)),
             reason=f"the queue is full ({load.queued} of {limits.queue_limit} waiting)",
         )
     start_s = estimated_start_s(load, capacity, waiting_index, service_s)
     if limits.max_queue_wait_s is not None and start_s > limits.max_queue_wait_s:
         return Reject(
-            retry_after_s=_retry_after(start_s - limits.max_queue_wait_s),
+            retry_after_s=retry_after_s(start_s - limits.max_queue_wait_s),
             reason=(
                 f"the estimated wait {start_s:.1f} s exceeds the limit "
                 f"{limits.max_queue_wait_s:g} s"

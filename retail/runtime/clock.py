@@ -1,15 +1,23 @@
-"""The clock seam: every simulated delay and every timestamp goes through a `Clock`.
+"""The clock seam: every timestamp, simulated delay and timed wait goes through a `Clock`.
 
-`SystemClock` is real time. `ManualClock` stands still until `advance()` is called,
-so tests (and simulations) decide exactly when simulated work completes and never
-wait through a real delay.
+- `now()`: wall-clock time for timestamps (UTC); `seconds()`: the same as a float, the
+  timeline the load model (`retail.core`) plans on.
+- `sleep(s)`: a simulated delay (a fulfilment step).
+- `monotonic()` and `wait(event, timeout_s)`: time for I/O — poll intervals,
+  keep-alives, how long a request took.
+
+`SystemClock` is real time. `ManualClock` stands still until `advance()` is called, so
+tests decide exactly when simulated work completes and never wait through a real
+delay; its I/O time stays real, so polls and streams keep moving in a test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -19,19 +27,49 @@ class Clock(Protocol):
         """Current wall-clock time, timezone-aware UTC."""
         ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    def seconds(self) -> float:
+        """`now()` as seconds since the epoch."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """A simulated delay."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back, for measuring I/O."""
+        ...
+
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
+        """Wait until `event` is set (True) or `timeout_s` of I/O time pass (False)."""
+        ...
+
+
+async def _wait_real(event: asyncio.Event, timeout_s: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await event.wait()
+    return event.is_set()
 
 
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
+    def seconds(self) -> float:
+        return time.time()
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
+        return await _wait_real(event, timeout_s)
+
 
 class ManualClock:
-    """Virtual time that moves only when told to."""
+    """Virtual time that moves only when told to (I/O time stays real)."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self._now = start or datetime(2030, 1, 1, tzinfo=UTC)
@@ -40,6 +78,15 @@ class ManualClock:
 
     def now(self) -> datetime:
         return self._now
+
+    def seconds(self) -> float:
+        return self._now.timestamp()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def wait(self, event: asyncio.Event, timeout_s: float) -> bool:
+        return await _wait_real(event, timeout_s)
 
     @property
     def sleepers(self) -> int:

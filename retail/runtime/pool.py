@@ -1,7 +1,8 @@
 """The worker pool: claims orders from the database and runs their steps.
 
-One dispatcher task claims orders in FIFO order while fewer than `capacity` are
-in flight, and starts one named task per order. Capacity `1` is the synchronous
+One dispatcher task claims orders in FIFO order while the `Dispatcher` (the core's
+in-flight timetable, shared with admission) has a free slot, and starts one named
+task per order. Capacity `1` is the synchronous
 server (one order at a time); capacity `N` fulfils up to N at once on the event
 loop. Stopping: no new claims, in-flight orders get `shutdown_timeout_s` to
 finish, the rest are cancelled and their leases released so the next start
@@ -11,15 +12,11 @@ resumes them at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
 import socket
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from retail.core.admission import Admission
@@ -36,15 +33,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 HOUSEKEEPING_INTERVAL_S = 600.0
-
-
-@dataclass
-class InFlight:
-    order_id: uuid.UUID
-    plan: Plan
-    started: datetime
-    expected_end: datetime
-    step: str | None = None
 
 
 def notice(event: OrderEvent) -> OrderNotice:
@@ -72,7 +60,6 @@ class WorkerPool:
         poll_interval_s: float,
         shutdown_timeout_s: float,
         claiming: bool = True,
-        on_finished: Callable[[InFlight, OrderStatus], None] = lambda flight, status: None,
         metrics: Metrics | None = None,
     ) -> None:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -85,16 +72,23 @@ class WorkerPool:
         self._poll_interval_s = poll_interval_s
         self._shutdown_timeout_s = shutdown_timeout_s
         self._claiming = claiming
-        self._on_finished = on_finished
         self._metrics = metrics or Metrics()
         self._wake = asyncio.Event()
         self._stopping = False
-        self._dispatcher: asyncio.Task[None] | None = None
+        self._claimer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._last_housekeeping = 0.0
+        self._last_housekeeping = -math.inf
         self._last_resync = -math.inf
-        self.in_flight: dict[uuid.UUID, InFlight] = {}
-        admission.remaining_s = self.remaining_s
+        self._dispatcher = admission.dispatcher
+
+    @property
+    def in_flight(self) -> int:
+        return self._dispatcher.in_flight
+
+    def current_step(self, order_id: uuid.UUID) -> str | None:
+        """The step an order fulfilled here is in (None if it is not in flight here)."""
+        running = self._dispatcher.running.get(order_id)
+        return running.step if running is not None else None
 
     @property
     def claiming(self) -> bool:
@@ -103,26 +97,20 @@ class WorkerPool:
 
     @property
     def running(self) -> bool:
-        return self._dispatcher is not None and not self._dispatcher.done()
-
-    def remaining_s(self) -> tuple[float, ...]:
-        now = self._clock.now()
-        return tuple(
-            max(0.0, (f.expected_end - now).total_seconds()) for f in self.in_flight.values()
-        )
+        return self._claimer is not None and not self._claimer.done()
 
     def notify(self) -> None:
         """Something changed (new order, free slot, new capacity): look for work now."""
         self._wake.set()
 
     async def start(self) -> None:
-        self._dispatcher = asyncio.create_task(self._dispatch(), name="retail-dispatcher")
+        self._claimer = asyncio.create_task(self._dispatch(), name="retail-dispatcher")
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._dispatcher is not None:
-            await asyncio.gather(self._dispatcher, return_exceptions=True)
+        if self._claimer is not None:
+            await asyncio.gather(self._claimer, return_exceptions=True)
         if not self._tasks:
             return
         _, unfinished = await asyncio.wait(self._tasks, timeout=self._shutdown_timeout_s)
@@ -139,7 +127,7 @@ class WorkerPool:
     async def _dispatch(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            if not self._claiming or len(self.in_flight) >= self._admission.limits.capacity:
+            if not self._claiming or not self._dispatcher.free_slots:
                 await self._resync()
                 await self._idle()
                 continue
@@ -156,9 +144,9 @@ class WorkerPool:
     async def _resync(self) -> None:
         # Woken on every stored batch, but other processes' changes are only looked
         # for once per poll interval: a busy intake must not count the queue per batch.
-        if time.monotonic() - self._last_resync < self._poll_interval_s:
+        if self._clock.monotonic() - self._last_resync < self._poll_interval_s:
             return
-        self._last_resync = time.monotonic()
+        self._last_resync = self._clock.monotonic()
         read_at_change = self._admission.changes
         try:
             async with self._db.read() as session:
@@ -169,8 +157,7 @@ class WorkerPool:
         self._admission.resync(counts.get(OrderStatus.QUEUED, 0), read_at_change=read_at_change)
 
     async def _idle(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+        await self._clock.wait(self._wake, self._poll_interval_s)
 
     async def _claim_and_start(self) -> bool:
         now = self._clock.now()
@@ -190,20 +177,18 @@ class WorkerPool:
             order_seq=claim.seq, line_count=claim.line_count, level=claim.service_level
         )
         remaining = sum(step.delay_s for step in plan.steps[claim.step_index :])
-        flight = InFlight(claim.order_id, plan, now, now + timedelta(seconds=remaining))
-        self.in_flight[claim.order_id] = flight
-        self._metrics.set_in_flight(len(self.in_flight))
+        self._dispatcher.start(claim.order_id, now=now.timestamp(), planned_s=remaining)
+        self._metrics.set_in_flight(self._dispatcher.in_flight)
         task = asyncio.create_task(
-            self._fulfil(claim, flight), name=f"retail-order-{claim.order_id}"
+            self._fulfil(claim, plan, now), name=f"retail-order-{claim.order_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _fulfil(self, claim: queue.Claim, flight: InFlight) -> None:
-        status = OrderStatus.PROCESSING
+    async def _fulfil(self, claim: queue.Claim, plan: Plan, started: datetime) -> None:
         try:
-            status = await self._run_steps(claim, flight.plan, flight.started)
+            await self._run_steps(claim, plan, started)
         except queue.LeaseLost:
             log.info("order %s: lease lost to another worker; leaving it", claim.order_id)
         except asyncio.CancelledError:
@@ -213,14 +198,9 @@ class WorkerPool:
                 "order %s: fulfilment failed; it resumes when the lease ends", claim.order_id
             )
         finally:
-            self.in_flight.pop(claim.order_id, None)
-            self._metrics.set_in_flight(len(self.in_flight))
-            self._on_finished(flight, status)
+            self._dispatcher.finish(claim.order_id)
+            self._metrics.set_in_flight(self._dispatcher.in_flight)
             self.notify()
-
-    async def _write_events(self, events: list[OrderEvent]) -> None:
-        for event in events:
-            self._bus.publish(notice(event))
 
     async def _run_steps(self, claim: queue.Claim, plan: Plan, started: datetime) -> OrderStatus:
         if claim.token > MAX_ATTEMPTS:
@@ -248,10 +228,13 @@ class WorkerPool:
                     starting=starting,
                     lease_s=self._lease_s,
                 )
-            await self._write_events(events)
+            for event in events:
+                self._bus.publish(notice(event))
             if starting is None:
                 break
-            self.in_flight[claim.order_id].step = starting[0]
+            running = self._dispatcher.running.get(claim.order_id)
+            if running is not None:
+                running.step = starting[0]
             began = self._clock.now()
             due = step_start + timedelta(seconds=starting[1])
             await self._clock.sleep((due - began).total_seconds())
@@ -304,9 +287,9 @@ class WorkerPool:
         return status
 
     async def _housekeeping(self) -> None:
-        if time.monotonic() - self._last_housekeeping < HOUSEKEEPING_INTERVAL_S:
+        if self._clock.monotonic() - self._last_housekeeping < HOUSEKEEPING_INTERVAL_S:
             return
-        self._last_housekeeping = time.monotonic()
+        self._last_housekeeping = self._clock.monotonic()
         try:
             async with self._db.write() as session:
                 purged = await idempotency.purge_expired(session=session, now=self._clock.now())

@@ -59,7 +59,7 @@ async def running_services(
             counts = await queue.count_by_status(session=session)
         db.pin_file()
         pipeline = settings.pipeline()
-        admission = Admission(settings.limits(), pipeline, metrics=metrics)
+        admission = Admission(settings.limits(), pipeline, on_decision=metrics.decided)
         admission.queued = counts.get(OrderStatus.QUEUED, 0)
         bus = EventBus()
         bus.listen(log_transition)

@@ -35,7 +35,7 @@ def capacity_snapshot(services: Services) -> CapacityRead:
         capacity=limits.capacity,
         queue_limit=limits.queue_limit,
         max_queue_wait_s=limits.max_queue_wait_s,
-        in_flight=len(services.pool.in_flight),
+        in_flight=services.pool.in_flight,
         queued=admission.queued,
         full_service_s=services.pipeline.mean_s(ServiceLevel.FULL),
         degraded_service_s=services.pipeline.mean_s(ServiceLevel.DEGRADED),

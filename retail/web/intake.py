@@ -113,7 +113,7 @@ async def take_order(
         raise
     if ticket is None:
         try:
-            ticket = services.admission.admit()
+            ticket = services.admission.admit(services.clock.seconds())
         except CapacityExceeded:
             # A retry of an order already stored gets its answer even when full.
             if key is not None and digest is not None:
@@ -427,7 +427,7 @@ class OrderIntake:
             # Decided before anything is read. A retry with a key must get its stored
             # answer even when the service is full: it is decided after the key's lookup.
             try:
-                ticket = services.admission.admit()
+                ticket = services.admission.admit(services.clock.seconds())
             except CapacityExceeded as refusal:
                 await retail_problem(refusal, instance=PATH)(scope, receive, send)
                 return

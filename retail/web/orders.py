@@ -80,7 +80,7 @@ def retry_after_s(services: Services, order: Order, position: int | None) -> int
         return None
     level = ServiceLevel(order.service_level)
     if status is OrderStatus.QUEUED and position is not None:
-        seconds = services.admission.estimated_start_s(position, level)
+        seconds = services.admission.estimated_start_s(services.clock.seconds(), position, level)
     else:
         steps_left = len(STEPS) - len(order.skipped_steps) - order.step_index
         seconds = services.pipeline.mean_s(level) * steps_left / max(1, len(STEPS))
@@ -131,9 +131,9 @@ async def list_orders(
 def _current_step(services: Services, order: Order) -> str | None:
     if order.status != OrderStatus.PROCESSING:
         return None
-    flight = services.pool.in_flight.get(order.id)
-    if flight is not None:
-        return flight.step
+    step = services.pool.current_step(order.id)
+    if step is not None:
+        return step
     steps = [s.name for s in STEPS if s.name not in order.skipped_steps]
     return steps[order.step_index] if order.step_index < len(steps) else None
 
@@ -147,8 +147,9 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Respon
         if order.status == OrderStatus.QUEUED:
             position = await order_repo.queue_position(session=session, order=order)
             level = ServiceLevel(order.service_level)
-            estimated = services.clock.now() + timedelta(
-                seconds=services.admission.estimated_start_s(position, level)
+            now = services.clock.now()
+            estimated = now + timedelta(
+                seconds=services.admission.estimated_start_s(now.timestamp(), position, level)
             )
     retry = retry_after_s(services, order, position)
     if retry is not None:

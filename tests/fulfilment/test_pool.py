@@ -203,7 +203,7 @@ async def test_raising_capacity_at_run_time_starts_queued_orders(start_app: Star
     await quiescent(running)
     assert (await client.get("/capacity")).json()["in_flight"] == 1
     await client.put("/admin/capacity", json={"capacity": 3}, headers=ADMIN)
-    await eventually(lambda: len(running.services.pool.in_flight) == 3)
+    await eventually(lambda: running.services.pool.in_flight == 3)
     snapshot = (await client.get("/capacity")).json()
     assert snapshot["in_flight"] == 3 and snapshot["queued"] == 0
 
@@ -294,7 +294,7 @@ async def test_graceful_stop_leaves_unfinished_orders_for_the_next_start(
             services = first.state.services
             await eventually(lambda: clock.sleepers == 2)
             clock.advance(1.5)  # the first step (reserve, 0.6 s) of two orders completes
-            await eventually(lambda: clock.sleepers == 2 and len(services.pool.in_flight) == 2)
+            await eventually(lambda: clock.sleepers == 2 and services.pool.in_flight == 2)
     # stopped: the two in flight were cut off and their leases released
     second = await start_app(clock=clock, capacity=2, fulfilment_delay="6")
     await drive(second, lambda: all_terminal(second.client, ids), step_s=0.5)

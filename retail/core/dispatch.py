@@ -1,0 +1,91 @@
+"""The slots and who holds them until when: the half of the load model that is not admission.
+
+`Dispatcher` keeps the in-flight timetable: for each order holding a fulfilment slot,
+when it started and when its plan says it ends. Admission reads it to know how long
+each slot stays busy; the worker pool writes it as orders start and end; the
+simulator does both on its virtual clock. Time is a float of seconds on the caller's
+timeline (`now`), never read here.
+
+`WaitingLine` is the start order of waiting orders, first come first served. The
+store keeps the same order for the orders it holds (claims go by `seq`); the
+simulator, which has no store, keeps its waiting orders here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Key = TypeVar("Key", bound=Hashable)
+Item = TypeVar("Item")
+
+
+@dataclass(slots=True)
+class Running:
+    """An order holding a slot: when it started, when its plan ends, the step it is in."""
+
+    started_at: float
+    expected_end: float
+    step: str | None = None
+
+
+class Dispatcher(Generic[Key]):
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.running: dict[Key, Running] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.running)
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.capacity - len(self.running))
+
+    def start(self, key: Key, *, now: float, planned_s: float) -> Running:
+        """`key` takes a slot at `now` for `planned_s` seconds."""
+        running = Running(started_at=now, expected_end=now + planned_s)
+        self.running[key] = running
+        return running
+
+    def finish(self, key: Key) -> Running | None:
+        """`key` gives its slot back (None if it held none)."""
+        return self.running.pop(key, None)
+
+    def remaining_s(self, now: float) -> tuple[float, ...]:
+        """Seconds until each in-flight order is expected to end (never negative)."""
+        return tuple(max(0.0, r.expected_end - now) for r in self.running.values())
+
+    def next_free_s(self, now: float) -> float:
+        """Seconds until a slot is free: 0 if one is free now."""
+        if self.free_slots:
+            return 0.0
+        remaining = sorted(self.remaining_s(now))
+        # Over capacity (it was lowered): a slot frees once enough orders end.
+        return remaining[len(remaining) - self.capacity] if remaining else 0.0
+
+
+class WaitingLine(Generic[Item]):
+    """Waiting orders in the order they start: first come, first served."""
+
+    def __init__(self) -> None:
+        self._line: deque[Item] = deque()
+
+    def __len__(self) -> int:
+        return len(self._line)
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self._line)
+
+    def push(self, item: Item) -> None:
+        self._line.append(item)
+
+    def pop(self) -> Item:
+        """The next to start; `IndexError` when none waits."""
+        return self._line.popleft()
+
+    def remove(self, item: Item) -> None:
+        """A waiting order left before it started (cancelled)."""
+        self._line.remove(item)
