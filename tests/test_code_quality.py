@@ -1,4 +1,4 @@
-"""The code stays formatted, lint-free and strictly typed: checked by the test command."""
+"""The code stays formatted, lint-free, strictly typed and layered: checked by the test command."""
 
 from __future__ import annotations
 
@@ -27,4 +27,17 @@ def test_ruff_lint() -> None:
 
 def test_mypy_strict() -> None:
     result = run("mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_contracts() -> None:
+    """Layers point down, the core is pure, the load generator stands alone, no cycles
+    (the contracts are in pyproject.toml)."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from retail.core.types import OrderStatus
 
@@ -32,10 +32,15 @@ class OrderEvent:
             "kind": self.kind,
             "status": self.status.value,
             "step": self.step,
-            "at": _iso(self.at),
+            "at": iso(self.at),
             "detail": self.detail,
         }
 
 
-def _iso(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
+@overload
+def iso(at: datetime) -> str: ...
+@overload
+def iso(at: None) -> None: ...
+def iso(at: datetime | None) -> str | None:
+    """A UTC time as JSON gives it: ISO 8601 with `Z`."""
+    return None if at is None else at.isoformat().replace("+00:00", "Z")

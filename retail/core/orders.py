@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from retail.core.errors import InsufficientStock, InvalidOrder, MixedCurrencies, UnknownSku
-from retail.core.events import OrderEvent
+from retail.core.events import OrderEvent, iso
 from retail.core.types import OrderStatus, ServiceLevel
 
 Items = tuple[tuple[str, int], ...]  # (sku, quantity), one per SKU
@@ -53,6 +53,7 @@ class NewOrder:
     service_level: ServiceLevel
     skipped_steps: tuple[str, ...]
     queue_position: int
+    estimated_start_at: datetime | None = None  # what admission expects
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,53 @@ class OrderView:
     finished_at: datetime | None = None
     failure_reason: str | None = None
     step_index: int = 0  # steps completed: a resumed order continues from here
+
+
+def order_document(
+    order: OrderView,
+    *,
+    queue_position: int | None = None,
+    estimated_start_at: datetime | None = None,
+    current_step: str | None = None,
+) -> dict[str, Any]:
+    """The order as JSON: the body of `GET /orders/{id}` and of the `202` that placed it."""
+    return {
+        "id": str(order.id),
+        "customer_id": order.customer_id,
+        "status": order.status.value,
+        "service_level": order.service_level.value,
+        "skipped_steps": list(order.skipped_steps),
+        "lines": [
+            {
+                "sku": line.sku,
+                "quantity": line.quantity,
+                "unit_price": line.unit_price,
+                "line_total": line.line_total,
+            }
+            for line in order.lines
+        ],
+        "total": order.total,
+        "currency": order.currency,
+        "created_at": iso(order.created_at),
+        "updated_at": iso(order.updated_at),
+        "started_at": iso(order.started_at),
+        "finished_at": iso(order.finished_at),
+        "current_step": current_step,
+        "failure_reason": order.failure_reason,
+        "queue_position": queue_position,
+        "estimated_start_at": iso(estimated_start_at),
+    }
+
+
+def accepted_document(order: OrderView, new: NewOrder) -> dict[str, Any]:
+    """The body of the `202` for a newly placed order, and of every replay of it."""
+    estimate = new.estimated_start_at
+    return order_document(
+        order,
+        queue_position=new.queue_position,
+        # Not before the order exists (its time is its batch's, a moment after admission).
+        estimated_start_at=None if estimate is None else max(estimate, order.created_at),
+    )
 
 
 @dataclass(frozen=True, slots=True)

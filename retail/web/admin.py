@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from retail.web.deps import AdminDep, ServicesDep
-from retail.web.health import capacity_snapshot
+from retail.web.presenters import capacity_snapshot
 from retail.web.problems import responses
 from retail.web.schemas import CapacityRead, CapacityUpdate
 

@@ -15,38 +15,15 @@ import asyncio
 from fastapi import APIRouter, Request
 from sqlalchemy import text
 
-from retail.core.types import ServiceLevel
 from retail.runtime.services import Services
 from retail.store.sql.migrations import schema_status
 from retail.web.bounded import within
 from retail.web.deps import ServicesDep
+from retail.web.presenters import capacity_snapshot
 from retail.web.problems import problem, responses
-from retail.web.schemas import CapacityCounters, CapacityRead
+from retail.web.schemas import CapacityRead
 
 router = APIRouter()
-
-
-def capacity_snapshot(services: Services) -> CapacityRead:
-    admission = services.admission
-    limits = admission.limits
-    counters = admission.counters
-    return CapacityRead(
-        mode=limits.mode,
-        capacity=limits.capacity,
-        queue_limit=limits.queue_limit,
-        max_queue_wait_s=limits.max_queue_wait_s,
-        in_flight=services.pool.in_flight,
-        queued=admission.queued,
-        full_service_s=services.pipeline.mean_s(ServiceLevel.FULL),
-        degraded_service_s=services.pipeline.mean_s(ServiceLevel.DEGRADED),
-        counters=CapacityCounters(
-            accepted=counters.accepted,
-            admitted=counters.admitted,
-            queued=counters.queued,
-            degraded=counters.degraded,
-            rejected=counters.rejected,
-        ),
-    )
 
 
 @router.get("/capacity", tags=["capacity"], summary="Mode, limits, load and admission counters")

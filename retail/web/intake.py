@@ -50,7 +50,7 @@ from retail.store.sql.models import Order
 from retail.store.sql.orders import NewOrder, PlacedOrder
 from retail.web import limits
 from retail.web.deps import ServicesDep
-from retail.web.orders import order_read
+from retail.web.presenters import order_read
 from retail.web.problems import responses, retail_problem
 from retail.web.schemas import OrderCreate, OrderRead
 

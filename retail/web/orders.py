@@ -6,7 +6,7 @@ import base64
 import binascii
 import math
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
@@ -17,13 +17,12 @@ from retail.core.types import OrderStatus, ServiceLevel
 from retail.runtime.services import Services
 from retail.store.sql import orders as order_repo
 from retail.store.sql.models import Order
-from retail.store.sql.orders import PlacedOrder
-from retail.web import live
+from retail.web import sse
 from retail.web.deps import ServicesDep
+from retail.web.presenters import order_read
 from retail.web.problems import responses
 from retail.web.schemas import (
     OrderEventRead,
-    OrderLineRead,
     OrderPage,
     OrderRead,
 )
@@ -36,41 +35,6 @@ class InvalidCursor(RetailError):
 
 
 # --- reading models into responses --------------------------------------------------
-
-
-def order_read(
-    order: Order | PlacedOrder,
-    *,
-    queue_position: int | None = None,
-    estimated_start_at: datetime | None = None,
-    current_step: str | None = None,
-) -> OrderRead:
-    return OrderRead(
-        id=order.id,
-        customer_id=order.customer_id,
-        status=OrderStatus(order.status),
-        service_level=ServiceLevel(order.service_level),
-        skipped_steps=list(order.skipped_steps),
-        lines=[
-            OrderLineRead(
-                sku=line.sku,
-                quantity=line.quantity,
-                unit_price=line.unit_price,
-                line_total=line.quantity * line.unit_price,
-            )
-            for line in order.lines
-        ],
-        total=order.total,
-        currency=order.currency,
-        created_at=order.created_at,
-        updated_at=order.updated_at,
-        started_at=order.started_at,
-        finished_at=order.finished_at,
-        current_step=current_step,
-        failure_reason=order.failure_reason,
-        queue_position=queue_position,
-        estimated_start_at=estimated_start_at,
-    )
 
 
 def retry_after_s(services: Services, order: Order, position: int | None) -> int | None:
@@ -181,9 +145,9 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Respon
         200: {
             "description": "The events as JSON, or as an event stream.",
             "content": {
-                live.EVENT_STREAM: {
+                sse.EVENT_STREAM: {
                     "schema": {"type": "string"},
-                    "example": live.SSE_EXAMPLE,
+                    "example": sse.SSE_EXAMPLE,
                 }
             },
         },
@@ -208,8 +172,8 @@ async def get_events(
         ),
     ] = None,
 ) -> list[OrderEventRead] | Response:
-    if live.wants_event_stream(accept):
-        return await live.order_event_stream(services, order_id, last_event_id)
+    if sse.wants_event_stream(accept):
+        return await sse.order_event_stream(services, order_id, last_event_id)
     async with services.db.read() as session:
         events = await order_repo.list_events(session=session, order_id=order_id)
         return [OrderEventRead.model_validate(e, from_attributes=True) for e in events]
