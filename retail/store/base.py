@@ -13,7 +13,7 @@ is refused with `LeaseLost` once another claim has taken the order over.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,6 +22,17 @@ from retail.core.errors import RetailError
 from retail.core.events import OrderEvent
 from retail.core.orders import NewOrder, OrderView, Placed
 from retail.core.types import OrderStatus, ServiceLevel
+
+# The demo catalogue `prepare(seed_catalogue=True)` puts into an empty store:
+# (sku, name, unit price in cents, stock), in EUR.
+DEMO_CATALOGUE: tuple[tuple[str, str, int, int], ...] = (
+    ("MUG-1", "Coffee mug", 1250, 1000),
+    ("TEE-M", "T-shirt, size M", 1999, 500),
+    ("CAP-1", "Baseball cap", 1500, 300),
+    ("BAG-1", "Tote bag", 899, 800),
+    ("PEN-3", "Pen, pack of 3", 450, 5000),
+    ("LAMP-1", "Desk lamp", 3999, 50),
+)
 
 
 class LeaseLost(Exception):
@@ -44,12 +55,16 @@ class StoredResponse:
 
 @dataclass(frozen=True, slots=True)
 class Keyed:
-    """An order's `Idempotency-Key` and the answer to store with it (rendered by the caller)."""
+    """An order's `Idempotency-Key` and how to render the answer to store with it.
+
+    The answer shows what only the write knows (prices, totals, `seq`), so the store
+    calls `render` with the stored order inside the write, and keeps what it returns.
+    """
 
     key: str
     request_hash: str
     status: int
-    body: dict[str, Any]
+    render: Callable[[Placed], dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from retail.store.base import StoredResponse
 from retail.store.sql.models import IdempotencyRecord, table
 
-
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
-    request_hash: str
-    order_id: uuid.UUID
-    status: int
-    body: dict[str, Any]
-
+__all__ = ["StoredResponse", "find", "find_live", "purge_expired", "store"]
 
 records_table = table(IdempotencyRecord)
 _FIND_LIVE = select(

@@ -1,16 +1,16 @@
 """Orders: placing them (stock reserved in the same transaction), reading, cancelling.
 
-`place_orders` writes a whole batch in a handful of statements: it locks the
-products the batch needs, decides every order in memory against that stock (each
-order all or nothing, in arrival order), then inserts every accepted order, line
-and first event with one multi-row statement each.
+`insert_orders` writes a whole batch in a handful of statements: it locks the
+products the batch needs, decides every order in memory against that stock
+(`retail.core.orders.allocate`: each order all or nothing, in arrival order), then
+inserts every accepted order, line and first event with one multi-row statement each.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,13 +18,9 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from retail.core.errors import (
-    InsufficientStock,
-    InvalidTransition,
-    OrderNotFound,
-    RetailError,
-    UnknownSku,
-)
+from retail.core.errors import InvalidTransition, MixedCurrencies, OrderNotFound, RetailError
+from retail.core.events import OrderEvent as Event
+from retail.core.orders import Allocation, NewOrder, Placed, Stock, allocate
 from retail.core.types import OrderStatus, ServiceLevel
 from retail.store.sql import products
 from retail.store.sql.bulk import BulkInsert
@@ -32,19 +28,7 @@ from retail.store.sql.models import Order, OrderEvent, OrderLine, Product, table
 
 products_table = table(Product)
 
-
-class MixedCurrencies(RetailError):
-    status, slug, title = 422, "mixed-currencies", "Mixed currencies"
-
-
-@dataclass(frozen=True, slots=True)
-class NewOrder:
-    id: uuid.UUID
-    customer_id: str
-    items: tuple[tuple[str, int], ...]  # (sku, quantity), one per SKU
-    service_level: ServiceLevel
-    skipped_steps: tuple[str, ...]
-    queue_position: int
+__all__ = ["MixedCurrencies", "NewOrder", "PlacedOrder", "insert_orders", "place_orders"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +44,10 @@ class PlacedLine:
 
 @dataclass(frozen=True, slots=True)
 class PlacedOrder:
-    """An order as stored by `place_orders` (what the 202 response shows)."""
+    """An order as stored by `place_orders` (what the 202 response shows).
+
+    The shape the ingest and intake modules still read; `SqlStore` gives `Placed`.
+    """
 
     id: uuid.UUID
     customer_id: str
@@ -84,14 +71,6 @@ class CreatedEvent:
 
     id: int
     detail: dict[str, Any]
-
-
-@dataclass
-class _Stock:
-    available: int
-    unit_price: int
-    currency: str
-    taken: int = field(default=0)
 
 
 orders_table = table(Order)
@@ -140,35 +119,34 @@ _INSERT_LINES = BulkInsert(lines_table, ("order_id", "sku", "quantity", "unit_pr
 _INSERT_EVENTS = BulkInsert(events_table, ("order_id", "kind", "status", "step", "at", "detail"))
 
 
-def place_orders(
+def insert_orders(
     *, connection: Connection, orders: Sequence[NewOrder], now: datetime
-) -> list[PlacedOrder | RetailError]:
-    """Reserve stock for and insert each order; per order, the order or why it was refused."""
+) -> list[Placed | RetailError]:
+    """Reserve stock for and insert each order; per order, what was stored or why not.
+
+    One read of the stock the batch needs (locked on PostgreSQL; on SQLite the
+    transaction's `BEGIN IMMEDIATE` holds the lock), `allocate` decides every order
+    in arrival order, then one multi-row statement per table writes the accepted ones.
+    """
     skus = sorted({sku for order in orders for sku, _ in order.items})
     query = _STOCK_LOCKED if connection.dialect.name == "postgresql" else _STOCK
     stock = {
-        row.sku: _Stock(row.stock, row.unit_price, row.currency)
+        row.sku: Stock(row.stock, row.unit_price, row.currency)
         for row in connection.execute(query, {"skus": skus})
     }
-
-    outcomes: list[_Accepted | RetailError] = []
-    for order in orders:
-        outcome = _allocate(order, stock)
-        if isinstance(outcome, _Accepted):
-            for line in outcome.lines:
-                stock[line.sku].taken += line.quantity
-        outcomes.append(outcome)
-
-    accepted = [outcome for outcome in outcomes if isinstance(outcome, _Accepted)]
+    decided, taken = allocate(orders, stock)
+    accepted = [outcome for outcome in decided if isinstance(outcome, Allocation)]
     if not accepted:
-        return [outcome for outcome in outcomes if isinstance(outcome, RetailError)]
-    taken = [(sku, s.taken) for sku, s in stock.items() if s.taken]
+        return [outcome for outcome in decided if isinstance(outcome, RetailError)]
     connection.execute(
         _TAKE_STOCK,
-        [{"b_sku": sku, "b_taken": quantity, "b_now": now} for sku, quantity in sorted(taken)],
+        [
+            {"b_sku": sku, "b_taken": quantity, "b_now": now}
+            for sku, quantity in sorted(taken.items())
+        ],
     )
     queued = OrderStatus.QUEUED.value
-    _INSERT_ORDERS.execute(
+    seqs = _INSERT_ORDERS.returning(
         connection,
         [
             (
@@ -187,6 +165,8 @@ def place_orders(
             )
             for a in accepted
         ],
+        key="id",
+        value="seq",
     )
     _INSERT_LINES.execute(
         connection,
@@ -196,78 +176,53 @@ def place_orders(
             for line in a.lines
         ],
     )
+    details = [a.created_detail() for a in accepted]
     event_ids = _INSERT_EVENTS.returning(
         connection,
-        [(a.order.id, "created", queued, None, now, a.detail) for a in accepted],
+        [
+            (a.order.id, "created", queued, None, now, detail)
+            for a, detail in zip(accepted, details, strict=True)
+        ],
         key="order_id",
         value="id",
     )
     placed = iter(
-        [a.placed(now, event_id) for a, event_id in zip(accepted, event_ids, strict=True)]
+        [
+            Placed(
+                a.view(seq=seq, now=now),
+                Event(event_id, a.order.id, "created", OrderStatus.QUEUED, None, now, detail),
+            )
+            for a, seq, event_id, detail in zip(accepted, seqs, event_ids, details, strict=True)
+        ]
     )
-    return [next(placed) if isinstance(outcome, _Accepted) else outcome for outcome in outcomes]
+    return [next(placed) if isinstance(o, Allocation) else o for o in decided]
 
 
-@dataclass(slots=True)
-class _Accepted:
-    """An order of the batch that its stock allows, before it is written."""
-
-    order: NewOrder
-    lines: list[PlacedLine]
-    total: int
-    currency: str
-    detail: dict[str, Any] = field(init=False)  # what its `created` event records
-
-    def __post_init__(self) -> None:
-        self.detail = {
-            "service_level": self.order.service_level.value,
-            "skipped_steps": list(self.order.skipped_steps),
-            "queue_position": self.order.queue_position,
-            "total": self.total,
-        }
-
-    def placed(self, now: datetime, event_id: int) -> PlacedOrder:
-        order = self.order
-        return PlacedOrder(
-            id=order.id,
-            customer_id=order.customer_id,
-            status=OrderStatus.QUEUED,
-            service_level=order.service_level,
-            skipped_steps=list(order.skipped_steps),
-            lines=self.lines,
-            total=self.total,
-            currency=self.currency,
-            created_at=now,
-            updated_at=now,
-            created_event=CreatedEvent(event_id, self.detail),
-        )
-
-
-def _allocate(order: NewOrder, stock: dict[str, _Stock]) -> _Accepted | RetailError:
-    unknown = [sku for sku, _ in order.items if sku not in stock]
-    if unknown:
-        return UnknownSku(
-            f"Unknown SKU {', '.join(unknown)}: not in the catalogue (GET /products lists it).",
-            skus=unknown,
-        )
-    short = [
-        {"sku": sku, "requested": quantity, "available": stock[sku].available - stock[sku].taken}
-        for sku, quantity in order.items
-        if stock[sku].available - stock[sku].taken < quantity
+def place_orders(
+    *, connection: Connection, orders: Sequence[NewOrder], now: datetime
+) -> list[PlacedOrder | RetailError]:
+    """`insert_orders` in the shape the ingest module reads (`PlacedOrder`)."""
+    return [
+        _placed_order(outcome) if isinstance(outcome, Placed) else outcome
+        for outcome in insert_orders(connection=connection, orders=orders, now=now)
     ]
-    if short:
-        named = ", ".join(
-            f"{s['sku']} ({s['available']} left, {s['requested']} ordered)" for s in short
-        )
-        return InsufficientStock(f"Not enough stock for {named}.", short=short)
-    currencies = {stock[sku].currency for sku, _ in order.items}
-    if len(currencies) > 1:
-        return MixedCurrencies(
-            f"Products priced in different currencies ({', '.join(sorted(currencies))}) "
-            "cannot share an order; place one order per currency.",
-        )
-    lines = [PlacedLine(sku, quantity, stock[sku].unit_price) for sku, quantity in order.items]
-    return _Accepted(order, lines, sum(line.line_total for line in lines), currencies.pop())
+
+
+def _placed_order(placed: Placed) -> PlacedOrder:
+    order, event = placed.order, placed.event
+    return PlacedOrder(
+        id=order.id,
+        customer_id=order.customer_id,
+        status=order.status,
+        service_level=order.service_level,
+        skipped_steps=list(order.skipped_steps),
+        lines=[PlacedLine(line.sku, line.quantity, line.unit_price) for line in order.lines],
+        total=order.total,
+        currency=order.currency,
+        created_at=order.created_at,
+        updated_at=order.updated_at,
+        created_event=CreatedEvent(event.id, event.detail or {}),
+    )
 
 
 async def get_order(*, session: AsyncSession, order_id: uuid.UUID) -> Order:

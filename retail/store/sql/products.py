@@ -11,17 +11,17 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from retail.core.errors import ProductNotFound
+from retail.store.base import DEMO_CATALOGUE
 from retail.store.sql.models import Product
 
-# (sku, name, unit price in cents, stock)
-DEMO_CATALOGUE: tuple[tuple[str, str, int, int], ...] = (
-    ("MUG-1", "Coffee mug", 1250, 1000),
-    ("TEE-M", "T-shirt, size M", 1999, 500),
-    ("CAP-1", "Baseball cap", 1500, 300),
-    ("BAG-1", "Tote bag", 899, 800),
-    ("PEN-3", "Pen, pack of 3", 450, 5000),
-    ("LAMP-1", "Desk lamp", 3999, 50),
-)
+__all__ = [
+    "DEMO_CATALOGUE",
+    "get_product",
+    "list_products",
+    "restock",
+    "seed_catalogue",
+    "upsert_product",
+]
 
 
 async def list_products(*, session: AsyncSession) -> Sequence[Product]:

@@ -18,12 +18,10 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from retail.core.types import OrderStatus, ServiceLevel
+from retail.store import base
+from retail.store.base import LeaseLost
 from retail.store.sql.models import Order, OrderEvent
 from retail.store.sql.orders import add_event, release_stock
-
-
-class LeaseLost(Exception):
-    """Another worker owns the order now (or it was finished elsewhere)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +36,12 @@ class Claim:
     event: OrderEvent
     created_at: datetime
     started_at: datetime  # of its first claim
+
+
+# What a fenced write needs of a claim: its order and token (this module's or the Store's).
+Fence = Claim | base.Claim
+
+__all__ = ["Claim", "LeaseLost", "claim_next", "finish", "release_leases", "step_boundary"]
 
 
 async def claim_next(
@@ -107,7 +111,7 @@ async def claim_next(
     )
 
 
-async def _fenced(session: AsyncSession, claim: Claim, now: datetime, **values: Any) -> None:
+async def _fenced(session: AsyncSession, claim: Fence, now: datetime, **values: Any) -> None:
     updated = await session.scalar(
         update(Order)
         .where(
@@ -125,7 +129,7 @@ async def _fenced(session: AsyncSession, claim: Claim, now: datetime, **values: 
 async def step_boundary(
     *,
     session: AsyncSession,
-    claim: Claim,
+    claim: Fence,
     now: datetime,
     completed: tuple[str, int, float] | None,
     starting: tuple[str, float] | None,
@@ -171,7 +175,7 @@ async def step_boundary(
 
 
 async def renew_lease(
-    *, session: AsyncSession, claim: Claim, now: datetime, until: datetime
+    *, session: AsyncSession, claim: Fence, now: datetime, until: datetime
 ) -> None:
     await _fenced(session, claim, now, lease_expires_at=until)
 
@@ -179,7 +183,7 @@ async def renew_lease(
 async def finish(
     *,
     session: AsyncSession,
-    claim: Claim,
+    claim: Fence,
     now: datetime,
     status: OrderStatus,
     reason: str | None = None,

@@ -1,0 +1,385 @@
+"""`MemoryStore`: the `Store` protocol in a process's memory (unit tests, the simulator).
+
+The same rules as `SqlStore`, in dictionaries: `seq` and event ids grow, claims are
+FIFO by `seq` with expired leases first, writes are fenced by the claim's token,
+stock never goes negative and comes back once. No method awaits between reading and
+writing its state, so each one is atomic on the event loop without a lock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from retail.core.errors import (
+    InvalidTransition,
+    OrderNotFound,
+    ProductNotFound,
+    RetailError,
+)
+from retail.core.events import OrderEvent
+from retail.core.orders import Allocation, NewOrder, OrderView, Placed, Stock, allocate
+from retail.core.types import OrderStatus, ServiceLevel
+from retail.store.base import (
+    DEMO_CATALOGUE,
+    Claim,
+    LeaseLost,
+    Outcome,
+    Placing,
+    Product,
+    StoredResponse,
+)
+
+if TYPE_CHECKING:
+    from retail.store.base import Store
+
+
+@dataclass(slots=True)
+class _Order:
+    view: OrderView
+    lease_owner: str | None = None
+    lease_token: int = 0
+    lease_expires_at: datetime | None = None
+    events: list[OrderEvent] = field(default_factory=list)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._orders: dict[uuid.UUID, _Order] = {}
+        self._by_seq: list[_Order] = []  # in seq order (seq = index + 1)
+        self._queued: dict[int, _Order] = {}  # by seq, oldest first
+        self._processing: dict[int, _Order] = {}
+        self._products: dict[str, Product] = {}
+        self._responses: dict[str, tuple[StoredResponse, datetime]] = {}
+        self._event_id = 0
+
+    # --- life -------------------------------------------------------------------------
+    async def prepare(self, *, migrate: bool, seed_catalogue: bool, now: datetime) -> int:
+        if not seed_catalogue or self._products:
+            return 0
+        for sku, name, price, stock in DEMO_CATALOGUE:
+            self._products[sku] = Product(sku, name, price, "EUR", stock, now)
+        return len(DEMO_CATALOGUE)
+
+    async def close(self) -> None:
+        pass
+
+    async def problems(self) -> list[str]:
+        return []
+
+    # --- placing --------------------------------------------------------------------------
+    async def place_orders(
+        self, batch: Sequence[Placing], *, now: datetime, keys_expire_at: datetime
+    ) -> list[Outcome]:
+        # Order by order, as `SqlStore` ends up doing when one order of a batch is refused
+        # by the database (a key used twice in the batch replays the first answer).
+        return [self._place(placing, now, keys_expire_at) for placing in batch]
+
+    def _place(self, placing: Placing, now: datetime, keys_expire_at: datetime) -> Outcome:
+        keyed = placing.keyed
+        if keyed is not None:
+            stored = self._live_response(keyed.key, now)
+            if stored is not None:
+                return stored
+        order = placing.order
+        if order.id in self._orders:
+            return RetailError("The order could not be stored; retry.")
+        decided = self._allocate(order)
+        if not isinstance(decided, Allocation):
+            return decided
+        for line in decided.lines:
+            product = self._products[line.sku]
+            self._products[line.sku] = replace(
+                product, stock=product.stock - line.quantity, updated_at=now
+            )
+        seq = len(self._by_seq) + 1
+        record = _Order(decided.view(seq=seq, now=now))
+        self._orders[order.id] = record
+        self._by_seq.append(record)
+        self._queued[seq] = record
+        event = self._add_event(
+            record, "created", OrderStatus.QUEUED, now, detail=decided.created_detail()
+        )
+        placed = Placed(record.view, event)
+        if keyed is not None:
+            response = StoredResponse(
+                keyed.request_hash, order.id, keyed.status, keyed.render(placed)
+            )
+            self._responses[keyed.key] = (response, keys_expire_at)
+        return placed
+
+    def _allocate(self, order: NewOrder) -> Allocation | RetailError:
+        stock = {
+            sku: Stock(p.stock, p.unit_price, p.currency)
+            for sku, _ in order.items
+            if (p := self._products.get(sku)) is not None
+        }
+        (decided,), _ = allocate([order], stock)
+        return decided
+
+    def _live_response(self, key: str, now: datetime) -> StoredResponse | None:
+        found = self._responses.get(key)
+        if found is None or found[1] <= now:
+            return None
+        return found[0]
+
+    async def find_response(self, key: str, *, now: datetime) -> StoredResponse | None:
+        return self._live_response(key, now)
+
+    async def purge_expired_responses(self, *, now: datetime) -> int:
+        expired = [key for key, (_, expires_at) in self._responses.items() if expires_at <= now]
+        for key in expired:
+            del self._responses[key]
+        return len(expired)
+
+    # --- reading --------------------------------------------------------------------------
+    def _order(self, order_id: uuid.UUID) -> _Order:
+        record = self._orders.get(order_id)
+        if record is None:
+            raise OrderNotFound(f"No order with id {order_id}.", order_id=str(order_id))
+        return record
+
+    async def get_order(self, order_id: uuid.UUID) -> OrderView:
+        return self._order(order_id).view
+
+    async def list_orders(
+        self,
+        *,
+        status: OrderStatus | None = None,
+        customer_id: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[OrderView], int | None]:
+        end = (
+            len(self._by_seq)
+            if before_seq is None
+            else max(0, min(before_seq - 1, len(self._by_seq)))
+        )
+        page: list[OrderView] = []
+        for index in range(end - 1, -1, -1):
+            view = self._by_seq[index].view
+            if status is not None and view.status is not status:
+                continue
+            if customer_id is not None and view.customer_id != customer_id:
+                continue
+            if len(page) == limit:
+                return page, page[-1].seq
+            page.append(view)
+        return page, None
+
+    async def queue_position(self, order: OrderView) -> int:
+        ahead = 0
+        for seq in self._queued:
+            if seq >= order.seq:
+                break
+            ahead += 1
+        return ahead + 1
+
+    async def list_events(self, order_id: uuid.UUID, *, after_id: int = 0) -> list[OrderEvent]:
+        return [event for event in self._order(order_id).events if event.id > after_id]
+
+    async def count_by_status(self) -> dict[OrderStatus, int]:
+        return {
+            OrderStatus.QUEUED: len(self._queued),
+            OrderStatus.PROCESSING: len(self._processing),
+        }
+
+    async def oldest_queued_at(self) -> datetime | None:
+        for record in self._queued.values():
+            return record.view.created_at
+        return None
+
+    # --- changing -------------------------------------------------------------------------
+    async def cancel_order(self, order_id: uuid.UUID, *, now: datetime) -> OrderEvent:
+        record = self._order(order_id)
+        status = record.view.status
+        if status is not OrderStatus.QUEUED:
+            raise InvalidTransition(
+                f"Order {order_id} is {status.value}: only a queued order can be cancelled, "
+                "before fulfilment starts.",
+                order_status=status.value,
+            )
+        del self._queued[record.view.seq]
+        record.view = replace(
+            record.view, status=OrderStatus.CANCELLED, finished_at=now, updated_at=now
+        )
+        self._restock(record, now)
+        return self._add_event(
+            record, "cancelled", OrderStatus.CANCELLED, now, detail={"stock_released": True}
+        )
+
+    # --- the work queue -------------------------------------------------------------------
+    async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None:
+        record = self._next_claimable(now)
+        if record is None:
+            return None
+        view = record.view
+        self._queued.pop(view.seq, None)
+        self._processing[view.seq] = record
+        record.lease_owner = owner
+        record.lease_token += 1
+        record.lease_expires_at = now + timedelta(seconds=lease_s)
+        started_at = view.started_at or now
+        record.view = replace(
+            view, status=OrderStatus.PROCESSING, started_at=started_at, updated_at=now
+        )
+        resumed = record.lease_token > 1
+        event = self._add_event(
+            record,
+            "resumed" if resumed else "started",
+            OrderStatus.PROCESSING,
+            now,
+            detail={"worker": owner, "attempt": record.lease_token, "from_step": view.step_index},
+        )
+        return Claim(
+            order_id=view.id,
+            seq=view.seq,
+            token=record.lease_token,
+            step_index=view.step_index,
+            line_count=len(view.lines),
+            service_level=ServiceLevel(view.service_level),
+            resumed=resumed,
+            event=event,
+            created_at=view.created_at,
+            started_at=started_at,
+        )
+
+    def _next_claimable(self, now: datetime) -> _Order | None:
+        # Orders whose worker vanished come first: they are older than anything queued.
+        expired = [
+            seq
+            for seq, record in self._processing.items()
+            if record.lease_expires_at is not None and record.lease_expires_at <= now
+        ]
+        if expired:
+            return self._processing[min(expired)]
+        for record in self._queued.values():
+            return record
+        return None
+
+    def _fenced(self, claim: Claim) -> _Order:
+        record = self._orders.get(claim.order_id)
+        if (
+            record is None
+            or record.lease_token != claim.token
+            or record.view.status is not OrderStatus.PROCESSING
+        ):
+            raise LeaseLost(str(claim.order_id))
+        return record
+
+    async def step_boundary(
+        self,
+        claim: Claim,
+        *,
+        now: datetime,
+        completed: tuple[str, int, float] | None,
+        starting: tuple[str, float] | None,
+        lease_s: float,
+    ) -> list[OrderEvent]:
+        record = self._fenced(claim)
+        planned = starting[1] if starting is not None else 0.0
+        record.lease_expires_at = now + timedelta(seconds=lease_s + planned)
+        record.view = replace(
+            record.view,
+            updated_at=now,
+            step_index=completed[1] if completed is not None else record.view.step_index,
+        )
+        events = []
+        processing = OrderStatus.PROCESSING
+        if completed is not None:
+            detail = {"took_s": round(completed[2], 6)}
+            events.append(
+                self._add_event(record, "step_completed", processing, now, completed[0], detail)
+            )
+        if starting is not None:
+            detail = {"planned_s": round(starting[1], 6)}
+            events.append(
+                self._add_event(record, "step_started", processing, now, starting[0], detail)
+            )
+        return events
+
+    async def finish(
+        self,
+        claim: Claim,
+        *,
+        now: datetime,
+        status: OrderStatus,
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> OrderEvent:
+        record = self._fenced(claim)
+        del self._processing[record.view.seq]
+        record.lease_owner = None
+        record.lease_expires_at = None
+        record.view = replace(
+            record.view, status=status, finished_at=now, updated_at=now, failure_reason=reason
+        )
+        if status is OrderStatus.FAILED:
+            self._restock(record, now)
+        return self._add_event(
+            record,
+            status.value,
+            status,
+            now,
+            detail={**(detail or {}), **({"reason": reason} if reason else {})},
+        )
+
+    async def release_leases(self, *, owner: str, now: datetime) -> int:
+        released = [r for r in self._processing.values() if r.lease_owner == owner]
+        for record in released:
+            record.lease_expires_at = now
+            record.view = replace(record.view, updated_at=now)
+            self._add_event(
+                record, "lease_released", OrderStatus.PROCESSING, now, detail={"worker": owner}
+            )
+        return len(released)
+
+    # --- the catalogue --------------------------------------------------------------------
+    async def list_products(self) -> list[Product]:
+        return [self._products[sku] for sku in sorted(self._products)]
+
+    async def get_product(self, sku: str) -> Product:
+        product = self._products.get(sku)
+        if product is None:
+            raise ProductNotFound(f"No product with SKU {sku!r}.", sku=sku)
+        return product
+
+    async def upsert_product(
+        self, *, sku: str, name: str, unit_price: int, stock: int, currency: str, now: datetime
+    ) -> tuple[Product, bool]:
+        created = sku not in self._products
+        product = Product(sku, name, unit_price, currency, stock, now)
+        self._products[sku] = product
+        return product, created
+
+    # --- helpers --------------------------------------------------------------------------
+    def _restock(self, record: _Order, now: datetime) -> None:
+        for line in record.view.lines:
+            product = self._products.get(line.sku)
+            if product is not None:
+                self._products[line.sku] = replace(
+                    product, stock=product.stock + line.quantity, updated_at=now
+                )
+
+    def _add_event(
+        self,
+        record: _Order,
+        kind: str,
+        status: OrderStatus,
+        at: datetime,
+        step: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> OrderEvent:
+        self._event_id += 1
+        event = OrderEvent(self._event_id, record.view.id, kind, status, step, at, detail)
+        record.events.append(event)
+        return event
+
+
+if TYPE_CHECKING:  # mypy checks the class against the protocol
+
+    def _conforms(store: MemoryStore) -> Store:
+        return store

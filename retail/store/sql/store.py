@@ -1,0 +1,339 @@
+"""`SqlStore`: the `Store` protocol on SQLite or PostgreSQL, through SQLAlchemy.
+
+It keeps `Database`'s design (one writer at a time on SQLite, `run_write` for the
+batch writer, a reader pool) and the module functions of this package; what it adds
+is the translation to core values, so nothing of SQLAlchemy leaves it.
+
+A batch of orders is one transaction. If the database refuses it (an `IntegrityError`:
+a key or stock taken by another process; a `DataError` or any refusal of one order's
+values, such as PostgreSQL refusing a NUL character in text), the orders are written
+again one by one, so that only the order at fault fails: its outcome is then a
+`RetailError`, and `place_orders` raises only when the database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, func, select, text
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
+
+from retail.core.errors import IdempotencyKeyInUse, InvalidOrder, RetailError
+from retail.core.events import OrderEvent
+from retail.core.orders import Line, OrderView, Placed
+from retail.core.types import OrderStatus, ServiceLevel
+from retail.store.base import Claim, Outcome, Placing, Product, Store, StoredResponse
+from retail.store.sql import idempotency, orders, products, queue
+from retail.store.sql import models as m
+from retail.store.sql.engine import Database
+from retail.store.sql.migrations import schema_status, upgrade_to_head
+
+
+class SqlStore:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.db = Database(url, pool_size=pool_size)
+
+    # --- life -------------------------------------------------------------------------
+    async def prepare(self, *, migrate: bool, seed_catalogue: bool, now: datetime) -> int:
+        if migrate:
+            await upgrade_to_head(self.db.writer)
+        added = 0
+        if seed_catalogue:
+            async with self.db.write() as session:
+                added = await products.seed_catalogue(session=session, now=now)
+        await asyncio.to_thread(self.db.pin_file)
+        return added
+
+    async def close(self) -> None:
+        await self.db.dispose()
+
+    async def problems(self) -> list[str]:
+        file_problem = await asyncio.to_thread(self.db.file_problem)
+        if file_problem is not None:
+            return [file_problem]
+        async with self.db.read() as session:
+            await session.execute(text("SELECT 1"))
+        current, head = await schema_status(self.db.reader)
+        if current != head:
+            return [f"schema at {current}, code expects {head}: run `retail db upgrade`"]
+        return []
+
+    # --- placing --------------------------------------------------------------------------
+    async def place_orders(
+        self, batch: Sequence[Placing], *, now: datetime, keys_expire_at: datetime
+    ) -> list[Outcome]:
+        if not batch:
+            return []
+        try:
+            return await self._write(batch, now, keys_expire_at)
+        except DBAPIError as error:
+            if _unreachable(error):
+                raise
+            if len(batch) == 1:
+                return [_refused(batch[0], error)]
+        # One order of the batch is at fault: write them one by one, so only it fails.
+        outcomes: list[Outcome] = []
+        for placing in batch:
+            try:
+                outcomes.extend(await self._write([placing], now, keys_expire_at))
+            except DBAPIError as error:
+                outcomes.append(_refused(placing, error))
+        return outcomes
+
+    async def _write(
+        self, batch: Sequence[Placing], now: datetime, keys_expire_at: datetime
+    ) -> list[Outcome]:
+        def write(connection: Connection) -> list[Outcome]:
+            keys = [p.keyed.key for p in batch if p.keyed is not None]
+            stored = idempotency.find_live(connection=connection, keys=keys, now=now)
+            replays = [stored.get(p.keyed.key) if p.keyed else None for p in batch]
+            new = [p.order for p, replay in zip(batch, replays, strict=True) if replay is None]
+            placed = iter(orders.insert_orders(connection=connection, orders=new, now=now))
+            outcomes: list[Outcome] = [
+                next(placed) if replay is None else replay for replay in replays
+            ]
+            records = [
+                (
+                    p.keyed.key,
+                    StoredResponse(
+                        p.keyed.request_hash,
+                        outcome.order.id,
+                        p.keyed.status,
+                        p.keyed.render(outcome),
+                    ),
+                )
+                for p, outcome in zip(batch, outcomes, strict=True)
+                if p.keyed is not None and isinstance(outcome, Placed)
+            ]
+            idempotency.store(
+                connection=connection, records=records, now=now, expires_at=keys_expire_at
+            )
+            return outcomes
+
+        return await self.db.run_write(write)
+
+    async def find_response(self, key: str, *, now: datetime) -> StoredResponse | None:
+        async with self.db.read() as session:
+            return await idempotency.find(session=session, key=key, now=now)
+
+    async def purge_expired_responses(self, *, now: datetime) -> int:
+        async with self.db.write() as session:
+            return await idempotency.purge_expired(session=session, now=now)
+
+    # --- reading --------------------------------------------------------------------------
+    async def get_order(self, order_id: uuid.UUID) -> OrderView:
+        async with self.db.read() as session:
+            return _view(await orders.get_order(session=session, order_id=order_id))
+
+    async def list_orders(
+        self,
+        *,
+        status: OrderStatus | None = None,
+        customer_id: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[OrderView], int | None]:
+        async with self.db.read() as session:
+            rows, cursor = await orders.list_orders(
+                session=session,
+                status=status,
+                customer_id=customer_id,
+                before_seq=before_seq,
+                limit=limit,
+            )
+            return [_view(row) for row in rows], cursor
+
+    async def queue_position(self, order: OrderView) -> int:
+        async with self.db.read() as session:
+            ahead = await session.scalar(
+                select(func.count())
+                .select_from(m.Order)
+                .where(m.Order.status == OrderStatus.QUEUED.value, m.Order.seq < order.seq)
+            )
+        return int(ahead or 0) + 1
+
+    async def list_events(self, order_id: uuid.UUID, *, after_id: int = 0) -> list[OrderEvent]:
+        async with self.db.read() as session:
+            rows = await orders.list_events(session=session, order_id=order_id, after_id=after_id)
+            return [_event(row) for row in rows]
+
+    async def count_by_status(self) -> dict[OrderStatus, int]:
+        async with self.db.read() as session:
+            counts = await queue.count_by_status(session=session)
+        return {OrderStatus.QUEUED: 0, OrderStatus.PROCESSING: 0, **counts}
+
+    async def oldest_queued_at(self) -> datetime | None:
+        async with self.db.read() as session:
+            return await queue.oldest_queued_at(session=session)
+
+    # --- changing -------------------------------------------------------------------------
+    async def cancel_order(self, order_id: uuid.UUID, *, now: datetime) -> OrderEvent:
+        async with self.db.write() as session:
+            return _event(await orders.cancel_order(session=session, order_id=order_id, now=now))
+
+    # --- the work queue -------------------------------------------------------------------
+    async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None:
+        async with self.db.write() as session:
+            claim = await queue.claim_next(session=session, owner=owner, now=now, lease_s=lease_s)
+            if claim is None:
+                return None
+            return Claim(
+                order_id=claim.order_id,
+                seq=claim.seq,
+                token=claim.token,
+                step_index=claim.step_index,
+                line_count=claim.line_count,
+                service_level=claim.service_level,
+                resumed=claim.resumed,
+                event=_event(claim.event),
+                created_at=claim.created_at,
+                started_at=claim.started_at,
+            )
+
+    async def step_boundary(
+        self,
+        claim: Claim,
+        *,
+        now: datetime,
+        completed: tuple[str, int, float] | None,
+        starting: tuple[str, float] | None,
+        lease_s: float,
+    ) -> list[OrderEvent]:
+        async with self.db.write() as session:
+            events = await queue.step_boundary(
+                session=session,
+                claim=claim,
+                now=now,
+                completed=completed,
+                starting=starting,
+                lease_s=lease_s,
+            )
+            return [_event(event) for event in events]
+
+    async def finish(
+        self,
+        claim: Claim,
+        *,
+        now: datetime,
+        status: OrderStatus,
+        reason: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> OrderEvent:
+        async with self.db.write() as session:
+            event = await queue.finish(
+                session=session, claim=claim, now=now, status=status, reason=reason, detail=detail
+            )
+            return _event(event)
+
+    async def release_leases(self, *, owner: str, now: datetime) -> int:
+        async with self.db.write() as session:
+            return await queue.release_leases(session=session, owner=owner, now=now)
+
+    # --- the catalogue --------------------------------------------------------------------
+    async def list_products(self) -> list[Product]:
+        async with self.db.read() as session:
+            return [_product(row) for row in await products.list_products(session=session)]
+
+    async def get_product(self, sku: str) -> Product:
+        async with self.db.read() as session:
+            return _product(await products.get_product(session=session, sku=sku))
+
+    async def upsert_product(
+        self, *, sku: str, name: str, unit_price: int, stock: int, currency: str, now: datetime
+    ) -> tuple[Product, bool]:
+        async with self.db.write() as session:
+            row, created = await products.upsert_product(
+                session=session,
+                sku=sku,
+                name=name,
+                unit_price=unit_price,
+                stock=stock,
+                currency=currency,
+                now=now,
+            )
+            return _product(row), created
+
+
+def _unreachable(error: DBAPIError) -> bool:
+    """The database, not one order, is the problem: retrying order by order cannot help."""
+    return error.connection_invalidated or (
+        isinstance(error, (OperationalError, InterfaceError)) and not _data_error(error)
+    )
+
+
+def _data_error(error: DBAPIError) -> bool:
+    """A value the database refuses (SQLSTATE class 22), on either driver."""
+    if isinstance(error, DataError):
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith("22")
+
+
+def _refused(placing: Placing, error: DBAPIError) -> RetailError:
+    """Why one order written on its own was not stored."""
+    if isinstance(error, IntegrityError):
+        if placing.keyed is not None:
+            return IdempotencyKeyInUse(
+                "Another request with this Idempotency-Key was stored first; "
+                "retry to get its response."
+            )
+        return RetailError("The order could not be stored; retry.")
+    if _data_error(error):
+        return InvalidOrder(
+            "The order could not be stored: the database refused one of its values "
+            "(a text field with a character it does not accept, or a value too long)."
+        )
+    return RetailError("The order could not be stored; retry.")
+
+
+def _view(order: m.Order) -> OrderView:
+    return OrderView(
+        id=order.id,
+        seq=order.seq,
+        customer_id=order.customer_id,
+        status=OrderStatus(order.status),
+        service_level=ServiceLevel(order.service_level),
+        skipped_steps=tuple(order.skipped_steps),
+        lines=tuple(Line(line.sku, line.quantity, line.unit_price) for line in order.lines),
+        total=order.total,
+        currency=order.currency,
+        created_at=order.created_at,
+        updated_at=order.updated_at,
+        started_at=order.started_at,
+        finished_at=order.finished_at,
+        failure_reason=order.failure_reason,
+        step_index=order.step_index,
+    )
+
+
+def _event(event: m.OrderEvent) -> OrderEvent:
+    return OrderEvent(
+        id=event.id,
+        order_id=event.order_id,
+        kind=event.kind,
+        status=OrderStatus(event.status),
+        step=event.step,
+        at=event.at,
+        detail=event.detail,
+    )
+
+
+def _product(product: m.Product) -> Product:
+    return Product(
+        sku=product.sku,
+        name=product.name,
+        unit_price=product.unit_price,
+        currency=product.currency,
+        stock=product.stock,
+        updated_at=product.updated_at,
+    )
+
+
+if TYPE_CHECKING:  # mypy checks the class against the protocol
+
+    def _conforms(store: SqlStore) -> Store:
+        return store
