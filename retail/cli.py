@@ -58,7 +58,8 @@ def serve(
     import uvicorn
 
     from retail.runtime.logs import configure_logging
-    from retail.web.app import create_app
+    from retail.web.app import announce_stop, create_app
+    from retail.web.server import Server
 
     settings = _settings(
         host=host,
@@ -71,8 +72,9 @@ def serve(
         migrate_on_start=migrate,
     )
     configure_logging(settings.log_format, settings.log_level, access_log=access_log)
-    uvicorn.run(
-        create_app(settings),
+    application = create_app(settings)
+    config = uvicorn.Config(
+        application,
         host=settings.host,
         port=settings.port,
         # uvicorn's own lines go through the same handler; the request lines are the app's.
@@ -80,6 +82,7 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_s)),
     )
+    Server(config, on_stop=lambda: announce_stop(application)).run()
 
 
 @app.command()

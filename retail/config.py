@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         64 * 1024, ge=256, description="Largest accepted request body, in bytes."
     )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How long a client may take to send a request body before `408`.",
+    )
     max_order_lines: int = Field(50, ge=1, le=1000, description="Most lines in one order.")
     max_line_quantity: int = Field(1000, ge=1, description="Most units of one SKU in one line.")
     idempotency_ttl_s: float = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,24 @@ def test_import_contracts() -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Time is injected: only the clock seam (and the load generator, which measures real
+# servers) reads a clock or sleeps.
+CLOCK_READS = re.compile(
+    r"time\.(time|monotonic|perf_counter)\(|asyncio\.sleep\(|datetime\.now\(|\.time\(\)"
+    r"|datetime\.utcnow\("
+)
+CLOCK_SEAM = {"retail/runtime/clock.py"}
+
+
+def test_only_the_clock_seam_reads_the_clock() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((ROOT / "retail").rglob("*.py"))
+        if str(path.relative_to(ROOT)) not in CLOCK_SEAM
+        and "loadgen" not in path.relative_to(ROOT).parts
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if CLOCK_READS.search(line)
+    ]
+    assert not offenders, "\n".join(offenders)

@@ -13,11 +13,15 @@ class RetailError(Exception):
     status: int = 500
     slug: str = "internal-error"
     title: str = "Internal error"
+    retry_after_s: int | None = None  # when set, the answer says when to retry
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, *, retry_after_s: int | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extra = extra
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
+            self.extra["retry_after_s"] = retry_after_s
 
 
 class NotFound(RetailError):
@@ -60,9 +64,21 @@ class IdempotencyKeyMismatch(RetailError):
     status, slug, title = 422, "idempotency-key-mismatch", "Idempotency-Key reused"
 
 
+class InvalidHeader(RetailError):
+    status, slug, title = 400, "invalid-header", "Invalid header"
+
+
 class CapacityExceeded(RetailError):
+    """Shed for lack of capacity: `Retry-After` says when to come back."""
+
     status, slug, title = 503, "capacity-exceeded", "Over capacity"
+    retry_after_s: int
 
     def __init__(self, detail: str, *, retry_after_s: int, **extra: Any) -> None:
         super().__init__(detail, retry_after_s=retry_after_s, **extra)
-        self.retry_after_s = retry_after_s
+
+
+class Unavailable(RetailError):
+    """The service cannot take the request now (shutting down, storage unreachable)."""
+
+    status, slug, title = 503, "unavailable", "Unavailable"

@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retail.config import LogFormat, LogLevel
+from retail.core.events import OrderEvent
 from retail.core.types import OrderStatus
-from retail.runtime.bus import OrderNotice
 
 request_id: ContextVar[str | None] = ContextVar("retail_request_id", default=None)
 
@@ -114,7 +114,7 @@ def configure_logging(
     logging.getLogger("retail.http").setLevel(logging.NOTSET if access_log else logging.WARNING)
 
 
-def log_transition(notice: OrderNotice) -> None:
+def log_transition(notice: OrderEvent) -> None:
     """One line per order event: order id, from and to status, step."""
     source = FROM_STATUS.get(notice.kind, OrderStatus.PROCESSING)
     level = logging.DEBUG if notice.kind in STEP_KINDS else logging.INFO

@@ -27,8 +27,8 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from retail.core import capacity
+from retail.core.events import OrderEvent
 from retail.core.types import OverloadMode
-from retail.runtime.bus import OrderNotice
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -158,7 +158,7 @@ class Metrics:
     def order_failed(self, reason: str) -> None:
         self.order_failures.labels(reason).inc()
 
-    def notice(self, notice: OrderNotice) -> None:
+    def notice(self, notice: OrderEvent) -> None:
         """Every published order event: count the terminal ones (cancellations too)."""
         if notice.status.is_terminal:
             self.orders_finished.labels(notice.status.value).inc()

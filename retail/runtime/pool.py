@@ -1,4 +1,4 @@
-"""The worker pool: claims orders from the database and runs their steps.
+"""The worker pool: claims orders from the store and runs their steps.
 
 One dispatcher task claims orders in FIFO order while the `Dispatcher` (the core's
 in-flight timetable, shared with admission) has a free slot, and starts one named
@@ -22,12 +22,11 @@ from datetime import datetime, timedelta
 from retail.core.admission import Admission
 from retail.core.pipeline import PAYMENT_STEP, Pipeline, Plan
 from retail.core.types import OrderStatus
-from retail.runtime.bus import EventBus, OrderNotice
+from retail.runtime.bus import EventBus
 from retail.runtime.clock import Clock
+from retail.runtime.idempotency import Idempotency
 from retail.runtime.metrics import Metrics
-from retail.store.sql import idempotency, queue
-from retail.store.sql.engine import Database
-from retail.store.sql.models import OrderEvent
+from retail.store.base import Claim, LeaseLost, Store
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +34,12 @@ MAX_ATTEMPTS = 5
 HOUSEKEEPING_INTERVAL_S = 600.0
 
 
-def notice(event: OrderEvent) -> OrderNotice:
-    return OrderNotice(
-        order_id=event.order_id,
-        event_id=event.id,
-        kind=event.kind,
-        status=OrderStatus(event.status),
-        step=event.step,
-        at=event.at,
-        detail=event.detail,
-    )
-
-
 class WorkerPool:
     def __init__(
         self,
         *,
-        db: Database,
+        store: Store,
+        idempotency: Idempotency,
         clock: Clock,
         pipeline: Pipeline,
         admission: Admission,
@@ -63,7 +51,8 @@ class WorkerPool:
         metrics: Metrics | None = None,
     ) -> None:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._db = db
+        self._store = store
+        self._idempotency = idempotency
         self._clock = clock
         self._pipeline = pipeline
         self._admission = admission
@@ -118,10 +107,7 @@ class WorkerPool:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
         if unfinished:
-            async with self._db.write() as session:
-                released = await queue.release_leases(
-                    session=session, owner=self.owner, now=self._clock.now()
-                )
+            released = await self._store.release_leases(owner=self.owner, now=self._clock.now())
             log.warning("shutdown: left %d unfinished orders for the next start", released)
 
     async def _dispatch(self) -> None:
@@ -149,8 +135,7 @@ class WorkerPool:
         self._last_resync = self._clock.monotonic()
         read_at_change = self._admission.changes
         try:
-            async with self._db.read() as session:
-                counts = await queue.count_by_status(session=session)
+            counts = await self._store.count_by_status()
         except Exception:
             log.exception("reading the queue length failed")
             return
@@ -161,10 +146,7 @@ class WorkerPool:
 
     async def _claim_and_start(self) -> bool:
         now = self._clock.now()
-        async with self._db.write() as session:
-            claim = await queue.claim_next(
-                session=session, owner=self.owner, now=now, lease_s=self._lease_s
-            )
+        claim = await self._store.claim_next(owner=self.owner, now=now, lease_s=self._lease_s)
         if claim is None:
             return False
         if not claim.resumed:
@@ -172,7 +154,7 @@ class WorkerPool:
         self._metrics.order_started(
             None if claim.resumed else (now - claim.created_at).total_seconds()
         )
-        self._bus.publish(notice(claim.event))
+        self._bus.publish(claim.event)
         plan = self._pipeline.plan(
             order_seq=claim.seq, line_count=claim.line_count, level=claim.service_level
         )
@@ -186,10 +168,10 @@ class WorkerPool:
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _fulfil(self, claim: queue.Claim, plan: Plan, started: datetime) -> None:
+    async def _fulfil(self, claim: Claim, plan: Plan, started: datetime) -> None:
         try:
             await self._run_steps(claim, plan, started)
-        except queue.LeaseLost:
+        except LeaseLost:
             log.info("order %s: lease lost to another worker; leaving it", claim.order_id)
         except asyncio.CancelledError:
             raise
@@ -202,7 +184,7 @@ class WorkerPool:
             self._metrics.set_in_flight(self._dispatcher.in_flight)
             self.notify()
 
-    async def _run_steps(self, claim: queue.Claim, plan: Plan, started: datetime) -> OrderStatus:
+    async def _run_steps(self, claim: Claim, plan: Plan, started: datetime) -> OrderStatus:
         if claim.token > MAX_ATTEMPTS:
             return await self._finish(
                 claim,
@@ -219,17 +201,15 @@ class WorkerPool:
         step_start = started
         while True:
             starting = (steps[index].name, steps[index].delay_s) if index < len(steps) else None
-            async with self._db.write() as session:
-                events = await queue.step_boundary(
-                    session=session,
-                    claim=claim,
-                    now=self._clock.now(),
-                    completed=completed,
-                    starting=starting,
-                    lease_s=self._lease_s,
-                )
+            events = await self._store.step_boundary(
+                claim,
+                now=self._clock.now(),
+                completed=completed,
+                starting=starting,
+                lease_s=self._lease_s,
+            )
             for event in events:
-                self._bus.publish(notice(event))
+                self._bus.publish(event)
             if starting is None:
                 break
             running = self._dispatcher.running.get(claim.order_id)
@@ -255,7 +235,7 @@ class WorkerPool:
 
     async def _finish(
         self,
-        claim: queue.Claim,
+        claim: Claim,
         status: OrderStatus,
         *,
         reason: str | None = None,
@@ -271,19 +251,13 @@ class WorkerPool:
             detail["skipped_steps"] = skipped
         if status is OrderStatus.FAILED:
             detail["stock_released"] = True
-        async with self._db.write() as session:
-            event = await queue.finish(
-                session=session,
-                claim=claim,
-                now=self._clock.now(),
-                status=status,
-                reason=reason,
-                detail=detail,
-            )
+        event = await self._store.finish(
+            claim, now=self._clock.now(), status=status, reason=reason, detail=detail
+        )
         self._metrics.order_done((event.at - claim.started_at).total_seconds())
         if code is not None:
             self._metrics.order_failed(code)
-        self._bus.publish(notice(event))
+        self._bus.publish(event)
         return status
 
     async def _housekeeping(self) -> None:
@@ -291,8 +265,7 @@ class WorkerPool:
             return
         self._last_housekeeping = self._clock.monotonic()
         try:
-            async with self._db.write() as session:
-                purged = await idempotency.purge_expired(session=session, now=self._clock.now())
+            purged = await self._idempotency.purge(now=self._clock.now())
             if purged:
                 log.info("purged %d expired idempotency keys", purged)
         except Exception:

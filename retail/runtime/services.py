@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from retail.config import Settings
 from retail.core.admission import Admission
@@ -13,59 +13,69 @@ from retail.core.pipeline import Pipeline
 from retail.core.types import OrderStatus
 from retail.runtime.bus import EventBus
 from retail.runtime.clock import Clock
+from retail.runtime.idempotency import Idempotency
 from retail.runtime.ingest import Ingest
 from retail.runtime.logs import log_transition
 from retail.runtime.metrics import Metrics
 from retail.runtime.pool import WorkerPool
 from retail.runtime.streams import StreamSlots
-from retail.store.sql import products, queue
-from retail.store.sql.engine import Database
-from retail.store.sql.migrations import upgrade_to_head
+from retail.store.base import Store
+from retail.store.sql.store import SqlStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Services:
-    """What the routes need, built once per app by the lifespan."""
+    """What the use cases and the routes need, built once per process."""
 
     settings: Settings
     clock: Clock
-    db: Database
+    store: Store
     pipeline: Pipeline
     admission: Admission
     bus: EventBus
     ingest: Ingest
     pool: WorkerPool
-    inflight_keys: dict[str, str] = field(default_factory=dict)
-    streams: StreamSlots = field(default_factory=StreamSlots)
-    metrics: Metrics = field(default_factory=Metrics)
+    idempotency: Idempotency
+    streams: StreamSlots
+    metrics: Metrics
+
+
+def sql_store(settings: Settings) -> SqlStore:
+    return SqlStore(settings.database_url, pool_size=settings.db_pool_size)
 
 
 @asynccontextmanager
 async def running_services(
-    settings: Settings, clock: Clock, *, metrics: Metrics | None = None
+    settings: Settings,
+    clock: Clock,
+    *,
+    metrics: Metrics | None = None,
+    store: Store | None = None,
 ) -> AsyncIterator[Services]:
+    """Start everything on `store` (the settings' database if not given); stop it all after."""
     metrics = metrics or Metrics()
-    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    store = store or sql_store(settings)
     try:
-        if settings.migrate_on_start:
-            await upgrade_to_head(db.writer)
-        async with db.write() as session:
-            if settings.seed_demo_catalogue:
-                added = await products.seed_catalogue(session=session, now=clock.now())
-                if added:
-                    log.info("seeded the demo catalogue (%d products)", added)
-            counts = await queue.count_by_status(session=session)
-        db.pin_file()
+        added = await store.prepare(
+            migrate=settings.migrate_on_start,
+            seed_catalogue=settings.seed_demo_catalogue,
+            now=clock.now(),
+        )
+        if added:
+            log.info("seeded the demo catalogue (%d products)", added)
+        counts = await store.count_by_status()
         pipeline = settings.pipeline()
         admission = Admission(settings.limits(), pipeline, on_decision=metrics.decided)
         admission.queued = counts.get(OrderStatus.QUEUED, 0)
         bus = EventBus()
         bus.listen(log_transition)
         bus.listen(metrics.notice)
+        idempotency = Idempotency(store)
         pool = WorkerPool(
-            db=db,
+            store=store,
+            idempotency=idempotency,
             clock=clock,
             pipeline=pipeline,
             admission=admission,
@@ -77,30 +87,32 @@ async def running_services(
             metrics=metrics,
         )
         ingest = Ingest(
-            db=db,
+            store=store,
             clock=clock,
             bus=bus,
             idempotency_ttl_s=settings.idempotency_ttl_s,
-            on_committed=lambda placed: pool.notify(),
+            on_committed=pool.notify,
         )
         await ingest.start()
         await pool.start()
         try:
             yield Services(
-                settings,
-                clock,
-                db,
-                pipeline,
-                admission,
-                bus,
-                ingest,
-                pool,
+                settings=settings,
+                clock=clock,
+                store=store,
+                pipeline=pipeline,
+                admission=admission,
+                bus=bus,
+                ingest=ingest,
+                pool=pool,
+                idempotency=idempotency,
                 streams=StreamSlots(settings.max_streams),
                 metrics=metrics,
             )
         finally:
+            bus.close()  # waiters answer and streams end now
             await ingest.stop()
             await pool.stop()
     finally:
-        await db.dispose()
+        await store.close()
         metrics.process_exit()

@@ -13,7 +13,7 @@ is refused with `LeaseLost` once another claim has taken the order over.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -53,18 +53,18 @@ class StoredResponse:
     body: dict[str, Any]
 
 
+ACCEPTED = 202  # the status stored with a key: the order's first answer
+
+
 @dataclass(frozen=True, slots=True)
 class Keyed:
-    """An order's `Idempotency-Key` and how to render the answer to store with it.
+    """An order's `Idempotency-Key` and its request's fingerprint.
 
-    The answer shows what only the write knows (prices, totals, `seq`), so the store
-    calls `render` with the stored order inside the write, and keeps what it returns.
+    The answer stored with it is the order's `202`: `retail.core.orders.accepted_document`.
     """
 
     key: str
     request_hash: str
-    status: int
-    render: Callable[[Placed], dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)

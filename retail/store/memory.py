@@ -21,9 +21,18 @@ from retail.core.errors import (
     RetailError,
 )
 from retail.core.events import OrderEvent
-from retail.core.orders import Allocation, NewOrder, OrderView, Placed, Stock, allocate
+from retail.core.orders import (
+    Allocation,
+    NewOrder,
+    OrderView,
+    Placed,
+    Stock,
+    accepted_document,
+    allocate,
+)
 from retail.core.types import OrderStatus, ServiceLevel
 from retail.store.base import (
+    ACCEPTED,
     DEMO_CATALOGUE,
     Claim,
     LeaseLost,
@@ -106,7 +115,10 @@ class MemoryStore:
         placed = Placed(record.view, event)
         if keyed is not None:
             response = StoredResponse(
-                keyed.request_hash, order.id, keyed.status, keyed.render(placed)
+                keyed.request_hash,
+                order.id,
+                ACCEPTED,
+                accepted_document(placed.order, placing.order),
             )
             self._responses[keyed.key] = (response, keys_expire_at)
         return placed

@@ -40,7 +40,17 @@ latest orders as they change; the WebSocket `/ws` streams the same data as JSON.
 """
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+def announce_stop(app: FastAPI) -> None:
+    """A stop was asked for: waiters answer now and streams end (see `retail.web.server`)."""
+    services = getattr(app.state, "services", None)
+    if services is not None:
+        services.bus.close()
+
+
+def create_app(
+    settings: Settings | None = None, *, clock: Clock | None = None, fast_path: bool = True
+) -> FastAPI:
+    """The app; `fast_path=False` leaves `POST /orders` to its route alone (for comparison)."""
     settings = settings or Settings()
     clock = clock or SystemClock()
     metrics = Metrics()
@@ -77,9 +87,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     problems.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # POST /orders without the framework's generic path (it applies the body limit itself).
-    app.add_middleware(intake.OrderIntake, max_body_bytes=settings.max_body_bytes)
+    if fast_path:
+        app.add_middleware(
+            intake.OrderIntake,
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout_s=settings.body_timeout_s,
+        )
     app.add_middleware(StartOnFirstRequest)  # servers without the ASGI lifespan (daphne)
-    app.add_middleware(RequestTelemetry, metrics=metrics)  # outermost: sees every answer
+    # Outermost: sees every answer.
+    app.add_middleware(RequestTelemetry, metrics=metrics, clock=clock)
     app.include_router(intake.router)
     app.include_router(orders.router)
     app.include_router(product_routes.router)

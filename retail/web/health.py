@@ -10,13 +10,9 @@ the load the capacity policy decides on.
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
-from sqlalchemy import text
 
 from retail.runtime.services import Services
-from retail.store.sql.migrations import schema_status
 from retail.web.bounded import within
 from retail.web.deps import ServicesDep
 from retail.web.presenters import capacity_snapshot
@@ -63,12 +59,4 @@ async def readyz(request: Request, services: ServicesDep) -> dict[str, str] | ob
 
 
 async def database_problems(services: Services) -> list[str]:
-    file_problem = await asyncio.to_thread(services.db.file_problem)
-    if file_problem is not None:
-        return [file_problem]
-    async with services.db.read() as session:
-        await session.execute(text("SELECT 1"))
-    current, head = await schema_status(services.db.reader)
-    if current != head:
-        return [f"schema at {current}, code expects {head}: run `retail db upgrade`"]
-    return []
+    return await services.store.problems()

@@ -15,8 +15,10 @@ class BodyTooLarge(RetailError):
         super().__init__(f"The request body exceeds {max_bytes} bytes.")
 
 
-def declared_too_large(content_length: bytes, max_bytes: int) -> bool:
+def declared_too_large(content_length: str | bytes | None, max_bytes: int) -> bool:
     """Whether a `Content-Length` value announces a body over `max_bytes`."""
+    if content_length is None:
+        return False
     try:
         return int(content_length) > max_bytes
     except ValueError:

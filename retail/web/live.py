@@ -14,11 +14,11 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from retail.runtime.bus import OrderNotice, Subscription
+from retail.core.events import OrderEvent
+from retail.runtime.bus import Subscription
 from retail.runtime.services import Services
 from retail.runtime.streams import TooManyStreams
 from retail.web.presenters import capacity_snapshot
-from retail.web.schemas import OrderEventRead
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,8 @@ def _snapshot(services: Services) -> dict[str, Any]:
     }
 
 
-def _transition(notice: OrderNotice) -> dict[str, Any]:
-    event = OrderEventRead(
-        id=notice.event_id,
-        kind=notice.kind,
-        status=notice.status,
-        step=notice.step,
-        at=notice.at,
-        detail=notice.detail,
-    )
-    return {"type": "event", "order_id": str(notice.order_id), **event.model_dump(mode="json")}
+def _transition(event: OrderEvent) -> dict[str, Any]:
+    return {"type": "event", "order_id": str(event.order_id), **event.document()}
 
 
 async def _send(websocket: WebSocket, message: dict[str, Any]) -> None:
@@ -62,21 +54,20 @@ async def _send_loop(websocket: WebSocket, services: Services, subscription: Sub
     A client slower than the transitions loses the oldest ones (the subscription's
     queue is bounded); snapshots are made when sent, so they never pile up.
     """
-    loop = asyncio.get_running_loop()
+    clock = services.clock
     interval = services.settings.snapshot_interval_s
-    next_snapshot = loop.time()
-    while True:
-        now = loop.time()
+    next_snapshot = clock.monotonic()
+    while not subscription.closed:
+        now = clock.monotonic()
         if now >= next_snapshot:
             await _send(websocket, _snapshot(services))
             next_snapshot = max(next_snapshot + interval, now)
             continue
-        try:
-            async with asyncio.timeout(next_snapshot - now):
-                notice = await subscription.queue.get()
-        except TimeoutError:
-            continue
-        await _send(websocket, _transition(notice))
+        if subscription.queue.empty():
+            subscription.arrived.clear()
+            await clock.wait(subscription.arrived, next_snapshot - now)
+        while not subscription.queue.empty():
+            await _send(websocket, _transition(subscription.queue.get_nowait()))
 
 
 async def _until_closed(websocket: WebSocket) -> None:

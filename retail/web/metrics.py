@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request, Response
 
 from retail.core.types import OrderStatus
 from retail.runtime.services import Services
-from retail.store.sql import queue
 from retail.web.bounded import within
 from retail.web.deps import ServicesDep
 
@@ -20,9 +19,8 @@ SCRAPE_DB_TIMEOUT_S = 1.0
 
 async def queue_state(services: Services) -> tuple[int, float]:
     """(orders queued, seconds the oldest has waited): every process's orders."""
-    async with services.db.read() as session:
-        counts = await queue.count_by_status(session=session)
-        oldest = await queue.oldest_queued_at(session=session)
+    counts = await services.store.count_by_status()
+    oldest = await services.store.oldest_queued_at()
     age_s = 0.0 if oldest is None else (services.clock.now() - oldest).total_seconds()
     return counts.get(OrderStatus.QUEUED, 0), age_s
 

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import uuid
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
 from retail.core.errors import RetailError
-from retail.core.pipeline import STEPS
-from retail.core.types import OrderStatus, ServiceLevel
-from retail.runtime.services import Services
-from retail.store.sql import orders as order_repo
-from retail.store.sql.models import Order
+from retail.core.types import OrderStatus
+from retail.runtime.orders import cancel_order as cancel_order_use_case
+from retail.runtime.orders import order_events, read_order
 from retail.web import sse
 from retail.web.deps import ServicesDep
-from retail.web.presenters import order_read
+from retail.web.presenters import event_read, order_read
 from retail.web.problems import responses
 from retail.web.schemas import (
     OrderEventRead,
@@ -32,23 +28,6 @@ MAX_PAGE = 200
 
 class InvalidCursor(RetailError):
     status, slug, title = 422, "invalid-cursor", "Invalid cursor"
-
-
-# --- reading models into responses --------------------------------------------------
-
-
-def retry_after_s(services: Services, order: Order, position: int | None) -> int | None:
-    """How long a poller should wait before asking again; None once terminal."""
-    status = OrderStatus(order.status)
-    if status.is_terminal:
-        return None
-    level = ServiceLevel(order.service_level)
-    if status is OrderStatus.QUEUED and position is not None:
-        seconds = services.admission.estimated_start_s(services.clock.seconds(), position, level)
-    else:
-        steps_left = len(STEPS) - len(order.skipped_steps) - order.step_index
-        seconds = services.pipeline.mean_s(level) * steps_left / max(1, len(STEPS))
-    return max(1, math.ceil(seconds))
 
 
 router = APIRouter(prefix="/orders", tags=["orders"])
@@ -84,46 +63,21 @@ async def list_orders(
     ] = None,
 ) -> OrderPage:
     before = _decode_cursor(cursor) if cursor else None
-    async with services.db.read() as session:
-        rows, next_seq = await order_repo.list_orders(
-            session=session, status=status, customer_id=customer_id, before_seq=before, limit=limit
-        )
-        items = [order_read(row) for row in rows]
-    return OrderPage(items=items, next_cursor=_encode_cursor(next_seq) if next_seq else None)
-
-
-def _current_step(services: Services, order: Order) -> str | None:
-    if order.status != OrderStatus.PROCESSING:
-        return None
-    step = services.pool.current_step(order.id)
-    if step is not None:
-        return step
-    steps = [s.name for s in STEPS if s.name not in order.skipped_steps]
-    return steps[order.step_index] if order.step_index < len(steps) else None
+    rows, next_seq = await services.store.list_orders(
+        status=status, customer_id=customer_id, before_seq=before, limit=limit
+    )
+    return OrderPage(
+        items=[order_read(row) for row in rows],
+        next_cursor=_encode_cursor(next_seq) if next_seq else None,
+    )
 
 
 @router.get("/{order_id}", summary="One order and where it stands", responses=responses(404, 422))
 async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Response) -> OrderRead:
-    async with services.db.read() as session:
-        order = await order_repo.get_order(session=session, order_id=order_id)
-        position = None
-        estimated = None
-        if order.status == OrderStatus.QUEUED:
-            position = await order_repo.queue_position(session=session, order=order)
-            level = ServiceLevel(order.service_level)
-            now = services.clock.now()
-            estimated = now + timedelta(
-                seconds=services.admission.estimated_start_s(now.timestamp(), position, level)
-            )
-    retry = retry_after_s(services, order, position)
-    if retry is not None:
-        response.headers["Retry-After"] = str(retry)
-    return order_read(
-        order,
-        queue_position=position,
-        estimated_start_at=estimated,
-        current_step=_current_step(services, order),
-    )
+    state = await read_order(services, order_id)
+    if state.retry_after_s is not None:
+        response.headers["Retry-After"] = str(state.retry_after_s)
+    return order_read(state)
 
 
 @router.get(
@@ -174,9 +128,7 @@ async def get_events(
 ) -> list[OrderEventRead] | Response:
     if sse.wants_event_stream(accept):
         return await sse.order_event_stream(services, order_id, last_event_id)
-    async with services.db.read() as session:
-        events = await order_repo.list_events(session=session, order_id=order_id)
-        return [OrderEventRead.model_validate(e, from_attributes=True) for e in events]
+    return [event_read(event) for event in await order_events(services, order_id)]
 
 
 @router.post(
@@ -186,13 +138,4 @@ async def get_events(
     responses=responses(404, 409, 422),
 )
 async def cancel_order(order_id: uuid.UUID, services: ServicesDep) -> OrderRead:
-    from retail.runtime.pool import notice
-
-    async with services.db.write() as session:
-        event = await order_repo.cancel_order(
-            session=session, order_id=order_id, now=services.clock.now()
-        )
-        order = await order_repo.get_order(session=session, order_id=order_id)
-    services.admission.left_queue()
-    services.bus.publish(notice(event))
-    return order_read(order)
+    return order_read(await cancel_order_use_case(services, order_id))

@@ -1,17 +1,28 @@
 """How the service's values look over HTTP: the response models routes return.
 
-Every route renders through here, so no route imports another.
+Every route renders through here, so no route imports another. The order's JSON is
+`retail.core.orders.order_document` (the `202` of `POST /orders` is written straight
+from it); `OrderRead` documents the same shape in OpenAPI.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from retail.core.types import OrderStatus, ServiceLevel
+from retail.core.events import OrderEvent
+from retail.core.orders import OrderView, order_document
+from retail.core.types import ServiceLevel
+from retail.runtime.orders import OrderState
 from retail.runtime.services import Services
-from retail.store.sql.models import Order
-from retail.store.sql.orders import PlacedOrder
-from retail.web.schemas import CapacityCounters, CapacityRead, OrderLineRead, OrderRead
+from retail.store.base import Product
+from retail.web.schemas import (
+    CapacityCounters,
+    CapacityRead,
+    OrderEventRead,
+    OrderRead,
+    ProductRead,
+)
+
+# Seconds shown to people: microsecond precision, no float noise (2.0000000000000004).
+SECONDS_DECIMALS = 6
 
 
 def capacity_snapshot(services: Services) -> CapacityRead:
@@ -25,8 +36,8 @@ def capacity_snapshot(services: Services) -> CapacityRead:
         max_queue_wait_s=limits.max_queue_wait_s,
         in_flight=services.pool.in_flight,
         queued=admission.queued,
-        full_service_s=services.pipeline.mean_s(ServiceLevel.FULL),
-        degraded_service_s=services.pipeline.mean_s(ServiceLevel.DEGRADED),
+        full_service_s=round(services.pipeline.mean_s(ServiceLevel.FULL), SECONDS_DECIMALS),
+        degraded_service_s=round(services.pipeline.mean_s(ServiceLevel.DEGRADED), SECONDS_DECIMALS),
         counters=CapacityCounters(
             accepted=counters.accepted,
             admitted=counters.admitted,
@@ -37,36 +48,35 @@ def capacity_snapshot(services: Services) -> CapacityRead:
     )
 
 
-def order_read(
-    order: Order | PlacedOrder,
-    *,
-    queue_position: int | None = None,
-    estimated_start_at: datetime | None = None,
-    current_step: str | None = None,
-) -> OrderRead:
-    return OrderRead(
-        id=order.id,
-        customer_id=order.customer_id,
-        status=OrderStatus(order.status),
-        service_level=ServiceLevel(order.service_level),
-        skipped_steps=list(order.skipped_steps),
-        lines=[
-            OrderLineRead(
-                sku=line.sku,
-                quantity=line.quantity,
-                unit_price=line.unit_price,
-                line_total=line.quantity * line.unit_price,
-            )
-            for line in order.lines
-        ],
-        total=order.total,
-        currency=order.currency,
-        created_at=order.created_at,
-        updated_at=order.updated_at,
-        started_at=order.started_at,
-        finished_at=order.finished_at,
-        current_step=current_step,
-        failure_reason=order.failure_reason,
-        queue_position=queue_position,
-        estimated_start_at=estimated_start_at,
+def order_read(order: OrderView | OrderState) -> OrderRead:
+    if isinstance(order, OrderState):
+        document = order_document(
+            order.order,
+            queue_position=order.queue_position,
+            estimated_start_at=order.estimated_start_at,
+            current_step=order.current_step,
+        )
+    else:
+        document = order_document(order)
+    return OrderRead.model_validate(document)
+
+
+def event_read(event: OrderEvent) -> OrderEventRead:
+    return OrderEventRead(
+        id=event.id,
+        kind=event.kind,
+        status=event.status,
+        step=event.step,
+        at=event.at,
+        detail=event.detail,
+    )
+
+
+def product_read(product: Product) -> ProductRead:
+    return ProductRead(
+        sku=product.sku,
+        name=product.name,
+        unit_price=product.unit_price,
+        currency=product.currency,
+        stock=product.stock,
     )

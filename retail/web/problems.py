@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from retail.core.errors import CapacityExceeded, RetailError
+from retail.core.errors import RetailError
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,20 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 async def _retail_error(request: Request, error: Exception) -> ProblemResponse:
     assert isinstance(error, RetailError)
-    if error.status >= 500 and not isinstance(error, CapacityExceeded):
-        log.error("%s %s: %s", request.method, request.url.path, error.detail)
-    return retail_problem(error, instance=request.url.path)
+    return retail_problem(error, instance=request.url.path, method=request.method)
 
 
-def retail_problem(error: RetailError, *, instance: str | None) -> ProblemResponse:
-    """The problem response for a domain error (what its exception handler answers)."""
+def retail_problem(
+    error: RetailError, *, instance: str | None, method: str = "POST"
+) -> ProblemResponse:
+    """The problem response for a domain error, from the route's handler or the fast path.
+
+    Server-side failures are logged; sheddings (they say when to retry) are not.
+    """
+    if error.status >= 500 and error.retry_after_s is None:
+        log.error("%s %s: %s", method, instance, error.detail)
     headers = None
-    if isinstance(error, CapacityExceeded):
+    if error.retry_after_s is not None:
         headers = {"Retry-After": str(error.retry_after_s)}
     elif error.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}  # required on every 401 (RFC 9110)
@@ -154,8 +159,10 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or wrong admin token (`Authorization: Bearer …`).",
         403: "Admin endpoints are disabled: no `RETAIL_ADMIN_TOKEN` is set.",
         404: "No such resource.",
+        408: "The request body did not arrive in time (`RETAIL_BODY_TIMEOUT_S`).",
         409: "Conflicts with the current state.",
         413: "Request body too large.",
+        415: "The body is not JSON: send `Content-Type: application/json`.",
         422: "The request is well-formed but invalid; `errors` lists each field.",
         503: "Over capacity or shutting down; retry after `Retry-After` seconds.",
     }

@@ -10,7 +10,7 @@ Every open stream holds one of `max_streams` slots (`retail.runtime.streams`).
 
 from __future__ import annotations
 
-import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
@@ -20,11 +20,10 @@ from fastapi import Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from retail.core.types import OrderStatus
-from retail.runtime.bus import OrderNotice, Subscription
+from retail.core.events import OrderEvent
+from retail.runtime.bus import Subscription
+from retail.runtime.orders import order_events
 from retail.runtime.services import Services
-from retail.store.sql import orders as order_repo
-from retail.web.schemas import OrderEventRead
 
 EVENT_STREAM = "text/event-stream"
 SHUTDOWN_GRACE_S = 2.0
@@ -73,38 +72,30 @@ class OrderEventStream(EventSourceResponse):
 
 async def _read_after(
     services: Services, order_id: uuid.UUID, after_id: int
-) -> tuple[list[OrderEventRead], bool]:
+) -> tuple[list[OrderEvent], bool]:
     """The events after `after_id`, oldest first, and whether the order has ended.
 
-    The status is read before the events: an order seen terminal has all its events
+    The status is read before the events: an order seen ended has all its events
     stored, so its last event is among those read.
     """
-    async with services.db.read() as session:
-        order = await order_repo.get_order(session=session, order_id=order_id)
-        ended = OrderStatus(order.status).is_terminal
-        rows = await order_repo.list_events(session=session, order_id=order_id, after_id=after_id)
-        events = [OrderEventRead.model_validate(row, from_attributes=True) for row in rows]
-    return events, ended or any(event.status.is_terminal for event in events)
+    order = await services.store.get_order(order_id)
+    events = await order_events(services, order_id, after_id=after_id)
+    ended = order.status.is_terminal or any(event.status.is_terminal for event in events)
+    return events, ended
 
 
-def _message(event: OrderEventRead) -> ServerSentEvent:
-    return ServerSentEvent(data=event.model_dump_json(), event=event.kind, id=str(event.id))
+def _message(event: OrderEvent) -> ServerSentEvent:
+    data = json.dumps(event.document(), separators=(",", ":"))
+    return ServerSentEvent(data=data, event=event.kind, id=str(event.id))
 
 
-async def _woken(
-    notices: asyncio.Queue[OrderNotice], shutdown: anyio.Event, timeout_s: float
-) -> None:
-    """Return when a notice arrives (taking every waiting one), the server shuts down, or
+async def _woken(services: Services, subscription: Subscription, timeout_s: float) -> None:
+    """Return when an event arrives (taking every waiting one), the service stops, or
     `timeout_s` passes."""
-    waits = {asyncio.ensure_future(notices.get()), asyncio.ensure_future(shutdown.wait())}
-    try:
-        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
-    while not notices.empty():
-        notices.get_nowait()
+    if subscription.queue.empty() and not subscription.closed:
+        subscription.arrived.clear()
+        await services.clock.wait(subscription.arrived, timeout_s)
+    subscription.drain_terminal()
 
 
 async def _follow(
@@ -112,7 +103,7 @@ async def _follow(
     order_id: uuid.UUID,
     subscription: Subscription,
     after_id: int,
-    events: list[OrderEventRead],
+    events: list[OrderEvent],
     ended: bool,
     shutdown: anyio.Event,
 ) -> AsyncIterator[ServerSentEvent]:
@@ -123,8 +114,8 @@ async def _follow(
             yield _message(event)
         if ended:
             return
-        await _woken(subscription.queue, shutdown, services.settings.poll_interval_s)
-        if shutdown.is_set():
+        await _woken(services, subscription, services.settings.poll_interval_s)
+        if shutdown.is_set() or subscription.closed:
             return
         events, ended = await _read_after(services, order_id, last_id)
 

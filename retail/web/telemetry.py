@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from retail.runtime.clock import Clock
 from retail.runtime.logs import request_id
 from retail.runtime.metrics import Metrics
 
@@ -40,9 +40,10 @@ def route_template(scope: Scope) -> str:
 
 
 class RequestTelemetry:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, clock: Clock) -> None:
         self.app = app
         self.metrics = metrics
+        self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,7 +56,7 @@ class RequestTelemetry:
                 break
         rid = given or os.urandom(16).hex()
         token = request_id.set(rid)
-        started = time.perf_counter()
+        started = self.clock.monotonic()
         status = 500  # unless a response starts: the server answers an exception with 500
         headers: list[tuple[bytes, bytes]] = []
 
@@ -70,7 +71,7 @@ class RequestTelemetry:
         try:
             await self.app(scope, receive, tagged_send)
         finally:
-            seconds = time.perf_counter() - started
+            seconds = self.clock.monotonic() - started
             method = scope["method"]
             label = method if method in METHODS else "other"  # a client cannot add series
             self.metrics.http_request(label, route_template(scope), status, seconds)

@@ -3,6 +3,7 @@ documented as a problem document, and the interactive docs served."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -111,8 +112,17 @@ async def probes(running: Running) -> AsyncIterator[Probe]:
     unknown = "00000000-0000-4000-8000-000000000000"
     product = {"json": {"name": "Lamp", "unit_price": 100, "stock": 1}, "headers": ADMIN}
     malformed_admin = {**malformed, "headers": {**malformed["headers"], **ADMIN}}
+
+    async def stalled_body() -> AsyncIterator[bytes]:
+        yield b'{"customer_id": "eve",'
+        await asyncio.sleep(running.settings.body_timeout_s * 5)  # the rest never comes in time
+        yield b'"items": []}'
+
+    stalled = {"content": stalled_body(), "headers": {"Content-Type": "application/json"}}
     first: list[Probe] = [
         ("POST", "/orders", "/orders", malformed, 400),
+        ("POST", "/orders", "/orders", {"content": b"{}"}, 415),  # no Content-Type
+        ("POST", "/orders", "/orders", stalled, 408),
         ("POST", "/orders", "/orders", {**order, "headers": {"Idempotency-Key": "a b"}}, 400),
         ("POST", "/orders", "/orders", oversize, 413),
         ("POST", "/orders", "/orders", {"json": {"customer_id": "eve", "items": []}}, 422),
@@ -173,7 +183,9 @@ async def probes(running: Running) -> AsyncIterator[Probe]:
 
 
 async def test_every_error_given_is_documented_for_its_operation(start_app: StartApp) -> None:
-    running = await start_app(overload_mode="reject", capacity=1, fulfilment_delay="60")
+    running = await start_app(
+        overload_mode="reject", capacity=1, fulfilment_delay="60", body_timeout_s=0.05
+    )
     documented = running.app.openapi()["paths"]
     tried: set[tuple[str, str, int]] = set()
     async for method, path, url, request, status in probes(running):

@@ -18,7 +18,7 @@ from retail.core.errors import (
     RetailError,
     UnknownSku,
 )
-from retail.core.orders import Line, NewOrder, Placed
+from retail.core.orders import Line, NewOrder, Placed, accepted_document
 from retail.core.types import OrderStatus, ServiceLevel
 from retail.store.base import (
     DEMO_CATALOGUE,
@@ -50,10 +50,7 @@ def order(*items: tuple[str, int], customer: str = "alice", **fields: Any) -> Ne
 
 
 def keyed(key: str, request_hash: str = "hash-1") -> Keyed:
-    def render(placed: Placed) -> dict[str, Any]:
-        return {"id": str(placed.order.id), "total": placed.order.total, "seq": placed.order.seq}
-
-    return Keyed(key, request_hash, 202, render)
+    return Keyed(key, request_hash)
 
 
 async def product(
@@ -215,9 +212,9 @@ async def test_a_key_is_stored_with_its_answer_and_replayed(store: Store) -> Non
     await product(store, "MUG-1", stock=10, price=250)
     first = order(("MUG-1", 2))
     (stored,) = await placed(store, Placing(first, keyed("key-1")))
-    expected = StoredResponse(
-        "hash-1", first.id, 202, {"id": str(first.id), "total": 500, "seq": stored.order.seq}
-    )
+    # The answer kept is the order's 202, as the store wrote it.
+    expected = StoredResponse("hash-1", first.id, 202, accepted_document(stored.order, first))
+    assert expected.body["total"] == 500 and expected.body["status"] == "queued"
     assert await store.find_response("key-1", now=NOW) == expected
     assert await store.find_response("key-2", now=NOW) is None
 

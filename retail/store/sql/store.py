@@ -24,9 +24,9 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError
 
 from retail.core.errors import IdempotencyKeyInUse, InvalidOrder, RetailError
 from retail.core.events import OrderEvent
-from retail.core.orders import Line, OrderView, Placed
+from retail.core.orders import Line, OrderView, Placed, accepted_document
 from retail.core.types import OrderStatus, ServiceLevel
-from retail.store.base import Claim, Outcome, Placing, Product, Store, StoredResponse
+from retail.store.base import ACCEPTED, Claim, Outcome, Placing, Product, Store, StoredResponse
 from retail.store.sql import idempotency, orders, products, queue
 from retail.store.sql import models as m
 from retail.store.sql.engine import Database
@@ -102,8 +102,8 @@ class SqlStore:
                     StoredResponse(
                         p.keyed.request_hash,
                         outcome.order.id,
-                        p.keyed.status,
-                        p.keyed.render(outcome),
+                        ACCEPTED,
+                        accepted_document(outcome.order, p.order),
                     ),
                 )
                 for p, outcome in zip(batch, outcomes, strict=True)

@@ -1,0 +1,201 @@
+"""Placing an order: the one function behind both doors of `POST /orders`.
+
+`place_order` takes an order that is whole and well-formed (its JSON was read and
+validated by the web layer) and does the rest: its key (`retail.runtime.idempotency`),
+the service's own limits on its lines, the admission decision, the group-committed
+write (`Ingest`), and the answer, rendered after the commit. A `RetailError` says
+why not; the web layer maps it to a problem response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+
+from uuid_utils.compat import uuid7
+
+from retail.core.admission import Ticket
+from retail.core.capacity import retry_after_s
+from retail.core.errors import CapacityExceeded
+from retail.core.orders import (
+    NewOrder,
+    OrderView,
+    Placed,
+    accepted_document,
+    order_document,
+    validate_items,
+)
+from retail.runtime.bus import Subscription
+from retail.runtime.idempotency import Claimed, check_same_request
+from retail.runtime.services import Services
+from retail.runtime.streams import TooManyStreams
+from retail.store.base import Keyed, Placing, StoredResponse
+
+PREFER_WAIT_RECHECK_S = 1.0  # an order fulfilled by another process is noticed this late
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The response to one `POST /orders`: status, headers and the JSON body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def place_order(
+    services: Services,
+    *,
+    customer_id: str,
+    items: Sequence[tuple[str, int]],
+    body: bytes,
+    key: str | None = None,
+    prefer_wait_s: float | None = None,
+) -> Answer:
+    """Store the order (or replay its key's stored answer); raise a `RetailError` if not.
+
+    `body` is the request's JSON as received (an `Idempotency-Key` is bound to it);
+    `prefer_wait_s`: hold the answer until the order ends, this long at most.
+    """
+    settings = services.settings
+    claimed = services.idempotency.claim(key, body) if key is not None else None
+    try:
+        lines = validate_items(
+            items, max_lines=settings.max_order_lines, max_quantity=settings.max_line_quantity
+        )
+        try:
+            ticket = services.admission.admit(services.clock.seconds())
+        except CapacityExceeded:
+            # A retry of an order already stored gets its answer even when full.
+            if claimed is not None:
+                stored = await services.idempotency.stored(claimed, now=services.clock.now())
+                if stored is not None:
+                    return _replayed(stored)
+            raise  # 503, nothing written
+    except BaseException:
+        if claimed is not None:
+            services.idempotency.release(claimed)
+        raise
+    decision = ticket.decision
+    now = services.clock.now()
+    new = NewOrder(
+        id=uuid7(),  # time-ordered: new ids go to the end of each index on them
+        customer_id=customer_id,
+        items=lines,
+        service_level=decision.service_level,
+        skipped_steps=services.pipeline.skipped(decision.service_level),
+        queue_position=decision.queue_position,
+        estimated_start_at=now + timedelta(seconds=decision.estimated_start_s),
+    )
+    keyed = Keyed(claimed.key, claimed.request_hash) if claimed is not None else None
+    with ExitStack() as held:
+        waiting = None
+        if prefer_wait_s is not None:
+            waiting = _wait_for(services, held, new.id)
+        outcome = await _stored(services, Placing(new, keyed), ticket, claimed)
+        if isinstance(outcome, StoredResponse):
+            return _replayed(outcome)
+        if waiting is not None and prefer_wait_s is not None:
+            ended = await _terminal(services, waiting, new.id, prefer_wait_s)
+            if ended is not None:
+                return Answer(
+                    201,
+                    {
+                        "Location": f"/orders/{new.id}",
+                        "Preference-Applied": f"wait={prefer_value(prefer_wait_s)}",
+                    },
+                    _json(order_document(ended)),
+                )
+    return Answer(
+        202,
+        {
+            "Location": f"/orders/{new.id}",
+            "Retry-After": str(retry_after_s(decision.estimated_start_s)),
+        },
+        _json(accepted_document(outcome.order, new)),
+    )
+
+
+async def _stored(
+    services: Services, placing: Placing, ticket: Ticket, claimed: Claimed | None
+) -> Placed | StoredResponse:
+    """Hand the order to the group commit; its place and key are settled once it is written."""
+
+    def settle(outcome: Placed | StoredResponse | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            ticket.release()
+        elif isinstance(outcome, StoredResponse):
+            ticket.withdraw()  # a retry of a stored order: no new order
+        else:
+            ticket.keep()
+        if claimed is not None:
+            services.idempotency.release(claimed)
+
+    try:
+        future = services.ingest.submit(placing, settle)
+    except BaseException as error:
+        settle(error)
+        raise
+    # Shielded: a client that hangs up does not stop its order from being stored.
+    outcome = await asyncio.shield(future)
+    if isinstance(outcome, StoredResponse) and claimed is not None:
+        check_same_request(outcome, claimed.request_hash)
+    return outcome
+
+
+def _wait_for(services: Services, held: ExitStack, order_id: uuid.UUID) -> Subscription | None:
+    """Subscribe to the order's events before it exists, so none is missed.
+
+    A waiter holds one of the live-stream slots: with none free, the client gets its
+    `202` at once, as if it had not asked to wait.
+    """
+    try:
+        held.enter_context(services.streams.hold())
+    except TooManyStreams:
+        return None
+    return held.enter_context(services.bus.subscribe(order_id))
+
+
+async def _terminal(
+    services: Services, subscription: Subscription, order_id: uuid.UUID, seconds: float
+) -> OrderView | None:
+    """The order once it has ended, or None if `seconds` pass or the service stops first.
+
+    Woken by this process's events; re-reads the order every `PREFER_WAIT_RECHECK_S`
+    too, for orders fulfilled by another process (`retail worker`).
+    """
+    clock = services.clock
+    deadline = clock.monotonic() + seconds
+    while True:
+        order = await services.store.get_order(order_id)
+        if order.status.is_terminal:
+            return order
+        while True:
+            remaining = deadline - clock.monotonic()
+            if remaining <= 0 or subscription.closed:
+                return None
+            subscription.arrived.clear()
+            woken = await clock.wait(subscription.arrived, min(remaining, PREFER_WAIT_RECHECK_S))
+            if not woken or subscription.closed or subscription.drain_terminal():
+                break
+
+
+def _replayed(stored: StoredResponse) -> Answer:
+    return Answer(
+        stored.status,
+        {"Location": f"/orders/{stored.order_id}", "Idempotent-Replayed": "true"},
+        _json(stored.body),
+    )
+
+
+def _json(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def prefer_value(seconds: float) -> str:
+    return str(int(seconds)) if seconds == int(seconds) else str(seconds)

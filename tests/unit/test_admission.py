@@ -1,0 +1,136 @@
+"""Admission and the dispatcher: the load model, with time as a plain number."""
+
+from __future__ import annotations
+
+import pytest
+
+from retail.core import capacity
+from retail.core.admission import Admission
+from retail.core.dispatch import Dispatcher, WaitingLine
+from retail.core.errors import CapacityExceeded
+from retail.core.pipeline import Pipeline
+from retail.core.types import OverloadMode, ServiceLevel
+
+FULL_S = 2.0
+
+
+def admission(
+    mode: OverloadMode = OverloadMode.QUEUE, capacity_: int = 2, **limits: object
+) -> Admission:
+    values: dict[str, object] = {"mode": mode, "capacity": capacity_, "queue_limit": 10}
+    values.update(limits)
+    return Admission(
+        capacity.Limits(**values),  # type: ignore[arg-type]
+        Pipeline.build(fulfilment_delay=str(FULL_S)),
+    )
+
+
+def test_the_dispatcher_knows_when_each_slot_frees() -> None:
+    slots: Dispatcher[str] = Dispatcher(2)
+    assert slots.free_slots == 2
+    assert slots.next_free_s(now=0.0) == 0.0
+    slots.start("a", now=0.0, planned_s=3.0)
+    slots.start("b", now=1.0, planned_s=1.5)
+    assert slots.free_slots == 0
+    assert slots.remaining_s(now=2.0) == (1.0, 0.5)
+    assert slots.next_free_s(now=2.0) == 0.5
+    assert slots.remaining_s(now=10.0) == (0.0, 0.0)  # late, never negative
+    assert slots.finish("b") is not None
+    assert slots.finish("b") is None
+    assert slots.free_slots == 1
+
+
+def test_a_lowered_capacity_frees_a_slot_only_once_enough_orders_end() -> None:
+    slots: Dispatcher[str] = Dispatcher(3)
+    for key, end in (("a", 1.0), ("b", 2.0), ("c", 3.0)):
+        slots.start(key, now=0.0, planned_s=end)
+    slots.capacity = 1
+    assert slots.free_slots == 0
+    assert slots.next_free_s(now=0.0) == 3.0  # two must end before one slot is free
+
+
+def test_the_waiting_line_is_first_come_first_served() -> None:
+    line: WaitingLine[str] = WaitingLine()
+    for item in ("a", "b", "c"):
+        line.push(item)
+    line.remove("b")
+    assert [line.pop(), line.pop()] == ["a", "c"]
+    with pytest.raises(IndexError):
+        line.pop()
+
+
+def test_admitted_orders_hold_their_place_until_settled() -> None:
+    gate = admission(OverloadMode.REJECT, capacity_=1)
+    first = gate.admit(now=0.0)
+    assert isinstance(first.decision, capacity.Admit)
+    with pytest.raises(CapacityExceeded):  # the place is taken before the order is stored
+        gate.admit(now=0.0)
+    first.release()  # not stored after all
+    second = gate.admit(now=0.0)
+    second.keep()
+    assert gate.queued == 1  # stored, waiting for a worker
+    gate.left_queue()  # a worker took it
+    gate.dispatcher.start("order", now=0.0, planned_s=FULL_S)
+    with pytest.raises(CapacityExceeded) as refused:
+        gate.admit(now=0.5)
+    assert refused.value.retry_after_s == 2  # 1.5 s left, rounded up
+    assert gate.counters.rejected == 2
+    assert gate.counters.accepted == 2
+
+
+def test_a_withdrawn_ticket_counts_as_never_admitted() -> None:
+    gate = admission()
+    ticket = gate.admit(now=0.0)
+    ticket.withdraw()
+    ticket.keep()  # settled once: later calls change nothing
+    assert (gate.queued, gate.unsettled, gate.counters.accepted) == (0, 0, 0)
+
+
+def test_an_early_refusal_takes_nothing_and_is_counted_once() -> None:
+    gate = admission(OverloadMode.REJECT, capacity_=1)
+    gate.refuse_early(now=0.0)  # room: nothing happens
+    assert gate.queued == 0
+    gate.admit(now=0.0).keep()
+    with pytest.raises(CapacityExceeded):
+        gate.refuse_early(now=0.0)
+    assert gate.counters.rejected == 1
+    assert gate.queued == 1
+
+
+def test_a_stale_resync_is_dropped() -> None:
+    gate = admission()
+    read_at = gate.changes
+    gate.admit(now=0.0).keep()  # changed since the count was read
+    gate.resync(0, read_at_change=read_at)
+    assert gate.queued == 1
+    gate.resync(5, read_at_change=gate.changes)
+    assert gate.queued == 5
+
+
+def test_queued_orders_are_estimated_on_the_slots_timetable() -> None:
+    gate = admission(capacity_=2)
+    gate.dispatcher.start("a", now=0.0, planned_s=1.0)
+    gate.dispatcher.start("b", now=0.0, planned_s=2.0)
+    decision = gate.admit(now=0.0).decision
+    assert isinstance(decision, capacity.Queue)
+    assert decision.estimated_start_s == 1.0  # the first slot frees after 1 s
+    assert gate.estimated_start_s(0.0, 2, ServiceLevel.FULL) == 2.0
+
+
+def test_decisions_reach_the_observer() -> None:
+    seen: list[tuple[OverloadMode, type]] = []
+    gate = Admission(
+        capacity.Limits(OverloadMode.REJECT, capacity=1, queue_limit=0),
+        Pipeline.build(fulfilment_delay="1"),
+        on_decision=lambda mode, decision: seen.append((mode, type(decision))),
+    )
+    gate.admit(now=0.0).keep()
+    with pytest.raises(CapacityExceeded):
+        gate.admit(now=0.0)
+    assert seen == [(OverloadMode.REJECT, capacity.Admit), (OverloadMode.REJECT, capacity.Reject)]
+
+
+def test_a_capacity_change_reaches_the_dispatcher() -> None:
+    gate = admission(capacity_=2)
+    gate.update(capacity=5)
+    assert gate.dispatcher.capacity == 5 == gate.limits.capacity
