@@ -55,13 +55,28 @@ class _Order:
     events: list[OrderEvent] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Product:
+    sku: str
+    name: str
+    unit_price: int
+    currency: str
+    stock: int
+    updated_at: datetime
+
+    def public(self) -> Product:
+        return Product(
+            self.sku, self.name, self.unit_price, self.currency, self.stock, self.updated_at
+        )
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self._orders: dict[uuid.UUID, _Order] = {}
         self._by_seq: list[_Order] = []  # in seq order (seq = index + 1)
         self._queued: dict[int, _Order] = {}  # by seq, oldest first
         self._processing: dict[int, _Order] = {}
-        self._products: dict[str, Product] = {}
+        self._products: dict[str, _Product] = {}
         self._responses: dict[str, tuple[StoredResponse, datetime]] = {}
         self._event_id = 0
 
@@ -70,7 +85,7 @@ class MemoryStore:
         if not seed_catalogue or self._products:
             return 0
         for sku, name, price, stock in DEMO_CATALOGUE:
-            self._products[sku] = Product(sku, name, price, "EUR", stock, now)
+            self._products[sku] = _Product(sku, name, price, "EUR", stock, now)
         return len(DEMO_CATALOGUE)
 
     async def close(self) -> None:
@@ -101,9 +116,8 @@ class MemoryStore:
             return decided
         for line in decided.lines:
             product = self._products[line.sku]
-            self._products[line.sku] = replace(
-                product, stock=product.stock - line.quantity, updated_at=now
-            )
+            product.stock -= line.quantity
+            product.updated_at = now
         seq = len(self._by_seq) + 1
         record = _Order(decided.view(seq=seq, now=now))
         self._orders[order.id] = record
@@ -351,30 +365,29 @@ class MemoryStore:
 
     # --- the catalogue --------------------------------------------------------------------
     async def list_products(self) -> list[Product]:
-        return [self._products[sku] for sku in sorted(self._products)]
+        return [self._products[sku].public() for sku in sorted(self._products)]
 
     async def get_product(self, sku: str) -> Product:
         product = self._products.get(sku)
         if product is None:
             raise ProductNotFound(f"No product with SKU {sku!r}.", sku=sku)
-        return product
+        return product.public()
 
     async def upsert_product(
         self, *, sku: str, name: str, unit_price: int, stock: int, currency: str, now: datetime
     ) -> tuple[Product, bool]:
         created = sku not in self._products
-        product = Product(sku, name, unit_price, currency, stock, now)
+        product = _Product(sku, name, unit_price, currency, stock, now)
         self._products[sku] = product
-        return product, created
+        return product.public(), created
 
     # --- helpers --------------------------------------------------------------------------
     def _restock(self, record: _Order, now: datetime) -> None:
         for line in record.view.lines:
             product = self._products.get(line.sku)
             if product is not None:
-                self._products[line.sku] = replace(
-                    product, stock=product.stock + line.quantity, updated_at=now
-                )
+                product.stock += line.quantity
+                product.updated_at = now
 
     def _add_event(
         self,
