@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,59 +17,15 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from retail.core.errors import InvalidTransition, MixedCurrencies, OrderNotFound, RetailError
+from retail.core.errors import InvalidTransition, OrderNotFound, RetailError
 from retail.core.events import OrderEvent as Event
 from retail.core.orders import Allocation, NewOrder, Placed, Stock, allocate
-from retail.core.types import OrderStatus, ServiceLevel
+from retail.core.types import OrderStatus
 from retail.store.sql import products
 from retail.store.sql.bulk import BulkInsert
 from retail.store.sql.models import Order, OrderEvent, OrderLine, Product, table
 
 products_table = table(Product)
-
-__all__ = ["MixedCurrencies", "NewOrder", "PlacedOrder", "insert_orders", "place_orders"]
-
-
-@dataclass(frozen=True, slots=True)
-class PlacedLine:
-    sku: str
-    quantity: int
-    unit_price: int
-
-    @property
-    def line_total(self) -> int:
-        return self.quantity * self.unit_price
-
-
-@dataclass(frozen=True, slots=True)
-class PlacedOrder:
-    """An order as stored by `place_orders` (what the 202 response shows).
-
-    The shape the ingest and intake modules still read; `SqlStore` gives `Placed`.
-    """
-
-    id: uuid.UUID
-    customer_id: str
-    status: OrderStatus
-    service_level: ServiceLevel
-    skipped_steps: list[str]
-    lines: list[PlacedLine]
-    total: int
-    currency: str
-    created_at: datetime
-    updated_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    failure_reason: str | None = None
-    created_event: CreatedEvent | None = None  # set once stored
-
-
-@dataclass(frozen=True, slots=True)
-class CreatedEvent:
-    """The `created` event stored with a placed order (for its notice)."""
-
-    id: int
-    detail: dict[str, Any]
 
 
 orders_table = table(Order)
@@ -196,33 +151,6 @@ def insert_orders(
         ]
     )
     return [next(placed) if isinstance(o, Allocation) else o for o in decided]
-
-
-def place_orders(
-    *, connection: Connection, orders: Sequence[NewOrder], now: datetime
-) -> list[PlacedOrder | RetailError]:
-    """`insert_orders` in the shape the ingest module reads (`PlacedOrder`)."""
-    return [
-        _placed_order(outcome) if isinstance(outcome, Placed) else outcome
-        for outcome in insert_orders(connection=connection, orders=orders, now=now)
-    ]
-
-
-def _placed_order(placed: Placed) -> PlacedOrder:
-    order, event = placed.order, placed.event
-    return PlacedOrder(
-        id=order.id,
-        customer_id=order.customer_id,
-        status=order.status,
-        service_level=order.service_level,
-        skipped_steps=list(order.skipped_steps),
-        lines=[PlacedLine(line.sku, line.quantity, line.unit_price) for line in order.lines],
-        total=order.total,
-        currency=order.currency,
-        created_at=order.created_at,
-        updated_at=order.updated_at,
-        created_event=CreatedEvent(event.id, event.detail or {}),
-    )
 
 
 async def get_order(*, session: AsyncSession, order_id: uuid.UUID) -> Order:

@@ -174,12 +174,6 @@ async def step_boundary(
     return events
 
 
-async def renew_lease(
-    *, session: AsyncSession, claim: Fence, now: datetime, until: datetime
-) -> None:
-    await _fenced(session, claim, now, lease_expires_at=until)
-
-
 async def finish(
     *,
     session: AsyncSession,
