@@ -17,6 +17,8 @@ from retail.web import admin, dashboard, health, intake, live, orders, problems
 from retail.web import metrics as metric_routes
 from retail.web import products as product_routes
 from retail.web.limits import BodySizeLimit
+from retail.web.outage import DatabaseOutage
+from retail.web.security import SecurityHeaders
 from retail.web.startup import StartOnFirstRequest
 from retail.web.telemetry import RequestTelemetry
 
@@ -79,7 +81,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     # POST /orders without the framework's generic path (it applies the body limit itself).
     app.add_middleware(intake.OrderIntake, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(StartOnFirstRequest)  # servers without the ASGI lifespan (daphne)
-    app.add_middleware(RequestTelemetry, metrics=metrics)  # outermost: sees every answer
+    app.add_middleware(DatabaseOutage)  # 503 + Retry-After in front of the router too
+    app.add_middleware(RequestTelemetry, metrics=metrics)  # sees every answer
+    app.add_middleware(SecurityHeaders)
     app.include_router(intake.router)
     app.include_router(orders.router)
     app.include_router(product_routes.router)

@@ -11,6 +11,7 @@ the load the capacity policy decides on.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Request
 from sqlalchemy import text
@@ -24,6 +25,7 @@ from retail.web.problems import problem, responses
 from retail.web.schemas import CapacityCounters, CapacityRead
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 def capacity_snapshot(services: Services) -> CapacityRead:
@@ -76,7 +78,14 @@ async def readyz(request: Request, services: ServicesDep) -> dict[str, str] | ob
     except TimeoutError:
         reasons.append(f"database did not answer within {timeout_s:g} s")
     except Exception as error:
-        reasons.append(f"database unreachable: {type(error).__name__}: {error}")
+        # The driver's words (host, database name) go to the log, not to the prober.
+        log.error(
+            "not ready: database unreachable: %s: %s",
+            type(error).__name__,
+            error,
+            extra={"cause": "readiness: database unreachable"},
+        )
+        reasons.append("database unreachable")
     if not services.pool.running:
         reasons.append("the worker pool is not running (stopping, or it crashed)")
     if reasons:
@@ -88,7 +97,9 @@ async def readyz(request: Request, services: ServicesDep) -> dict[str, str] | ob
 async def database_problems(services: Services) -> list[str]:
     file_problem = await asyncio.to_thread(services.db.file_problem)
     if file_problem is not None:
-        return [file_problem]
+        log.error("not ready: %s", file_problem, extra={"cause": "readiness: database file"})
+        path = services.db.path
+        return [file_problem.replace(f" {path} ", " ") if path is not None else file_problem]
     async with services.db.read() as session:
         await session.execute(text("SELECT 1"))
     current, head = await schema_status(services.db.reader)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import uuid
 from datetime import datetime, timedelta
@@ -19,9 +17,12 @@ from retail.store.sql import orders as order_repo
 from retail.store.sql.models import Order
 from retail.store.sql.orders import PlacedOrder
 from retail.web import live
+from retail.web.access import FORBIDDEN, ListAccessDep, OrderAccessDep
+from retail.web.cursors import decode_cursor, encode_cursor
 from retail.web.deps import ServicesDep
 from retail.web.problems import responses
 from retail.web.schemas import (
+    TEXT_PATTERN,
     OrderEventRead,
     OrderLineRead,
     OrderPage,
@@ -31,8 +32,23 @@ from retail.web.schemas import (
 MAX_PAGE = 200
 
 
-class InvalidCursor(RetailError):
-    status, slug, title = 422, "invalid-cursor", "Invalid cursor"
+class InvalidLastEventId(RetailError):
+    status, slug, title = 400, "invalid-last-event-id", "Invalid Last-Event-ID"
+
+
+MAX_EVENT_ID = 2**63 - 1
+
+
+def _last_event_id(value: str | None) -> int | None:
+    """The `Last-Event-ID` header as an event id; 400 if it cannot be one."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > MAX_EVENT_ID:
+        raise InvalidLastEventId(
+            "Last-Event-ID: not an event id; send the `id:` of the last event received."
+        )
+    return int(text)
 
 
 # --- reading models into responses --------------------------------------------------
@@ -93,39 +109,29 @@ router = APIRouter(prefix="/orders", tags=["orders"])
 # --- following orders ------------------------------------------------------------------
 
 
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("s"):
-            raise ValueError
-        return int(raw[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor(
-            "cursor: not a cursor this API gave out; pass `next_cursor` from a previous page."
-        ) from None
-
-
-@router.get("", summary="List orders, newest first", responses=responses(422))
+@router.get(
+    "",
+    summary="List orders, newest first",
+    dependencies=[ListAccessDep],
+    responses={**responses(400, 422), **FORBIDDEN},
+)
 async def list_orders(
     services: ServicesDep,
     status: Annotated[OrderStatus | None, Query(description="Only orders in this state.")] = None,
-    customer_id: Annotated[str | None, Query(max_length=100)] = None,
+    customer_id: Annotated[str | None, Query(max_length=100, pattern=TEXT_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
     cursor: Annotated[
         str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
     ] = None,
 ) -> OrderPage:
-    before = _decode_cursor(cursor) if cursor else None
+    key = services.settings.signing_key()
+    before = decode_cursor(cursor, key) if cursor else None
     async with services.db.read() as session:
         rows, next_seq = await order_repo.list_orders(
             session=session, status=status, customer_id=customer_id, before_seq=before, limit=limit
         )
         items = [order_read(row) for row in rows]
-    return OrderPage(items=items, next_cursor=_encode_cursor(next_seq) if next_seq else None)
+    return OrderPage(items=items, next_cursor=encode_cursor(next_seq, key) if next_seq else None)
 
 
 def _current_step(services: Services, order: Order) -> str | None:
@@ -138,7 +144,12 @@ def _current_step(services: Services, order: Order) -> str | None:
     return steps[order.step_index] if order.step_index < len(steps) else None
 
 
-@router.get("/{order_id}", summary="One order and where it stands", responses=responses(404, 422))
+@router.get(
+    "/{order_id}",
+    summary="One order and where it stands",
+    dependencies=[OrderAccessDep],
+    responses={**responses(404, 422), **FORBIDDEN},
+)
 async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Response) -> OrderRead:
     async with services.db.read() as session:
         order = await order_repo.get_order(session=session, order_id=order_id)
@@ -176,6 +187,7 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Respon
         "against `RETAIL_MAX_STREAMS`: over it, `503`."
     ),
     response_model=list[OrderEventRead],
+    dependencies=[OrderAccessDep],
     responses={
         200: {
             "description": "The events as JSON, or as an event stream.",
@@ -187,7 +199,8 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Respon
             },
         },
         204: {"description": "Resumed (`Last-Event-ID`) after the terminal event: no more."},
-        **responses(404, 422),
+        **responses(400, 404, 422),
+        **FORBIDDEN,
         503: {
             **responses(503)[503],
             "description": "Every live stream slot is taken; retry after `Retry-After` s.",
@@ -199,16 +212,17 @@ async def get_events(
     services: ServicesDep,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: Annotated[
-        int | None,
+        str | None,
         Header(
             alias="Last-Event-ID",
-            ge=0,
-            description="Event stream only: resume after this event id.",
+            description="Event stream only: resume after this event id (a decimal integer "
+            "up to 2^63 - 1; anything else is `400`).",
         ),
     ] = None,
 ) -> list[OrderEventRead] | Response:
     if live.wants_event_stream(accept):
-        return await live.order_event_stream(services, order_id, last_event_id)
+        after = _last_event_id(last_event_id)
+        return await live.order_event_stream(services, order_id, after)
     async with services.db.read() as session:
         events = await order_repo.list_events(session=session, order_id=order_id)
         return [OrderEventRead.model_validate(e, from_attributes=True) for e in events]
@@ -218,7 +232,8 @@ async def get_events(
     "/{order_id}/cancel",
     summary="Cancel an order that has not started fulfilment",
     description="Gives its stock back. `409` once fulfilment has started or the order ended.",
-    responses=responses(404, 409, 422),
+    dependencies=[OrderAccessDep],
+    responses={**responses(404, 409, 422), **FORBIDDEN},
 )
 async def cancel_order(order_id: uuid.UUID, services: ServicesDep) -> OrderRead:
     from retail.runtime.pool import notice
