@@ -59,6 +59,7 @@ def serve(
 
     from retail.runtime.logs import configure_logging
     from retail.web.app import announce_stop, create_app
+    from retail.web.protocol import guarded_protocol
     from retail.web.server import Server
 
     settings = _settings(
@@ -81,6 +82,14 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout_s)),
+        # Limits on each request's head (size, time) and on idle and concurrent connections.
+        http=guarded_protocol(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_s=settings.header_timeout_s,
+        ),
+        h11_max_incomplete_event_size=settings.max_header_bytes,  # if run with h11
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        limit_concurrency=settings.max_connections,
     )
     Server(config, on_stop=lambda: announce_stop(application)).run()
 
@@ -109,6 +118,13 @@ def worker(
         fulfilment_delay=fulfilment_delay,
         workers_enabled=True,
     )
+    if settings.database_url.startswith("sqlite"):
+        typer.echo(
+            "retail worker needs PostgreSQL (RETAIL_DATABASE_URL=postgresql+asyncpg://…): "
+            "on SQLite, run `retail serve` alone; it fulfils orders itself.",
+            err=True,
+        )
+        raise typer.Exit(2)
     configure_logging(settings.log_format, settings.log_level)
 
     async def run() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import secrets
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -27,6 +28,11 @@ DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600.0
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
+
+
+class OrderAccess(enum.StrEnum):
+    OPEN = "open"
+    TOKEN = "token"
 
 
 class LogLevel(enum.StrEnum):
@@ -183,7 +189,41 @@ class Settings(BaseSettings):
         15.0, gt=0, le=3600, description="Keep-alive comment interval on idle SSE streams."
     )
 
-    @field_validator("degrade_skip_steps", mode="before")
+    # --- protection: server limits, access, secrets ---------------------------------
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="`retail serve`: largest request line plus headers; over it `431`.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="`retail serve`: time a client has to send its request line and headers.",
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, le=600, description="`retail serve`: idle keep-alive connections close after."
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="`retail serve`: most connections and requests at once; past it `503`.",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="`Origin`s allowed on `/ws` besides the service's own host.",
+    )
+    order_access: OrderAccess = Field(
+        OrderAccess.OPEN,
+        description="`open`: anyone may read or cancel any order; `token`: the order's token.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Signs list cursors and order tokens; unset: a random key per process.",
+    )
+
+    @field_validator("degrade_skip_steps", "allowed_origins", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
@@ -207,6 +247,17 @@ class Settings(BaseSettings):
         self.pipeline()  # raises ValueError with a readable message
         return self
 
+    @model_validator(mode="after")
+    def _key_for_tokens(self) -> Settings:
+        if self.order_access is OrderAccess.TOKEN and self.secret_key is None:
+            raise ValueError(
+                "RETAIL_ORDER_ACCESS=token needs RETAIL_SECRET_KEY, so that order tokens "
+                "stay valid across restarts and processes"
+            )
+        if self.secret_key is None:
+            self.secret_key = SecretStr(secrets.token_hex(32))
+        return self
+
     def pipeline(self) -> Pipeline:
         """The fulfilment steps and delay models these settings describe."""
         return Pipeline.build(
@@ -218,6 +269,11 @@ class Settings(BaseSettings):
             degrade_skip_steps=self.degrade_skip_steps,
             degrade_delay_factor=self.degrade_delay_factor,
         )
+
+    def signing_key(self) -> bytes:
+        """The key list cursors and order tokens are signed with."""
+        assert self.secret_key is not None  # set by `_key_for_tokens`
+        return self.secret_key.get_secret_value().encode()
 
     def limits(self) -> Limits:
         """The capacity policy's limits at start."""

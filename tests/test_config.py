@@ -190,7 +190,7 @@ def admin_operations(app: FastAPI) -> set[tuple[str, str]]:
         (method.upper(), path)
         for path, operations in app.openapi()["paths"].items()
         for method, operation in operations.items()
-        if operation.get("security")
+        if any("HTTPBearer" in requirement for requirement in operation.get("security", []))
     }
 
 

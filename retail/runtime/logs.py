@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +38,44 @@ FROM_STATUS: dict[str, OrderStatus | None] = {
 STEP_KINDS = frozenset({"step_started", "step_completed"})
 
 
+# Characters that could end or forge a line: C0 and C1 controls, DEL, Unicode line breaks.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+RATE_LIMIT_INTERVAL_S = 10.0
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as an escape: one line stays one line."""
+    return CONTROL_CHARACTERS.sub(lambda m: ascii(m.group())[1:-1], text)
+
+
+class RateLimit(logging.Filter):
+    """At most one line per `cause` every `interval_s`; the next one says how many were
+    left out. Records without a `cause` attribute pass untouched."""
+
+    def __init__(self, interval_s: float = RATE_LIMIT_INTERVAL_S) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cause = getattr(record, "cause", None)
+        if not isinstance(cause, str):
+            return True
+        now = time.monotonic()
+        last = self.last.get(cause)
+        if last is not None and now - last < self.interval_s:
+            self.suppressed[cause] = self.suppressed.get(cause, 0) + 1
+            return False
+        if len(self.last) > 1000:  # causes are a few fixed strings; never grow without bound
+            self.last.clear()
+        self.last[cause] = now
+        left_out = self.suppressed.pop(cause, 0)
+        if left_out:
+            record.msg = f"{record.msg} (and {left_out} more like it, not logged)"
+        return True
+
+
 class RequestIdFilter(logging.Filter):
     """Give every record a `request_id` attribute (None outside a request)."""
 
@@ -46,8 +86,14 @@ class RequestIdFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record (control characters in values escaped), a traceback below it."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -66,7 +112,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": record.getMessage(),  # json.dumps escapes every control character
         }
         rid = getattr(record, "request_id", None)
         if rid is not None:
@@ -107,6 +153,7 @@ def configure_logging(
     handler.retail = True  # type: ignore[attr-defined]
     handler.setFormatter(formatter(log_format))
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RateLimit())
     target.addHandler(handler)
     target.setLevel(level.value.upper())
     if logger:

@@ -19,6 +19,8 @@ from datetime import timedelta
 
 from uuid_utils.compat import uuid7
 
+from retail.config import OrderAccess
+from retail.core.access import ORDER_TOKEN_HEADER, order_token
 from retail.core.admission import Ticket
 from retail.core.capacity import retry_after_s
 from retail.core.errors import CapacityExceeded
@@ -60,8 +62,33 @@ async def place_order(
     """Store the order (or replay its key's stored answer); raise a `RetailError` if not.
 
     `body` is the request's JSON as received (an `Idempotency-Key` is bound to it);
-    `prefer_wait_s`: hold the answer until the order ends, this long at most.
+    `prefer_wait_s`: hold the answer until the order ends, this long at most. With
+    `RETAIL_ORDER_ACCESS=token` the answer carries the order's token.
     """
+    answer = await _place_order(
+        services,
+        customer_id=customer_id,
+        items=items,
+        body=body,
+        key=key,
+        prefer_wait_s=prefer_wait_s,
+    )
+    settings = services.settings
+    if settings.order_access is OrderAccess.TOKEN:
+        order_id = uuid.UUID(answer.headers["Location"].removeprefix("/orders/"))
+        answer.headers[ORDER_TOKEN_HEADER] = order_token(order_id, settings.signing_key())
+    return answer
+
+
+async def _place_order(
+    services: Services,
+    *,
+    customer_id: str,
+    items: Sequence[tuple[str, int]],
+    body: bytes,
+    key: str | None = None,
+    prefer_wait_s: float | None = None,
+) -> Answer:
     settings = services.settings
     claimed = services.idempotency.claim(key, body) if key is not None else None
     try:

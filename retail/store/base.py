@@ -39,10 +39,6 @@ class LeaseLost(Exception):
     """Another worker owns the order now (or it was finished elsewhere)."""
 
 
-class StoreUnavailable(Exception):
-    """The store could not be reached or did not answer in time."""
-
-
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     """The first answer to a keyed `POST /orders`, kept for replay."""

@@ -17,6 +17,8 @@ from retail.web import admin, dashboard, health, intake, live, orders, problems
 from retail.web import metrics as metric_routes
 from retail.web import products as product_routes
 from retail.web.limits import BodySizeLimit
+from retail.web.outage import DatabaseOutage
+from retail.web.security import SecurityHeaders
 from retail.web.startup import StartOnFirstRequest
 from retail.web.telemetry import RequestTelemetry
 
@@ -94,8 +96,9 @@ def create_app(
             body_timeout_s=settings.body_timeout_s,
         )
     app.add_middleware(StartOnFirstRequest)  # servers without the ASGI lifespan (daphne)
-    # Outermost: sees every answer.
-    app.add_middleware(RequestTelemetry, metrics=metrics, clock=clock)
+    app.add_middleware(DatabaseOutage)  # 503 + Retry-After in front of the router too
+    app.add_middleware(RequestTelemetry, metrics=metrics, clock=clock)  # sees every answer
+    app.add_middleware(SecurityHeaders)
     app.include_router(intake.router)
     app.include_router(orders.router)
     app.include_router(product_routes.router)

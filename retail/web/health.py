@@ -10,6 +10,9 @@ the load the capacity policy decides on.
 
 from __future__ import annotations
 
+import logging
+import re
+
 from fastapi import APIRouter, Request
 
 from retail.runtime.services import Services
@@ -20,6 +23,8 @@ from retail.web.problems import problem, responses
 from retail.web.schemas import CapacityRead
 
 router = APIRouter()
+log = logging.getLogger(__name__)
+FILE_PATH = re.compile(r" /\S* ")  # a file path inside a message
 
 
 @router.get("/capacity", tags=["capacity"], summary="Mode, limits, load and admission counters")
@@ -49,7 +54,14 @@ async def readyz(request: Request, services: ServicesDep) -> dict[str, str] | ob
     except TimeoutError:
         reasons.append(f"database did not answer within {timeout_s:g} s")
     except Exception as error:
-        reasons.append(f"database unreachable: {type(error).__name__}: {error}")
+        # The driver's words (host, database name) go to the log, not to the prober.
+        log.error(
+            "not ready: database unreachable: %s: %s",
+            type(error).__name__,
+            error,
+            extra={"cause": "readiness: database unreachable"},
+        )
+        reasons.append("database unreachable")
     if not services.pool.running:
         reasons.append("the worker pool is not running (stopping, or it crashed)")
     if reasons:
@@ -59,4 +71,8 @@ async def readyz(request: Request, services: ServicesDep) -> dict[str, str] | ob
 
 
 async def database_problems(services: Services) -> list[str]:
-    return await services.store.problems()
+    problems = await services.store.problems()
+    for problem_ in problems:
+        log.error("not ready: %s", problem_, extra={"cause": "readiness: database"})
+    # The body says what is wrong; where (a file's path) stays in the log.
+    return [FILE_PATH.sub(" ", problem_) for problem_ in problems]

@@ -19,11 +19,13 @@ from retail.runtime.bus import Subscription
 from retail.runtime.services import Services
 from retail.runtime.streams import TooManyStreams
 from retail.web.presenters import capacity_snapshot
+from retail.web.security import origin_allowed
 
 log = logging.getLogger(__name__)
 
 WS_SEND_TIMEOUT_S = 10.0  # a client that takes longer to accept one message is dropped
 WS_TRY_AGAIN_LATER = 1013
+WS_POLICY_VIOLATION = 1008
 
 router = APIRouter()
 
@@ -83,8 +85,13 @@ async def live_feed(websocket: WebSocket) -> None:
     """JSON messages: `{"type": "capacity", …}` every `snapshot_interval_s` (the body of
     `GET /capacity` plus `at`), and `{"type": "event", "order_id": …, …}` for every order
     event (the fields of `GET /orders/{id}/events` items). Over `max_streams`, the
-    connection is closed at once with code 1013 (try again later)."""
+    connection is closed at once with code 1013 (try again later). A browser page from
+    another origin is refused (`RETAIL_ALLOWED_ORIGINS` lists more origins)."""
     services: Services = websocket.app.state.services
+    if not origin_allowed(websocket.scope["headers"], services.settings.allowed_origins):
+        # Before the handshake completes: the browser sees the upgrade refused (403).
+        await websocket.close(WS_POLICY_VIOLATION)
+        return
     await websocket.accept()
     with ExitStack() as held:
         try:

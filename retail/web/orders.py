@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from typing import Annotated
 
@@ -14,10 +12,13 @@ from retail.core.types import OrderStatus
 from retail.runtime.orders import cancel_order as cancel_order_use_case
 from retail.runtime.orders import order_events, read_order
 from retail.web import sse
+from retail.web.access import FORBIDDEN, ListAccessDep, OrderAccessDep
+from retail.web.cursors import decode_cursor, encode_cursor
 from retail.web.deps import ServicesDep
 from retail.web.presenters import event_read, order_read
 from retail.web.problems import responses
 from retail.web.schemas import (
+    TEXT_PATTERN,
     OrderEventRead,
     OrderPage,
     OrderRead,
@@ -26,8 +27,23 @@ from retail.web.schemas import (
 MAX_PAGE = 200
 
 
-class InvalidCursor(RetailError):
-    status, slug, title = 422, "invalid-cursor", "Invalid cursor"
+class InvalidLastEventId(RetailError):
+    status, slug, title = 400, "invalid-last-event-id", "Invalid Last-Event-ID"
+
+
+MAX_EVENT_ID = 2**63 - 1
+
+
+def _last_event_id(value: str | None) -> int | None:
+    """The `Last-Event-ID` header as an event id; 400 if it cannot be one."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > MAX_EVENT_ID:
+        raise InvalidLastEventId(
+            "Last-Event-ID: not an event id; send the `id:` of the last event received."
+        )
+    return int(text)
 
 
 router = APIRouter(prefix="/orders", tags=["orders"])
@@ -36,43 +52,38 @@ router = APIRouter(prefix="/orders", tags=["orders"])
 # --- following orders ------------------------------------------------------------------
 
 
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"s{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("s"):
-            raise ValueError
-        return int(raw[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCursor(
-            "cursor: not a cursor this API gave out; pass `next_cursor` from a previous page."
-        ) from None
-
-
-@router.get("", summary="List orders, newest first", responses=responses(422))
+@router.get(
+    "",
+    summary="List orders, newest first",
+    dependencies=[ListAccessDep],
+    responses={**responses(400, 422), **FORBIDDEN},
+)
 async def list_orders(
     services: ServicesDep,
     status: Annotated[OrderStatus | None, Query(description="Only orders in this state.")] = None,
-    customer_id: Annotated[str | None, Query(max_length=100)] = None,
+    customer_id: Annotated[str | None, Query(max_length=100, pattern=TEXT_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
     cursor: Annotated[
         str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
     ] = None,
 ) -> OrderPage:
-    before = _decode_cursor(cursor) if cursor else None
+    key = services.settings.signing_key()
+    before = decode_cursor(cursor, key) if cursor else None
     rows, next_seq = await services.store.list_orders(
         status=status, customer_id=customer_id, before_seq=before, limit=limit
     )
     return OrderPage(
         items=[order_read(row) for row in rows],
-        next_cursor=_encode_cursor(next_seq) if next_seq else None,
+        next_cursor=encode_cursor(next_seq, key) if next_seq else None,
     )
 
 
-@router.get("/{order_id}", summary="One order and where it stands", responses=responses(404, 422))
+@router.get(
+    "/{order_id}",
+    summary="One order and where it stands",
+    dependencies=[OrderAccessDep],
+    responses={**responses(404, 422), **FORBIDDEN},
+)
 async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Response) -> OrderRead:
     state = await read_order(services, order_id)
     if state.retry_after_s is not None:
@@ -95,6 +106,7 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Respon
         "against `RETAIL_MAX_STREAMS`: over it, `503`."
     ),
     response_model=list[OrderEventRead],
+    dependencies=[OrderAccessDep],
     responses={
         200: {
             "description": "The events as JSON, or as an event stream.",
@@ -106,7 +118,8 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Respon
             },
         },
         204: {"description": "Resumed (`Last-Event-ID`) after the terminal event: no more."},
-        **responses(404, 422),
+        **responses(400, 404, 422),
+        **FORBIDDEN,
         503: {
             **responses(503)[503],
             "description": "Every live stream slot is taken; retry after `Retry-After` s.",
@@ -118,16 +131,16 @@ async def get_events(
     services: ServicesDep,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: Annotated[
-        int | None,
+        str | None,
         Header(
             alias="Last-Event-ID",
-            ge=0,
-            description="Event stream only: resume after this event id.",
+            description="Event stream only: resume after this event id (a decimal integer "
+            "up to 2^63 - 1; anything else is `400`).",
         ),
     ] = None,
 ) -> list[OrderEventRead] | Response:
     if sse.wants_event_stream(accept):
-        return await sse.order_event_stream(services, order_id, last_event_id)
+        return await sse.order_event_stream(services, order_id, _last_event_id(last_event_id))
     return [event_read(event) for event in await order_events(services, order_id)]
 
 
@@ -135,7 +148,8 @@ async def get_events(
     "/{order_id}/cancel",
     summary="Cancel an order that has not started fulfilment",
     description="Gives its stock back. `409` once fulfilment has started or the order ended.",
-    responses=responses(404, 409, 422),
+    dependencies=[OrderAccessDep],
+    responses={**responses(404, 409, 422), **FORBIDDEN},
 )
 async def cancel_order(order_id: uuid.UUID, services: ServicesDep) -> OrderRead:
     return order_read(await cancel_order_use_case(services, order_id))

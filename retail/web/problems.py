@@ -5,16 +5,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from retail.core.errors import RetailError
 
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+DATABASE_RETRY_AFTER_S = 2
+# SQLSTATE classes and codes that mean "the database cannot serve now", not "this
+# request is wrong": connection exceptions, insufficient resources, operator
+# intervention (shutdown, cannot connect now), the database gone or not accepting.
+UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "3D000", "55000")
 
 
 class ProblemResponse(JSONResponse):
@@ -107,14 +115,108 @@ async def _validation_error(request: Request, error: Exception) -> ProblemRespon
 async def _http_error(request: Request, error: Exception) -> ProblemResponse:
     assert isinstance(error, StarletteHTTPException)
     titles = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized", 403: "Forbidden"}
+    headers = dict(error.headers) if error.headers else {}
+    if error.status_code == 405:
+        allowed = allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
     return problem(
         error.status_code,
         "about:blank",
         titles.get(error.status_code, "HTTP error"),
         str(error.detail),
         instance=request.url.path,
-        headers=dict(error.headers) if error.headers else None,
+        headers=headers or None,
     )
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error, what the driver raised under it, and their causes (each once)."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [error]
+    while todo:
+        item = todo.pop()
+        if item is None or any(item is s for s in seen) or len(seen) > 8:
+            continue
+        seen.append(item)
+        todo += [getattr(item, "orig", None), item.__cause__, item.__context__]
+    return seen
+
+
+def database_outage(error: BaseException) -> str | None:
+    """Why `error` means the database is down or too slow (a short cause), or None when
+    it is some other failure."""
+    for item in _chain(error):
+        if isinstance(item, sa_exc.TimeoutError):
+            return "connection pool timeout"
+        if isinstance(item, sa_exc.DBAPIError) and item.connection_invalidated:
+            return "connection lost"
+        if isinstance(item, asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+            return "connection lost"
+        sqlstate = getattr(item, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
+            return f"database unavailable (SQLSTATE {sqlstate})"
+        if isinstance(item, ConnectionError):
+            return "connection refused or reset"
+        if isinstance(item, OSError):
+            return "network or file error"
+        if isinstance(item, TimeoutError):
+            return "timed out"
+        if isinstance(item, sa_exc.OperationalError | sa_exc.InterfaceError):
+            return "database unavailable"
+    return None
+
+
+def outage_problem(cause: str, *, instance: str | None) -> ProblemResponse:
+    """`503` + `Retry-After` for a database that is down or timing out."""
+    return problem(
+        503,
+        "database-unavailable",
+        "Database unavailable",
+        "The database is unreachable or too slow at the moment; nothing was changed by "
+        f"this request. Retry in {DATABASE_RETRY_AFTER_S} s.",
+        instance=instance,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        retry_after_s=DATABASE_RETRY_AFTER_S,
+    )
+
+
+def log_outage(method: str, path: str, cause: str, error: BaseException) -> None:
+    """One line per cause at most every few seconds (`retail.runtime.logs.RateLimit`)."""
+    log.error(
+        "database unavailable (%s) on %s %s: %s: %s",
+        cause,
+        method,
+        path,
+        type(error).__name__,
+        error,
+        extra={"cause": f"database: {cause}", "fields": {"cause": cause}},
+    )
+
+
+async def _database_error(request: Request, error: Exception) -> ProblemResponse:
+    cause = database_outage(error)
+    if cause is None:
+        return await _unexpected(request, error)
+    log_outage(request.method, request.url.path, cause, error)
+    return outage_problem(cause, instance=request.url.path)
+
+
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at this path (for `Allow` on a `405`)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in routes
+            if not getattr(route, "path", "").startswith("/static")
+        )
+    ]
 
 
 async def _unexpected(request: Request, error: Exception) -> ProblemResponse:
@@ -133,6 +235,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RetailError, _retail_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for outage in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError):
+        app.add_exception_handler(outage, _database_error)
     app.add_exception_handler(Exception, _unexpected)
     _document_problem(app)
 
@@ -164,7 +268,8 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body too large.",
         415: "The body is not JSON: send `Content-Type: application/json`.",
         422: "The request is well-formed but invalid; `errors` lists each field.",
-        503: "Over capacity or shutting down; retry after `Retry-After` seconds.",
+        503: "Over capacity, shutting down, or the database is unavailable; retry after "
+        "`Retry-After` seconds.",
     }
     return {
         status: {

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from retail.core.types import OrderStatus, OverloadMode, ServiceLevel
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Free text from clients: no control characters (C0, DEL, C1; PostgreSQL refuses NUL
+# and they forge log lines) and no leading or trailing white space.
+TEXT_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
 HARD_MAX_QUANTITY = 1_000_000
 HARD_MAX_LINES = 1000
 
@@ -41,8 +44,9 @@ class OrderCreate(StrictModel):
     customer_id: str = Field(
         min_length=1,
         max_length=100,
-        pattern=r"^\S(.*\S)?$",
-        description="Who places the order (free text, no leading or trailing spaces).",
+        pattern=TEXT_PATTERN,
+        description="Who places the order (free text: no control characters, no leading or "
+        "trailing white space).",
     )
     items: list[OrderItemIn] = Field(
         min_length=1,
@@ -115,7 +119,12 @@ class ProductUpsert(StrictModel):
         json_schema_extra={"examples": [{"name": "Coffee mug", "unit_price": 1250, "stock": 40}]}
     )
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=TEXT_PATTERN,
+        description="Free text: no control characters, no leading or trailing white space.",
+    )
     unit_price: int = Field(ge=0, le=10**12, description="Minor units (cents).")
     stock: int = Field(ge=0, le=2**31 - 1)
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$")

@@ -90,8 +90,23 @@ def test_place_order_documents_every_outcome(spec: dict[str, Any]) -> None:
 
 def test_admin_operations_declare_the_bearer_token(spec: dict[str, Any]) -> None:
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    secured = {(m, p) for m, p, op in operations(spec) if op.get("security")}
+    secured = {
+        (m, p)
+        for m, p, op in operations(spec)
+        if any("HTTPBearer" in requirement for requirement in op.get("security", []))
+    }
     assert secured == {("PUT", "/admin/capacity"), ("PUT", "/products/{sku}")}
+    # An order's own token (RETAIL_ORDER_ACCESS=token) is declared where it is checked.
+    by_token = {
+        (m, p)
+        for m, p, op in operations(spec)
+        if any("APIKeyHeader" in requirement for requirement in op.get("security", []))
+    }
+    assert by_token == {
+        ("GET", "/orders/{order_id}"),
+        ("GET", "/orders/{order_id}/events"),
+        ("POST", "/orders/{order_id}/cancel"),
+    }
     for method, path, operation in operations(spec):
         if (method, path) in secured:
             assert {"401", "403"} <= set(operation["responses"]), (method, path)
@@ -141,12 +156,19 @@ async def probes(running: Running) -> AsyncIterator[Probe]:
             409,
         ),
         ("GET", "/orders", "/orders?limit=0", {}, 422),
-        ("GET", "/orders", "/orders?cursor=not-a-cursor", {}, 422),
+        ("GET", "/orders", "/orders?cursor=not-a-cursor", {}, 400),
         ("GET", "/orders", "/orders?status=lost", {}, 422),
         ("GET", "/orders/{order_id}", f"/orders/{unknown}", {}, 404),
         ("GET", "/orders/{order_id}", "/orders/42", {}, 422),
         ("GET", "/orders/{order_id}/events", f"/orders/{unknown}/events", {}, 404),
         ("GET", "/orders/{order_id}/events", "/orders/42/events", {}, 422),
+        (
+            "GET",
+            "/orders/{order_id}/events",
+            f"/orders/{unknown}/events",
+            {"headers": {"Accept": "text/event-stream", "Last-Event-ID": str(2**63)}},
+            400,
+        ),
         ("POST", "/orders/{order_id}/cancel", f"/orders/{unknown}/cancel", {}, 404),
         ("POST", "/orders/{order_id}/cancel", "/orders/42/cancel", {}, 422),
         ("GET", "/products/{sku}", "/products/NOPE-1", {}, 404),

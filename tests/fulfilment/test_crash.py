@@ -121,9 +121,28 @@ def test_sigterm_past_the_timeout_leaves_orders_for_the_next_start(
         wait_until(lambda: set(statuses(url, ids)) == {"fulfilled"})
 
 
+def test_a_separate_worker_on_sqlite_is_refused(sqlite_url: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [PYTHON, "-m", "retail", "worker"],
+        env=environment(sqlite_url),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    message = done.stderr.strip()
+    assert message.count("\n") == 0, message  # one line, no traceback
+    assert "needs PostgreSQL" in message
+
+
 def test_separate_worker_process_fulfils_orders_taken_by_an_api_only_server(
-    sqlite_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path
 ) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("a separate worker runs on PostgreSQL only")
+    sqlite_url = database_url  # the name the body uses
     log = tmp_path / "server.log"
     # The queue has room for everything this test places, whether or not the worker has
     # claimed the earlier orders yet when the next one arrives.

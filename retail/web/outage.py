@@ -1,0 +1,38 @@
+"""A database that is down or timing out answers `503` + `Retry-After`, on every path.
+
+Routes get this from the exception handlers (`retail.web.problems`); this middleware
+covers what runs in front of the router (the `POST /orders` fast path), where an
+exception would otherwise reach the server as a `500` that closes the connection.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from retail.web.problems import database_outage, log_outage, outage_problem
+
+
+class DatabaseOutage:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception as error:
+            cause = database_outage(error)
+            if cause is None or started:
+                raise
+            log_outage(scope["method"], scope["path"], cause, error)
+            await outage_problem(cause, instance=scope["path"])(scope, receive, send)
