@@ -122,6 +122,7 @@ def plot_sweep(points: Sequence[dict[str, Any]], capacity_rate: float, path: Pat
     goodput_ax.set_title("Goodput against offered load")
     p99_ax.set_yscale("log")
     p99_ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    p99_ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     p99_ax.set_ylabel("p99 order → fulfilled (s)")
     p99_ax.set_title("p99 time to fulfilment against offered load")
     first = points[0]["settings"]
