@@ -1,4 +1,4 @@
-"""`python -m bench [ingest|overload|all]`: run the benchmarks, print markdown tables.
+"""`python -m bench [ingest|overload|simulate|all]`: run the benchmarks, print markdown tables.
 
     uv run python -m bench all --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ingest, overload, report
+from bench import simulate as sim_bench
 
 
 def _machine() -> str:
@@ -35,7 +36,9 @@ def _machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="?", choices=("ingest", "overload", "all"), default="all")
+    parser.add_argument(
+        "what", nargs="?", choices=("ingest", "overload", "simulate", "all"), default="all"
+    )
     parser.add_argument(
         "--postgres",
         metavar="URL",
@@ -49,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", type=int, default=8, help="overload: capacity C")
     parser.add_argument(
         "--delay", type=float, default=1.0, help="overload: fixed fulfilment time D (s)"
+    )
+    parser.add_argument(
+        "--sim-orders", type=int, default=1_000_000, help="simulate: orders per mode"
+    )
+    parser.add_argument(
+        "--sim-factor", type=float, default=1.0, help="simulate: offered load / capacity rate"
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
@@ -92,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         print(report.overload_tables(runs, saturation, config), flush=True)
         raw["overload"] = [asdict(r) for r in runs]
         raw["saturation"] = asdict(saturation)
+
+    if args.what == "simulate":
+        results = [
+            sim_bench.run_one(mode, args.sim_orders, args.sim_factor)
+            for mode in ("queue", "reject", "degrade")
+        ]
+        print(sim_bench.table(results), flush=True)
+        raw["simulate"] = [asdict(r) for r in results]
 
     print(f"\nTotal time: {time.monotonic() - started:.0f} s. Server logs: {workdir}")
     if args.json:

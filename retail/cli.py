@@ -1,4 +1,4 @@
-"""`retail serve | db upgrade | db downgrade | db current`."""
+"""`retail serve | worker | load | demo | simulate | plan | db …`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from retail.config import Settings
 from retail.core.types import OverloadMode
 from retail.loadgen.cli import demo, load
+from retail.sim.cli import plan, simulate
 
 app = typer.Typer(help="A simulated retail order-processing backend.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
@@ -205,6 +206,8 @@ def db_current(
 
 app.command("load")(load)
 app.command("demo")(demo)
+app.command("simulate")(simulate)
+app.command("plan")(plan)
 
 
 def main() -> None:

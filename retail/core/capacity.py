@@ -77,7 +77,7 @@ Decision = Admit | Queue | Degrade | Reject
 
 def slot_free_times(load: Load, capacity: int) -> list[float]:
     """When each of the `capacity` slots is next free for a waiting order, soonest first."""
-    busy = sorted(max(0.0, r) for r in load.remaining_s)
+    busy = sorted([r if r > 0.0 else 0.0 for r in load.remaining_s])
     if len(busy) >= capacity:
         # Over capacity (it was lowered at run time): a slot frees only once enough finish.
         return busy[len(busy) - capacity :]

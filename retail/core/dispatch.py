@@ -56,7 +56,9 @@ class Dispatcher(Generic[Key]):
 
     def remaining_s(self, now: float) -> tuple[float, ...]:
         """Seconds until each in-flight order is expected to end (never negative)."""
-        return tuple(max(0.0, r.expected_end - now) for r in self.running.values())
+        return tuple(
+            [r.expected_end - now if r.expected_end > now else 0.0 for r in self.running.values()]
+        )
 
     def next_free_s(self, now: float) -> float:
         """Seconds until a slot is free: 0 if one is free now."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from retail.core.delays import DelayModel, parse_delay
 from retail.core.types import ServiceLevel
@@ -36,8 +37,9 @@ STEP_NAMES = tuple(step.name for step in STEPS)
 PAYMENT_STEP = "payment"
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedStep:
+class PlannedStep(NamedTuple):
+    # A named tuple, not a frozen dataclass: a plan makes one per step, and a simulation
+    # plans millions of orders.
     name: str
     delay_s: float
 
@@ -65,6 +67,10 @@ class Pipeline:
     # Sum of the step means per service level, filled on first use: every admission
     # decision asks for both, and the models do not change while the pipeline lives.
     _step_means_s: dict[ServiceLevel, float] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    # The steps and their delay models per service level, also filled on first use.
+    _step_models: dict[ServiceLevel, tuple[tuple[str, DelayModel], ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -119,6 +125,14 @@ class Pipeline:
         factor = 1 + self.delay_per_extra_line * max(0, line_count - 1)
         return factor * (self.degrade_factor if level is ServiceLevel.DEGRADED else 1)
 
+    def step_models(self, level: ServiceLevel) -> tuple[tuple[str, DelayModel], ...]:
+        """The steps an order of `level` goes through, each with its delay model (unscaled)."""
+        models = self._step_models.get(level)
+        if models is None:
+            models = tuple((step.name, self._model(step)) for step in self._steps(level))
+            self._step_models[level] = models
+        return models
+
     def mean_s(self, level: ServiceLevel = ServiceLevel.FULL, line_count: int = 1) -> float:
         """Expected fulfilment time of one order: what the capacity policy plans with."""
         steps_s = self._step_means_s.get(level)
@@ -132,12 +146,21 @@ class Pipeline:
             return tuple(name for name in STEP_NAMES if name in self.degrade_skip)
         return ()
 
-    def plan(self, *, order_seq: int, line_count: int, level: ServiceLevel) -> Plan:
-        rng = random.Random(f"{self.seed}:{order_seq}" if self.seed is not None else None)
+    def plan(
+        self,
+        *,
+        order_seq: int,
+        line_count: int,
+        level: ServiceLevel,
+        rng: random.Random | None = None,
+    ) -> Plan:
+        """The order's plan. Its draws come from a generator seeded by the seed and `order_seq`,
+        or from `rng` when given (a simulation's one stream: cheaper than a generator per order).
+        """
+        if rng is None:
+            rng = random.Random(f"{self.seed}:{order_seq}" if self.seed is not None else None)
         factor = self._factor(level, line_count)
-        steps = tuple(
-            PlannedStep(step.name, self._model(step).sample(rng) * factor)
-            for step in self._steps(level)
-        )
+        models = self.step_models(level)
+        steps = tuple([PlannedStep(name, model.sample(rng) * factor) for name, model in models])
         declined = rng.random() < self.decline_probability
         return Plan(steps=steps, skipped=self.skipped(level), payment_declined=declined)

@@ -1,0 +1,241 @@
+"""The discrete-event loop: the server's own policy objects on a virtual clock.
+
+One run drives exactly what `retail serve` runs, minus HTTP and the database:
+
+- an arrival calls `Admission.admit(now)`; a refusal (`CapacityExceeded`) is the `503`,
+  and a client with retries left comes back after its `Retry-After`;
+- an admitted order `keep()`s its ticket (it is stored) and joins the `WaitingLine`;
+- whenever the `Dispatcher` has a free slot, the next waiting order starts: it leaves
+  the line (`Admission.left_queue`), the `Pipeline` plans it at its service level and
+  `Dispatcher.start` holds the slot for the planned time;
+- at the end of its plan (or at the end of the payment step, if payment is declined,
+  as the worker pool does) `Dispatcher.finish` frees the slot.
+
+Time is a float of seconds from the start of the run. Events at the same instant run
+in this order: ends first (a slot freed at t is free for an order arriving at t), then
+arrivals and retries in the order they were due. The run goes on after the last
+arrival until every accepted order has ended.
+
+Randomness: the arrivals come from `retail.loadgen.schedule.due_times` with `seed`, as
+for `retail load`; the plans draw from one generator seeded from `seed` too (one
+stream for the run, not one generator per order as the server uses: the same models
+and far cheaper). So a run repeats exactly for the same seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from array import array
+from dataclasses import dataclass, field
+
+from retail.core.admission import Admission
+from retail.core.capacity import Limits
+from retail.core.dispatch import WaitingLine
+from retail.core.errors import CapacityExceeded
+from retail.core.pipeline import PAYMENT_STEP, Pipeline
+from retail.core.types import ServiceLevel
+from retail.loadgen.schedule import Arrivals, Schedule, due_times
+
+TIMELINE_POINTS = 600  # samples of the queue over the arrivals; the drain goes on at that pace
+MAX_TIMELINE_POINTS = 4 * TIMELINE_POINTS
+
+_END = 0  # event kinds, in the order they run at the same instant
+_RETRY = 1
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    limits: Limits
+    pipeline: Pipeline
+    schedule: Schedule
+    arrivals: Arrivals = Arrivals.FIXED
+    seed: int = 0
+    max_orders: int | None = None
+    retries: int = 0  # a refused order comes back after its Retry-After, up to this often
+    line_count: int = 1  # lines per order (delays grow with RETAIL_DELAY_PER_EXTRA_LINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    t_s: float
+    in_flight: int
+    queued: int
+
+
+@dataclass
+class SimRun:
+    """What happened, order by order where it matters; `report.summarize` makes the figures."""
+
+    config: SimConfig
+    duration_s: float  # the arrivals' window: the schedule, or up to the order after the last
+    orders: int = 0  # distinct orders (a retry is the same order again)
+    attempts: int = 0  # requests, retries included
+    accepted: int = 0
+    degraded: int = 0
+    refused: int = 0  # orders refused on their last attempt
+    refusals: int = 0  # 503 answers, retried ones included
+    fulfilled: int = 0
+    failed: int = 0  # payment declined
+    sim_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    first_fulfilled_s: float | None = None
+    last_fulfilled_s: float | None = None
+    # per started order: when it started and how long it waited (from the accepted attempt)
+    starts: array[float] = field(default_factory=lambda: array("d"))
+    waits: array[float] = field(default_factory=lambda: array("d"))
+    # per fulfilled order: when it ended and its time in the system (from its first due time)
+    ends: array[float] = field(default_factory=lambda: array("d"))
+    sojourns: array[float] = field(default_factory=lambda: array("d"))
+    refused_at: array[float] = field(default_factory=lambda: array("d"))
+    timeline: list[Sample] = field(default_factory=list)
+
+    @property
+    def max_queued(self) -> int:
+        return max((s.queued for s in self.timeline), default=0)
+
+
+def arrival_times(config: SimConfig) -> tuple[list[float], float]:
+    """The due times of the run's orders and the window they fall in."""
+    cap = config.max_orders
+    due = due_times(
+        config.schedule,
+        config.arrivals,
+        seed=config.seed,
+        max_orders=None if cap is None else cap + 1,
+    )
+    if cap is not None and len(due) > cap:
+        # Cut short by the order count: the window ends where the next order would be due.
+        return due[:cap], due[cap]
+    return due, config.schedule.duration_s
+
+
+def simulate(config: SimConfig) -> SimRun:
+    """Run the arrivals of `config` through the policy until every accepted order has ended."""
+    wall_start = time.perf_counter()
+    due, window_s = arrival_times(config)
+    run = SimRun(config=config, duration_s=window_s)
+    admission = Admission(config.limits, config.pipeline)
+    dispatcher = admission.dispatcher
+    line: WaitingLine[tuple[int, float, float, ServiceLevel]] = WaitingLine()
+    pipeline = config.pipeline
+    rng = random.Random(f"retail-sim:{config.seed}")
+    retries = config.retries
+    line_count = config.line_count
+
+    heap: list[tuple[float, int, int, float, int]] = []  # (t, kind, key, first due, attempt)
+    push, pop = heapq.heappush, heapq.heappop
+    admit, left_queue = admission.admit, admission.left_queue
+    plan_of, start, finish = pipeline.plan, dispatcher.start, dispatcher.finish
+    running = dispatcher.running
+    starts_add, waits_add = run.starts.append, run.waits.append
+    ends_add, sojourns_add = run.ends.append, run.sojourns.append
+    refused_add = run.refused_at.append
+    degraded = ServiceLevel.DEGRADED
+
+    interval = max(window_s, 1e-9) / TIMELINE_POINTS
+    next_sample = 0.0
+    timeline = run.timeline
+
+    seq = 0  # accepted orders, in the order they were stored (the server's `seq`)
+    accepted = degraded_count = refused = refusals = fulfilled = failed = 0
+    retry_key = 0
+    first_fulfilled: float | None = None
+    last_fulfilled = 0.0
+    now = 0.0
+    index, count = 0, len(due)
+    inf = math.inf
+
+    while True:
+        # The next event: an end or retry from the heap, or the next new arrival.
+        heap_t = heap[0][0] if heap else inf
+        arrival_t = due[index] if index < count else inf
+        if heap_t <= arrival_t:
+            if heap_t == inf:
+                break
+            now, kind, key, first_due, attempt = pop(heap)
+        else:
+            now, kind, key, first_due, attempt = arrival_t, _RETRY, -1, arrival_t, 0
+            index += 1
+
+        while next_sample <= now:
+            timeline.append(Sample(next_sample, len(running), len(line)))
+            next_sample += interval
+            if len(timeline) >= MAX_TIMELINE_POINTS:
+                del timeline[1::2]
+                interval *= 2
+                next_sample = timeline[-1].t_s + interval
+
+        if kind == _END:
+            finish(key)
+            if attempt:  # payment declined
+                failed += 1
+            else:
+                fulfilled += 1
+                if first_fulfilled is None:
+                    first_fulfilled = now
+                last_fulfilled = now
+                ends_add(now)
+                sojourns_add(now - first_due)
+        else:
+            try:
+                ticket = admit(now)
+            except CapacityExceeded as refusal:
+                refusals += 1
+                if attempt < retries:
+                    retry_key += 1
+                    push(
+                        heap,
+                        (now + refusal.retry_after_s, _RETRY, retry_key, first_due, attempt + 1),
+                    )
+                else:
+                    refused += 1
+                    refused_add(now)
+                continue
+            ticket.keep()
+            accepted += 1
+            level = ticket.decision.service_level
+            if level is degraded:
+                degraded_count += 1
+            seq += 1
+            line.push((seq, first_due, now, level))
+
+        # Free slots take the next waiting orders, first come first served.
+        while line and len(running) < dispatcher.capacity:
+            order, order_due, accepted_at, level = line.pop()
+            left_queue()
+            plan = plan_of(order_seq=order, line_count=line_count, level=level, rng=rng)
+            steps = plan.steps
+            planned = 0.0
+            for step in steps:
+                planned += step.delay_s
+            start(order, now=now, planned_s=planned)
+            starts_add(now)
+            waits_add(now - accepted_at)
+            if plan.payment_declined:
+                # The order ends with the payment step, as in the worker pool.
+                until = 0.0
+                for step in steps:
+                    until += step.delay_s
+                    if step.name == PAYMENT_STEP:
+                        break
+                push(heap, (now + until, _END, order, order_due, 1))
+            else:
+                push(heap, (now + planned, _END, order, order_due, 0))
+
+    run.orders = count
+    run.attempts = count + refusals - refused
+    run.accepted = accepted
+    run.degraded = degraded_count
+    run.refused = refused
+    run.refusals = refusals
+    run.fulfilled = fulfilled
+    run.failed = failed
+    run.sim_seconds = now
+    run.first_fulfilled_s = first_fulfilled
+    run.last_fulfilled_s = last_fulfilled if first_fulfilled is not None else None
+    timeline.append(Sample(now, len(running), len(line)))
+    run.wall_seconds = time.perf_counter() - wall_start
+    return run

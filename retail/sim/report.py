@@ -1,0 +1,167 @@
+"""A simulated run's figures: the same as `retail load` reports, as a table and as JSON.
+
+Definitions (as in `retail.loadgen.report`):
+
+- orders: distinct orders (a retry is the same order again); offered rate: orders / the
+  arrivals' window (`duration_s`);
+- accepted: admitted (full or degraded); refused: refused on the last attempt
+  (`refused_share` = refused / orders); `refusals` counts every `503`, retried ones too;
+- wait: from the attempt that was accepted to the start of fulfilment (the server's
+  queue wait); sojourn: from the order's first due time to `fulfilled` (the client's
+  "order → fulfilled", retries included), for fulfilled orders;
+- throughput: orders fulfilled per second over the longer of the arrivals' window and the
+  span from the first to the last fulfilment (the goodput of `retail load`).
+
+Percentiles are nearest-rank over every order (no histogram buckets: exact).
+
+JSON (`--json`), schema `retail.sim.report/1`:
+
+    {"schema", "orders", "attempts", "accepted", "degraded", "refused", "refusals",
+     "fulfilled", "failed", "offered_rate", "duration_s", "throughput_per_s",
+     "refused_share", "max_queued",
+     "wait_s": STATS, "sojourn_s": STATS, "sim_seconds", "wall_seconds",
+     "settings": {"overload_mode", "capacity", "queue_limit", "max_queue_wait_s",
+                  "full_service_s", "degraded_service_s"},
+     "arrivals": {"schedule", "arrivals", "seed", "max_orders", "retries"},
+     "timeline": [[t_s, in_flight, queued], ...]}
+
+    STATS = {"count", "mean", "p50", "p90", "p99", "p99_9", "max"}  (null when empty)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+
+from retail.core.types import ServiceLevel
+from retail.sim.engine import SimRun
+
+SCHEMA = "retail.sim.report/1"
+QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p99_9": 0.999}
+
+
+def nearest_rank(ordered: list[float], q: float) -> float:
+    """The smallest value with at least `q` of all values at or below it."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def stats(values: Iterable[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"count": 0, "mean": None, **dict.fromkeys(QUANTILES), "max": None}
+    return {
+        "count": len(ordered),
+        "mean": math.fsum(ordered) / len(ordered),
+        **{name: nearest_rank(ordered, q) for name, q in QUANTILES.items()},
+        "max": ordered[-1],
+    }
+
+
+def throughput(run: SimRun) -> float:
+    if run.first_fulfilled_s is None or run.last_fulfilled_s is None:
+        return 0.0
+    window = max(run.duration_s, run.last_fulfilled_s - run.first_fulfilled_s)
+    return run.fulfilled / window if window > 0 else float(run.fulfilled)
+
+
+def summarize(run: SimRun, *, timeline: bool = True) -> dict[str, Any]:
+    config = run.config
+    limits = config.limits
+    summary: dict[str, Any] = {
+        "schema": SCHEMA,
+        "orders": run.orders,
+        "attempts": run.attempts,
+        "accepted": run.accepted,
+        "degraded": run.degraded,
+        "refused": run.refused,
+        "refusals": run.refusals,
+        "fulfilled": run.fulfilled,
+        "failed": run.failed,
+        "offered_rate": run.orders / run.duration_s if run.duration_s > 0 else 0.0,
+        "duration_s": run.duration_s,
+        "throughput_per_s": throughput(run),
+        "refused_share": run.refused / run.orders if run.orders else 0.0,
+        "max_queued": run.max_queued,
+        "wait_s": stats(run.waits),
+        "sojourn_s": stats(run.sojourns),
+        "sim_seconds": run.sim_seconds,
+        "wall_seconds": run.wall_seconds,
+        "settings": {
+            "overload_mode": limits.mode.value,
+            "capacity": limits.capacity,
+            "queue_limit": limits.queue_limit,
+            "max_queue_wait_s": limits.max_queue_wait_s,
+            "full_service_s": config.pipeline.mean_s(ServiceLevel.FULL),
+            "degraded_service_s": config.pipeline.mean_s(ServiceLevel.DEGRADED),
+        },
+        "arrivals": {
+            "schedule": config.schedule.describe(),
+            "arrivals": config.arrivals.value,
+            "seed": config.seed,
+            "max_orders": config.max_orders,
+            "retries": config.retries,
+        },
+    }
+    if timeline:
+        summary["timeline"] = [[s.t_s, s.in_flight, s.queued] for s in run.timeline]
+    return summary
+
+
+def ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    value = seconds * 1000
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def render(summary: dict[str, Any]) -> RenderableType:
+    """The summary as `retail load` prints it: an overview, then the latency table."""
+    settings, arrivals = summary["settings"], summary["arrivals"]
+    title = (
+        f"[bold]retail simulate[/bold] {settings['overload_mode']}, capacity "
+        f"{settings['capacity']}, queue limit {settings['queue_limit']}, "
+        f"{settings['full_service_s']:g} s per order; {arrivals['schedule']} "
+        f"({arrivals['arrivals']}, seed {arrivals['seed']})"
+    )
+    overview = Table(title=title, show_header=False, box=None, padding=(0, 2), title_justify="left")
+    overview.add_column(style="bold")
+    overview.add_column()
+    accepted, degraded = summary["accepted"], summary["degraded"]
+    overview.add_row(
+        "offered",
+        f"{summary['orders']} orders in {summary['duration_s']:g} s = "
+        f"{summary['offered_rate']:,.2f}/s",
+    )
+    overview.add_row("accepted", f"{accepted} (full {accepted - degraded}, degraded {degraded})")
+    overview.add_row(
+        "refused", f"{summary['refused']} ({summary['refused_share']:.2%} of the orders)"
+    )
+    if arrivals["retries"]:
+        overview.add_row(
+            "retries",
+            f"{summary['attempts'] - summary['orders']} (503 answers: {summary['refusals']})",
+        )
+    overview.add_row("fulfilled", f"{summary['fulfilled']} (failed {summary['failed']})")
+    overview.add_row("goodput", f"{summary['throughput_per_s']:,.2f}/s fulfilled")
+    overview.add_row("max queued", str(summary["max_queued"]))
+    overview.add_row(
+        "simulated",
+        f"{summary['sim_seconds']:,.1f} s in {summary['wall_seconds']:.2f} s of wall time",
+    )
+    latency = Table(title="latency (ms)", title_justify="left")
+    latency.add_column("")
+    latency.add_column("count", justify="right")
+    for name in ("mean", "p50", "p90", "p99", "p99.9", "max"):
+        latency.add_column(name, justify="right")
+    for name, key in (("queue wait", "wait_s"), ("order → fulfilled", "sojourn_s")):
+        row = summary[key]
+        latency.add_row(
+            name,
+            str(row["count"]),
+            *(ms(row[k]) for k in ("mean", "p50", "p90", "p99", "p99_9", "max")),
+        )
+    return Group(overview, "", latency)
