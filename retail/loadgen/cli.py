@@ -369,7 +369,6 @@ def demo(
     Starts a private service (temporary SQLite database, free 127.0.0.1 port), plays one
     round per capacity and shows who waited how long: synchronous against asynchronous.
     """
-    from pydantic import ValidationError
     from rich.console import Console
 
     from retail.loadgen.demo import DemoError, render_demo, run_demo
@@ -382,8 +381,6 @@ def demo(
     )
     try:
         rounds = run_demo(capacities=capacities, fulfilment_delay=fulfilment_delay)
-    except ValidationError as error:
-        raise _fail(f"--fulfilment-delay: {error.errors()[0]['msg']}") from None
     except DemoError as error:
         raise _fail(str(error)) from None
     console.print(render_demo(rounds))
