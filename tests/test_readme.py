@@ -3,6 +3,7 @@ its bash blocks to the CLI, the scripts, the tools and the API routes it names."
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -266,3 +267,97 @@ def test_the_screenshot_command_has_a_chromium_to_run() -> None:
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     line = next(w for w in all_commands() if w[0] == "chromium")
     assert {"--headless", "--screenshot=dashboard.png"} <= set(line)
+
+
+# --- the sections that need a server, run against one as written ---------------------
+
+
+def section_block(heading: str) -> str:
+    """The first bash block after a heading."""
+    start = README.index(heading + "\n")
+    return re.search(r"^```bash\n(.*?)^```", README[start:], flags=re.MULTILINE | re.DOTALL)[1]  # type: ignore[index]
+
+
+def run_section(heading: str, tmp_path: Path, **extra_env: str) -> str:
+    """Run a README section as a person would: `retail db reset --yes` and the `retail
+    serve` line start a fresh server (on a free port instead of 8000, in an empty
+    directory); every other line runs in bash against it. The shell's output."""
+    from tests.serving import PYTHON, free_port, python_environment, serving
+
+    lines = command_lines(section_block(heading))
+    serve = next((line for line in lines if "uv run retail serve" in line), "uv run retail serve")
+    words = shlex.split(serve)
+    assignments = dict(w.split("=", 1) for w in words[: words.index("uv")])
+    flags_ = words[words.index("serve") + 1 :]
+    parse_retail(["serve", *flags_])
+    port = free_port()
+    env = {**python_environment(), **assignments, **extra_env, "RETAIL_PORT": str(port)}
+    if any("retail db reset --yes" in line for line in lines):
+        # the section's database starts empty: make it not empty first
+        (tmp_path / "retail.db").write_bytes(b"")
+        reset = subprocess.run(
+            [PYTHON, "-m", "retail", "db", "reset", "--yes"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert reset.returncode == 0, reset.stderr
+    script = "\n".join(
+        line.replace("localhost:8000", f"127.0.0.1:{port}")
+        for line in lines
+        if "uv run retail" not in line
+    )
+    command = [PYTHON, "-m", "retail", "serve", *flags_]
+    log = tmp_path / "server.log"
+    with serving(command, port=port, env=env, cwd=tmp_path, log=log):
+        result = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", script],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+needs_jq = pytest.mark.skipif(shutil.which("jq") is None, reason="needs jq (apt-get install jq)")
+
+
+@pytest.mark.slow
+@needs_jq
+def test_the_curl_walk_through_works_as_written(tmp_path: Path) -> None:
+    output = run_section("## Walk-through with curl", tmp_path, RETAIL_ADMIN_TOKEN="s3cret")
+    assert output.count("HTTP/1.1 202 Accepted") >= 2
+    assert "HTTP/1.1 409 Conflict" in output  # cancel, once fulfilment started
+    assert '"sku":"LAMP-2","name":"Floor lamp"' in output  # the admin PUT
+    assert '"kind":"created"' in output  # the captured id's events
+
+
+@pytest.mark.slow
+@needs_jq
+def test_the_queue_section_works_as_written(tmp_path: Path) -> None:
+    output = run_section("### Queue", tmp_path)
+    assert re.search(r"^alice queued 1 ", output, flags=re.MULTILINE)
+    assert re.search(r"^bob queued 1 ", output, flags=re.MULTILINE)
+    assert re.search(r"^charlie queued 2 ", output, flags=re.MULTILINE)
+    assert "HTTP/1.1 200 OK" in output and '"status":"cancelled"' in output
+
+
+@pytest.mark.slow
+def test_the_reject_section_works_as_written(tmp_path: Path) -> None:
+    output = run_section("### Reject", tmp_path)
+    assert output.splitlines()[0] == "202"
+    assert "HTTP/1.1 503 Service Unavailable" in output
+    assert '"type":"/problems/capacity-exceeded"' in output
+
+
+@pytest.mark.slow
+@needs_jq
+def test_the_degrade_section_works_as_written(tmp_path: Path) -> None:
+    output = run_section("### Degrade", tmp_path)
+    alice, bob = (json.loads(line) for line in output.splitlines())
+    assert (alice["service_level"], bob["service_level"]) == ("full", "degraded")
+    assert (alice["skipped_steps"], bob["skipped_steps"]) == ([], ["fraud_check"])
