@@ -22,5 +22,9 @@ RUN uv sync --frozen --no-dev
 
 ENV PATH="/app/.venv/bin:$PATH"
 
+# Run as an unprivileged user: the code and the environment belong to root, read-only.
+RUN useradd --system --uid 10001 --no-create-home --home-dir /app retail
+USER retail
+
 EXPOSE 8000
 CMD ["retail", "serve", "--host", "0.0.0.0"]

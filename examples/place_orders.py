@@ -9,7 +9,8 @@ The client does what a well-behaved client of `retail` does:
 - polls each order's `Location`, waiting `Retry-After` seconds between polls;
 - prints the order's events (`GET /orders/{id}/events`) once it has finished.
 
-Exit status: 0 when every order was fulfilled, 1 otherwise.
+Exit status: 0 when every order was fulfilled, 1 otherwise, 2 when the service
+cannot be reached (one line says so, no traceback).
 """
 
 from __future__ import annotations
@@ -95,13 +96,21 @@ def main() -> int:
     args = parser.parse_args()
 
     with httpx.Client(base_url=args.url, timeout=30) as client:
-        # Place them all first, so they are fulfilled (or queued) side by side.
-        locations = [
-            place_order(client, args.customer, args.sku, args.quantity) for _ in range(args.count)
-        ]
-        orders = [follow(client, location) for location in locations]
-        for order in orders:
-            print_timeline(client, order)
+        try:
+            # Place them all first, so they are fulfilled (or queued) side by side.
+            locations = [
+                place_order(client, args.customer, args.sku, args.quantity)
+                for _ in range(args.count)
+            ]
+            orders = [follow(client, location) for location in locations]
+            for order in orders:
+                print_timeline(client, order)
+        except httpx.TransportError as error:
+            print(
+                f"cannot reach {args.url} ({type(error).__name__}): is `retail serve` running?",
+                file=sys.stderr,
+            )
+            return 2
     fulfilled = sum(order["status"] == "fulfilled" for order in orders)
     print(f"{fulfilled} of {len(orders)} orders fulfilled")
     return 0 if fulfilled == len(orders) else 1

@@ -1,10 +1,12 @@
-"""`retail serve | worker | load | demo | simulate | plan | db …`."""
+"""`retail serve | worker | load | demo | simulate | plan | db …`: the command line."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Any
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -13,9 +15,17 @@ from retail.core.types import OverloadMode
 from retail.loadgen.cli import demo, load
 from retail.sim.cli import plan, simulate
 
-app = typer.Typer(help="A simulated retail order-processing backend.", no_args_is_help=True)
-db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app = typer.Typer(
+    help="A simulated retail order-processing backend.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(
+    help="Database schema (Alembic migrations).", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(db_app, name="db")
+
+T = TypeVar("T")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -31,6 +41,37 @@ def _settings(**overrides: Any) -> Settings:
             problems.append(f"  {where}{item['msg'].removeprefix('Value error, ')}")
         typer.echo("Invalid settings:\n" + "\n".join(problems), err=True)
         raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """One line on stderr, then the exit code: the shape of every CLI error."""
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _run_db(database_url: str, work: Callable[[], Awaitable[T]]) -> T:
+    """Run database work; a problem a person can fix ends with one line, not a traceback."""
+    from retail.cli_errors import explain
+
+    async def run() -> T:
+        return await work()
+
+    try:
+        return asyncio.run(run())
+    except Exception as error:
+        message = explain(error, database_url)
+        if message is None:
+            raise
+        raise _fail(message) from None
+
+
+def _check_database(database_url: str) -> None:
+    """Connect once before starting, so an unreachable database is one plain line."""
+    from retail.cli_errors import check_database
+
+    problem = asyncio.run(check_database(database_url))
+    if problem is not None:
+        raise _fail(problem)
 
 
 @app.command()
@@ -73,6 +114,7 @@ def serve(
         fulfilment_delay=fulfilment_delay,
         migrate_on_start=migrate,
     )
+    _check_database(settings.database_url)
     configure_logging(settings.log_format, settings.log_level, access_log=access_log)
     application = create_app(settings)
     config = uvicorn.Config(
@@ -126,6 +168,7 @@ def worker(
             err=True,
         )
         raise typer.Exit(2)
+    _check_database(settings.database_url)
     configure_logging(settings.log_format, settings.log_level)
 
     async def run() -> None:
@@ -142,10 +185,10 @@ def worker(
     asyncio.run(run())
 
 
-def _engine(database_url: str | None) -> Any:
+def _engine(database_url: str) -> Any:
     from retail.store.sql.engine import Database
 
-    return Database(_settings(database_url=database_url).database_url)
+    return Database(database_url)
 
 
 @db_app.command("upgrade")
@@ -156,14 +199,16 @@ def db_upgrade(
     """Migrate the schema up (to the newest revision by default)."""
     from retail.store.sql.migrations import migrate
 
+    url = _settings(database_url=database_url).database_url
+
     async def run() -> None:
-        db = _engine(database_url)
+        db = _engine(url)
         try:
             await migrate(db.writer, revision)
         finally:
             await db.dispose()
 
-    asyncio.run(run())
+    _run_db(url, run)
     typer.echo(f"database at {revision}")
 
 
@@ -175,14 +220,16 @@ def db_downgrade(
     """Migrate the schema down."""
     from retail.store.sql.migrations import migrate
 
+    url = _settings(database_url=database_url).database_url
+
     async def run() -> None:
-        db = _engine(database_url)
+        db = _engine(url)
         try:
             await migrate(db.writer, revision, downgrade=True)
         finally:
             await db.dispose()
 
-    asyncio.run(run())
+    _run_db(url, run)
     typer.echo(f"database at {revision}")
 
 
@@ -193,15 +240,62 @@ def db_current(
     """Show the database's revision and the code's head revision."""
     from retail.store.sql.migrations import schema_status
 
+    url = _settings(database_url=database_url).database_url
+
     async def run() -> tuple[str | None, str | None]:
-        db = _engine(database_url)
+        db = _engine(url)
         try:
             return await schema_status(db.writer)
         finally:
             await db.dispose()
 
-    current, head = asyncio.run(run())
+    current, head = _run_db(url, run)
     typer.echo(f"current: {current}\nhead:    {head}")
+
+
+@db_app.command("reset")
+def db_reset(
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask: drop every order and product.")
+    ] = False,
+    database_url: Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")] = None,
+) -> None:
+    """Drop every table (orders, products, everything) and migrate to the newest schema.
+
+    A clean slate: the next `retail serve` seeds the demo catalogue again.
+    """
+    from retail.store.sql.migrations import migrate
+
+    url = _settings(database_url=database_url).database_url
+    if not yes:
+        if not sys.stdin.isatty():
+            raise _fail("retail db reset drops every order and product: add --yes to confirm", 2)
+        typer.confirm(f"Drop every table in {_display(url)}?", abort=True)
+
+    async def run() -> None:
+        from sqlalchemy import MetaData
+
+        db = _engine(url)
+        try:
+            async with db.writer.begin() as connection:
+                await connection.run_sync(_drop_everything, MetaData())
+            await migrate(db.writer, "head")
+        finally:
+            await db.dispose()
+
+    _run_db(url, run)
+    typer.echo(f"database reset: {_display(url)} is empty, at the newest schema")
+
+
+def _drop_everything(connection: Any, metadata: Any) -> None:
+    metadata.reflect(connection)
+    metadata.drop_all(connection)
+
+
+def _display(database_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).render_as_string(hide_password=True)
 
 
 app.command("load")(load)

@@ -21,6 +21,8 @@ from retail.core.pipeline import Pipeline
 from retail.core.types import OverloadMode
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./retail.db"
+# `sqlite:` and `postgres(ql)://` are accepted too, and mapped to these async drivers.
+SUPPORTED_DATABASE_SCHEMES = ("sqlite+aiosqlite:", "postgresql+asyncpg://")
 DEFAULT_FULFILMENT_DELAY = "2"
 DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600.0
 
@@ -240,6 +242,12 @@ class Settings(BaseSettings):
             return "sqlite+aiosqlite:" + value.removeprefix("sqlite:")
         if value.startswith(("postgres://", "postgresql://")):
             return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        if not value.startswith(SUPPORTED_DATABASE_SCHEMES):
+            scheme = value.split(":", 1)[0] if ":" in value else value
+            raise ValueError(
+                f"unsupported database URL scheme {scheme!r}: use "
+                "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user@host/db"
+            )
         return value
 
     @model_validator(mode="after")

@@ -123,3 +123,36 @@ def follow(url: str, location: str, timeout_s: float = 20.0) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise AssertionError(f"order not finished after {timeout_s} s: {order}")
         time.sleep(0.05)
+
+
+@contextmanager
+def serve_in_thread(app: Any, *, start_timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a background thread; yields its base URL."""
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on", access_log=False)
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="retail-test-server", daemon=True
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not server.started:
+            if not thread.is_alive():
+                raise AssertionError("the server stopped while starting")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server did not start within {start_timeout_s:g} s")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(start_timeout_s)
+        sock.close()

@@ -72,7 +72,116 @@ def test_the_database_lives_in_a_declared_volume() -> None:
 def test_the_app_is_healthy_only_when_ready() -> None:
     app = SERVICES["app"]
     assert "/readyz" in " ".join(app["healthcheck"]["test"])
-    assert "8000:8000" in app["ports"]
+    assert "127.0.0.1:8000:8000" in app["ports"]
+
+
+def test_every_published_port_is_bound_to_loopback() -> None:
+    published = [
+        (name, str(port)) for name, service in SERVICES.items() for port in service.get("ports", [])
+    ]
+    assert published
+    for name, port in published:
+        assert port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_every_setting_reaches_the_app_through_env_file() -> None:
+    app = SERVICES["app"]
+    files = [entry["path"] if isinstance(entry, dict) else entry for entry in app["env_file"]]
+    assert files == [".env"]
+    assert all(
+        entry.get("required") is False for entry in app["env_file"] if isinstance(entry, dict)
+    )
+    # only what must differ inside compose is pinned in `environment`
+    assert set(environment("app")) == {"RETAIL_DATABASE_URL", "RETAIL_MIGRATE_ON_START"}
+
+
+def env_example() -> dict[str, str | None]:
+    """`.env.example` as {variable: value}, None for a commented-out (unset) one."""
+    found: dict[str, str | None] = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = re.match(r"^(#\s*)?(RETAIL_[A-Z0-9_]+)=(.*)$", line)
+        if match:
+            assert match[2] not in found, f"{match[2]} twice"
+            found[match[2]] = None if match[1] else match[3]
+    return found
+
+
+def test_env_example_lists_every_setting_with_its_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    listed = env_example()
+    assert set(listed) == {f"RETAIL_{name.upper()}" for name in Settings.model_fields}
+    for name, value in listed.items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    from_example = Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.undo()
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert from_example == defaults
+    unset = {name for name, value in listed.items() if value is None}
+    assert unset == {
+        f"RETAIL_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if field.get_default(call_default_factory=True) is None
+    }
+
+
+def test_the_image_runs_as_a_non_root_user() -> None:
+    users = re.findall(r"^USER\s+(\S+)", DOCKERFILE, flags=re.MULTILINE)
+    assert users and users[-1] not in ("root", "0", "0:0")
+    # the user is made before it is used, and nothing runs as root after it
+    last_user = DOCKERFILE.rindex("\nUSER ")
+    assert re.search(rf"useradd .*\b{users[-1]}\b", DOCKERFILE[:last_user])
+    assert not re.search(r"^RUN ", DOCKERFILE[last_user:], flags=re.MULTILINE)
+
+
+def test_monitoring_is_an_optional_profile() -> None:
+    for name in ("prometheus", "grafana"):
+        assert SERVICES[name]["profiles"] == ["monitoring"]
+    for name in ("db", "app"):
+        assert "profiles" not in SERVICES[name]
+
+
+def mounted(service: str, target: str) -> Path:
+    for volume in SERVICES[service]["volumes"]:
+        source, destination = volume.split(":")[:2]
+        if destination == target:
+            return ROOT / source
+    raise AssertionError(f"{service} mounts nothing at {target}")
+
+
+def test_prometheus_scrapes_the_app() -> None:
+    config = yaml.safe_load(mounted("prometheus", "/etc/prometheus/prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["app:8000"]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    provisioning = mounted("grafana", "/etc/grafana/provisioning")
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    (source,) = sources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((provisioning / "dashboards" / "retail.yml").read_text())
+    folder = providers["providers"][0]["options"]["path"]
+    assert folder == "/var/lib/grafana/dashboards"
+    assert (mounted("grafana", folder) / "retail.json").is_file()
+
+
+def test_the_dashboard_charts_only_metrics_the_service_exports() -> None:
+    import json
+
+    from retail.runtime.metrics import Metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    families = {family.name: family.type for family in Metrics().registry.collect()}
+    exported = {name + suffix for name, kind in families.items() for suffix in suffixes[kind]}
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/retail.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"\bretail_\w+", expr)}
+    assert used and used <= exported, used - exported
+    charted = {name for name in families if any(u.startswith(name) for u in used)}
+    assert charted == set(families), set(families) - charted  # every metric has a panel
 
 
 def test_the_command_migrates_then_serves_with_real_options() -> None:

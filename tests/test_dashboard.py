@@ -127,6 +127,16 @@ def test_the_dashboard_shows_orders_flowing_and_switches_the_mode(
             "order table not updated to fulfilled",
         )
         assert all("dashboard" in row for _, row in rows())
+        # Orders placed together still read apart: the id column shows the random end
+        # of the UUIDv7, not its timestamp.
+        shown_ids = driver.execute_script(
+            "return [...document.querySelectorAll('#orders td.id a')].map((a) => a.textContent);"
+        )
+        assert len(set(shown_ids)) == 8, shown_ids
+        # The waits: time to start and time to fulfil, as percentiles.
+        until(lambda: "·" in text("fulfil-wait"), "no time to fulfil shown")
+        assert "·" in text("start-wait")
+        assert "last 8 orders" in text("fulfil-wait-detail")
 
         # The mode switch needs the admin token.
         choose_mode("reject", None)
@@ -146,3 +156,10 @@ def test_the_dashboard_shows_orders_flowing_and_switches_the_mode(
         until(lambda: number("rejected-total") > 0, "rejections not counted")
         capacity = httpx.get(server.url + "/capacity").json()
         assert capacity["counters"]["rejected"] == number("rejected-total")
+
+        # A page opened now starts from the server's history: counts since the server
+        # started, and charts that are not empty.
+        driver.get(server.url + "/")
+        until(lambda: text("fulfilled-since") == "since the server started", "no history")
+        assert number("fulfilled-total") >= 8
+        assert driver.execute_script("return state.samples.length;") > 1

@@ -62,3 +62,17 @@ def test_place_orders_follows_every_order_to_fulfilment(tmp_path: Path) -> None:
             polls = server.output().count(f'"GET /orders/{order_id} HTTP/1.1" 200')
             assert 1 <= polls <= 5, polls
         assert output.rstrip().endswith("3 of 3 orders fulfilled")
+
+
+def test_place_orders_without_a_server_says_so_in_one_line() -> None:
+    result = subprocess.run(
+        [PYTHON, str(PLACE_ORDERS), "--url", f"http://127.0.0.1:{free_port()}", "--count", "1"],
+        env=python_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cannot reach http://127.0.0.1:"), result.stderr
+    assert "is `retail serve` running?" in lines[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
     from retail.loadgen.runner import LiveCounts, LoadConfig
     from retail.loadgen.sweep import Sweep
+    from retail.loadgen.thresholds import Threshold
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_RATE = 10.0
@@ -35,6 +37,40 @@ SCHEDULE_HELP = (
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"Error: {message}", err=True)
     return typer.Exit(2)
+
+
+THRESHOLD_FAILED_EXIT = 99  # as k6 exits when a threshold is crossed
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why files cannot be written into `directory` (made if missing), or None."""
+    import tempfile
+
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} is a file, not a directory"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".retail-probe-"):
+            pass
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None
+
+
+def _writable_dir(path: Path, option: str) -> None:
+    """Fail now, before the run, if files cannot be written into `path`."""
+    reason = _unwritable(path)
+    if reason is not None:
+        raise _fail(f"{option} {path}: cannot write there ({reason}); choose another directory")
+
+
+def _writable_file(path: Path, option: str) -> None:
+    """Fail now, before the run, if `path` cannot be written."""
+    reason = "it is a directory" if path.is_dir() else _unwritable(path.parent)
+    if reason is None and path.exists() and not os.access(path, os.W_OK):
+        reason = "Permission denied"
+    if reason is not None:
+        raise _fail(f"{option} {path}: cannot write there ({reason}); choose another file")
 
 
 def _numbers(text: str, option: str) -> tuple[float, ...]:
@@ -173,7 +209,25 @@ def load(
         str | None,
         typer.Option(envvar="RETAIL_ADMIN_TOKEN", help="Admin token, for --sweep to switch modes."),
     ] = None,
-    progress: Annotated[bool, typer.Option(help="Show a live progress bar.")] = True,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Pass/fail criterion, repeatable: exit 99 when one is missed. E.g. "
+            "'p99_start<2s', 'p99_http<200ms', 'refused<1%', 'goodput>=3.5'.",
+        ),
+    ] = None,
+    summary_export: Annotated[
+        Path | None,
+        typer.Option(help="Write the summary and the thresholds' results (JSON) here."),
+    ] = None,
+    html_file: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write a self-contained HTML report with the charts here."),
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(help="Show a live progress bar [default: only on a terminal]."),
+    ] = None,
 ) -> None:
     """Send orders open-loop at a fixed schedule and report what happened.
 
@@ -184,8 +238,23 @@ def load(
 
     from retail.loadgen.runner import LoadConfig
     from retail.loadgen.schedule import Schedule, parse_schedule
+    from retail.loadgen.thresholds import parse_threshold
 
     console = Console()
+    show_progress = console.is_terminal if progress is None else progress
+    try:
+        thresholds = [parse_threshold(text) for text in threshold or ()]
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    if sweep and (thresholds or summary_export or html_file):
+        raise _fail("--threshold, --summary-export and --html apply to one run, not to --sweep")
+    for file, option in ((json_file, "--json"), (summary_export, "--summary-export")):
+        if file is not None:
+            _writable_file(file, option)
+    if html_file is not None:
+        _writable_file(html_file, "--html")
+    if plot is not None:
+        _writable_dir(plot, "--plot")
     seconds = duration if duration is not None else (5.0 if sweep else DEFAULT_DURATION_S)
     try:
         if schedule is not None:
@@ -221,7 +290,7 @@ def load(
             timeout_s=timeout,
             json_file=json_file,
             plot=plot,
-            show_progress=progress,
+            show_progress=show_progress,
         )
         return
     _load(
@@ -232,7 +301,10 @@ def load(
         timeout_s=timeout,
         json_file=json_file,
         plot=plot,
-        show_progress=progress,
+        show_progress=show_progress,
+        thresholds=thresholds,
+        summary_export=summary_export,
+        html_file=html_file,
     )
 
 
@@ -246,9 +318,13 @@ def _load(
     json_file: Path | None,
     plot: Path | None,
     show_progress: bool,
+    thresholds: list[Threshold],
+    summary_export: Path | None,
+    html_file: Path | None,
 ) -> None:
     from retail.loadgen.report import render_summary, summarize, write_json
     from retail.loadgen.runner import LiveCounts, LoadRun, run_load
+    from retail.loadgen.thresholds import check_all
 
     async def main() -> LoadRun:
         async with _client(url, connections, timeout_s) as client:
@@ -262,14 +338,41 @@ def _load(
     run = asyncio.run(main())
     summary = summarize(run)
     console.print(render_summary(run, summary))
+    results = check_all(thresholds, summary)
+    if results:
+        console.print("")
+        console.print("[bold]thresholds[/bold]")
+        for result in results:
+            colour = "green" if result.passed else "red"
+            console.print(f"  [{colour}]{result.describe()}[/{colour}]", highlight=False)
     if json_file is not None:
         write_json(run, json_file)
         console.print(f"report: {json_file}")
+    if summary_export is not None:
+        export = {
+            "schema": "retail.loadgen.summary/1",
+            "url": run.url,
+            "config": run.config.to_json(),
+            "service": None if run.service is None else run.service.to_json(),
+            "summary": summary.to_json(),
+            "thresholds": [result.to_json() for result in results],
+        }
+        summary_export.write_text(json.dumps(export, indent=2) + "\n")
+        console.print(f"summary: {summary_export}")
     if plot is not None:
         from retail.loadgen.plots import plot_run
 
         for path in plot_run(run, plot):
             console.print(f"chart: {path}")
+    if html_file is not None:
+        from retail.loadgen.html import write_html
+
+        console.print(f"html report: {write_html(run, summary, results, html_file)}")
+    failed = [result for result in results if not result.passed]
+    if failed:
+        listed = "; ".join(result.describe() for result in failed)
+        typer.echo(f"Error: {len(failed)} of {len(results)} thresholds missed: {listed}", err=True)
+        raise typer.Exit(THRESHOLD_FAILED_EXIT)
 
 
 def _sweep(
@@ -369,7 +472,6 @@ def demo(
     Starts a private service (temporary SQLite database, free 127.0.0.1 port), plays one
     round per capacity and shows who waited how long: synchronous against asynchronous.
     """
-    from pydantic import ValidationError
     from rich.console import Console
 
     from retail.loadgen.demo import DemoError, render_demo, run_demo
@@ -382,8 +484,6 @@ def demo(
     )
     try:
         rounds = run_demo(capacities=capacities, fulfilment_delay=fulfilment_delay)
-    except ValidationError as error:
-        raise _fail(f"--fulfilment-delay: {error.errors()[0]['msg']}") from None
     except DemoError as error:
         raise _fail(str(error)) from None
     console.print(render_demo(rounds))

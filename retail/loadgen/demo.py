@@ -2,9 +2,9 @@
 
 Alice, Bob and Charlie each place one order at the same moment. With capacity 1 the
 service fulfils one order at a time, so the second and third wait their turn; with
-capacity 3 all three are fulfilled at once. The demo starts its own service (uvicorn,
-in this process, on a free 127.0.0.1 port, with a temporary SQLite database and a fixed
-fulfilment delay), plays one round per capacity and shows who waited how long.
+capacity 3 all three are fulfilled at once. The demo starts its own service (`python -m
+retail serve` as a subprocess, on a free 127.0.0.1 port, with a temporary SQLite
+database and a fixed fulfilment delay), plays one round per capacity and shows who waited how long.
 
 Each customer asks to wait for the final order (`Prefer: wait=N`, RFC 7240) and falls
 back to polling the order's `Location` if it is not done by then.
@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +44,7 @@ DEFAULT_SKU = "MUG-1"
 PREFER_WAIT_S = 60
 ROUND_TIMEOUT_S = 300.0
 SERVER_START_TIMEOUT_S = 30.0
+SERVER_STOP_TIMEOUT_S = 10.0
 BAR_WIDTH = 24
 
 
@@ -112,38 +116,69 @@ class DemoRound:
         return {"capacity": self.capacity, "customers": [c.to_json() for c in self.customers]}
 
 
-# --- the service, in this process ------------------------------------------------------
+# --- the service, in its own process ---------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(SERVER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, start_timeout_s: float = SERVER_START_TIMEOUT_S) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn in a background thread; yields its base URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on", access_log=False)
-    )
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="retail-demo-server", daemon=True
-    )
-    thread.start()
+def serve_subprocess(
+    settings: dict[str, str],
+    *,
+    directory: Path,
+    start_timeout_s: float = SERVER_START_TIMEOUT_S,
+) -> Iterator[str]:
+    """Run `python -m retail serve` with these `RETAIL_*` settings on a free 127.0.0.1
+    port, in `directory` (so no `.env` of the caller is read); yields its base URL once
+    `/readyz` answers 200. The caller's own `RETAIL_*` variables are not passed on."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETAIL_")}
+    env.update({f"RETAIL_{name.upper()}": value for name, value in settings.items()})
+    env.update(RETAIL_HOST="127.0.0.1", RETAIL_PORT=str(port))
+    log = directory / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "retail", "serve", "--no-access-log"],
+            cwd=directory,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout_s
-        while not server.started:
-            if not thread.is_alive():
-                raise DemoError("the service stopped while starting")
+        while True:
+            if process.poll() is not None:
+                lines = log.read_text(errors="replace").strip().splitlines()
+                why = " ".join(line.strip() for line in lines[-3:]) or "no output"
+                raise DemoError(f"the service stopped while starting: {why}")
             if time.monotonic() > deadline:
                 raise DemoError(f"the service did not start within {start_timeout_s:g} s")
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        yield url
     finally:
-        server.should_exit = True
-        thread.join(start_timeout_s)
-        sock.close()
+        _stop(process)
 
 
 # --- one round ---------------------------------------------------------------------------
@@ -233,29 +268,24 @@ def run_demo(
     customers: Sequence[str] = CUSTOMERS,
 ) -> list[DemoRound]:
     """Start a private service, play one round per capacity, stop the service."""
-    from retail.config import Settings
-    from retail.core.types import OverloadMode
-    from retail.web.app import create_app
-
     if not capacities or any(c < 1 for c in capacities):
         raise DemoError("capacities must be whole numbers of at least 1")
     token = secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="retail-demo-") as directory:
-        settings = Settings(
-            _env_file=None,
-            database_url=f"sqlite+aiosqlite:///{Path(directory) / 'demo.db'}",
-            admin_token=token,
-            fulfilment_delay=fulfilment_delay,
-            capacity=max(capacities),
-            overload_mode=OverloadMode.QUEUE,
-            queue_limit=max(100, len(customers)),
-            max_queue_wait_s=None,
-            workers_enabled=True,
-            migrate_on_start=True,
-            seed_demo_catalogue=True,
-            shutdown_timeout_s=1.0,
-        )
-        with serve_in_thread(create_app(settings)) as url:
+        settings = {
+            "database_url": f"sqlite+aiosqlite:///{Path(directory) / 'demo.db'}",
+            "admin_token": token,
+            "fulfilment_delay": fulfilment_delay,
+            "capacity": str(max(capacities)),
+            "overload_mode": "queue",
+            "queue_limit": str(max(100, len(customers))),
+            "workers_enabled": "true",
+            "migrate_on_start": "true",
+            "seed_demo_catalogue": "true",
+            "shutdown_timeout_s": "1",
+            "log_level": "warning",
+        }
+        with serve_subprocess(settings, directory=Path(directory)) as url:
             return asyncio.run(
                 play(url, capacities=capacities, admin_token=token, customers=customers)
             )

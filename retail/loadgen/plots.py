@@ -6,14 +6,16 @@ nothing touches pyplot's global state or needs a display.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
 from retail.loadgen.demo import DemoRound
+from retail.loadgen.report import describe_run
 from retail.loadgen.runner import LoadRun, OrderResult
 from retail.loadgen.sweep import Sweep
 from retail.loadgen.timeline import Span, span_of
@@ -21,6 +23,9 @@ from retail.loadgen.timeline import Span, span_of
 MAX_TIMELINE_ROWS = 400
 DPI = 110
 WAIT_COLOUR = "#f2b134"
+NEVER_STARTED_COLOUR = "#fab005"
+START_COLOUR = "#e8590c"
+FULFIL_COLOUR = "#1c7ed6"
 WORK_COLOUR = "#2f9e44"
 DEGRADED_COLOUR = "#7950f2"
 FAILED_COLOUR = "#e03131"
@@ -33,11 +38,41 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def _log_y(ax: Axes) -> None:
-    """A log y axis labelled with plain numbers (1, 2, 5, 10, not 10^0)."""
+def nice_log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 ticks covering [low, high] (and one step beyond each end), so a log axis
+    is labelled wherever its data lie: near 1 s there is always a `1`."""
+    if low <= 0 or high <= 0:
+        return []
+    ticks: list[float] = []
+    exponent = math.floor(math.log10(low)) - 1
+    while True:
+        for mantissa in (1, 2, 5):
+            value = round(mantissa * 10.0**exponent, 12)
+            if value >= low / 2.5 and value <= high * 2.5:
+                ticks.append(value)
+        if 10.0**exponent > high * 2.5:
+            return ticks
+        exponent += 1
+
+
+def _log_y(ax: Axes, values: Sequence[float]) -> None:
+    """A log y axis with 1-2-5 ticks labelled as plain numbers (1, 2, 5, 10, not 10^0)."""
     ax.set_yscale("log")
+    positive = [v for v in values if v > 0]
+    if positive:
+        low, high = min(positive), max(positive)
+        ticks = nice_log_ticks(low, high)
+        ax.yaxis.set_major_locator(FixedLocator(ticks))
+        inside = [t for t in ticks if t <= low] or ticks[:1]
+        above = [t for t in ticks if t >= high] or ticks[-1:]
+        ax.set_ylim(max(inside), min(above))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _integer_y(ax: Axes) -> None:
+    """Order counts are whole numbers: no 2.5 orders on the axis."""
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def order_span(order: OrderResult) -> Span | None:
@@ -73,17 +108,45 @@ def plot_latency(run: LoadRun, path: Path) -> Path:
         xs, ys, _, _ = groups[key]
         xs.append(order.due_s)
         ys.append(latency * 1000)
+    waits: dict[str, tuple[list[float], list[float], str, str]] = {
+        "time to start": ([], [], START_COLOUR, "^"),
+        "time to fulfil": ([], [], FULFIL_COLOUR, "s"),
+    }
+    for order in run.orders:
+        for key, value in (
+            ("time to start", order.start_s),
+            ("time to fulfil", order.fulfilment_s),
+        ):
+            if value is not None:
+                waits[key][0].append(order.due_s)
+                waits[key][1].append(value * 1000)
     values: list[float] = []
     for label, (xs, ys, colour, marker) in groups.items():
         if xs:
-            ax.scatter(xs, ys, s=9, c=colour, marker=marker, label=f"{label}: {len(xs)}")
+            ax.scatter(
+                xs, ys, s=9, c=colour, marker=marker, label=f"HTTP answer, {label}: {len(xs)}"
+            )
+            values += ys
+    for label, (xs, ys, colour, marker) in waits.items():
+        if xs:
+            ax.scatter(
+                xs,
+                ys,
+                s=12,
+                facecolors="none",
+                edgecolors=colour,
+                marker=marker,
+                label=f"{label}: {len(xs)}",
+            )
             values += ys
     positive = [v for v in values if v > 0]
-    if positive and max(positive) / min(positive) > 100:
-        _log_y(ax)
+    if positive and max(positive) / min(positive) > 20:
+        _log_y(ax, positive)
     ax.set_xlabel("due time (s from start)")
-    ax.set_ylabel("latency from due (ms)")
-    ax.set_title(f"Answer latency — {run.config.schedule.describe()} ({run.config.arrivals})")
+    ax.set_ylabel("from due (ms)")
+    ax.set_title(
+        f"Latency: HTTP answer, time to start, time to fulfil — {describe_run(run)}", fontsize=10
+    )
     ax.grid(alpha=0.3)
     rate_ax = ax.twinx()
     schedule = run.config.schedule
@@ -102,7 +165,15 @@ def plot_latency(run: LoadRun, path: Path) -> Path:
     handles, labels = ax.get_legend_handles_labels()
     more_handles, more_labels = rate_ax.get_legend_handles_labels()
     if handles:
-        ax.legend(handles + more_handles, labels + more_labels, loc="upper left", fontsize=8)
+        ax.legend(
+            handles + more_handles,
+            labels + more_labels,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.13),
+            ncol=5,
+            fontsize=8,
+            frameon=False,
+        )
     return _save(figure, path)
 
 
@@ -121,8 +192,10 @@ def plot_load(run: LoadRun, path: Path) -> Path:
             [s.capacity for s in samples],
             where="post",
             label="capacity",
-            color="grey",
-            linestyle=":",
+            color="black",
+            linestyle="--",
+            linewidth=1.2,
+            zorder=3,
         )
         ax.legend(loc="upper left", fontsize=8)
     else:
@@ -137,20 +210,46 @@ def plot_load(run: LoadRun, path: Path) -> Path:
     ax.axvline(run.config.schedule.duration_s, color="black", linewidth=0.8, linestyle="--")
     ax.set_xlabel("time (s from start); dashed: end of sending")
     ax.set_ylabel("orders")
-    ax.set_title("Orders in flight and queued (GET /capacity)")
+    title = "Orders in flight and queued (GET /capacity)"
+    if run.service is not None:
+        title += f" — {run.service.describe()}"
+    ax.set_title(title, fontsize=10)
     ax.set_ylim(bottom=0)
+    _integer_y(ax)
     ax.grid(alpha=0.3)
     return _save(figure, path)
 
 
-def _gantt(ax: Axes, rows: Sequence[tuple[str, Span, str | None]], origin: float) -> None:
-    """One row per order: waiting (created → started), then fulfilment (→ finished)."""
+def _gantt(
+    ax: Axes,
+    rows: Sequence[tuple[str, Span, str | None]],
+    origin: float,
+    end: float | None = None,
+) -> None:
+    """One row per order: waiting (created → started), then fulfilment (→ finished).
+    An order that never started waits, hatched, until `end` (the end of the run)."""
     for y, (_, span, level) in enumerate(rows):
         created = span.created - origin
-        if span.started is not None:
+        if span.started is None and span.finished is None and end is not None:
+            ax.broken_barh(
+                [(created, max(0.0, end - span.created))],
+                (y - 0.4, 0.8),
+                facecolor="white",
+                edgecolor=NEVER_STARTED_COLOUR,
+                hatch="////",
+                linewidth=0.5,
+            )
+        elif span.started is not None:
             ax.broken_barh(
                 [(created, span.started - span.created)], (y - 0.4, 0.8), color=WAIT_COLOUR
             )
+            if span.finished is None and end is not None:
+                ax.broken_barh(
+                    [(span.started - origin, max(0.0, end - span.started))],
+                    (y - 0.4, 0.8),
+                    color=WORK_COLOUR,
+                    alpha=0.35,
+                )
             if span.finished is not None:
                 colour = (
                     FAILED_COLOUR
@@ -172,23 +271,39 @@ def _gantt(ax: Axes, rows: Sequence[tuple[str, Span, str | None]], origin: float
     ax.grid(axis="x", alpha=0.3)
 
 
+def timeline_rows(run: LoadRun) -> list[tuple[str, Span, str | None]]:
+    """Every accepted order, in due order, including those that never started (their
+    span has no start; an order without server times is placed at its answer)."""
+    rows = []
+    for order in run.orders:
+        if order.outcome != "accepted":
+            continue
+        span = order_span(order)
+        if span is None:
+            answered = order.answered_s if order.answered_s is not None else order.due_s
+            span = Span(run.started_epoch + answered, None, None, None)
+        rows.append((str(order.index), span, order.service_level))
+    return rows
+
+
 def plot_timeline(run: LoadRun, path: Path) -> Path:
-    rows = [
-        (str(order.index), span, order.service_level)
-        for order in run.orders
-        if order.outcome == "accepted" and (span := order_span(order)) is not None
-    ]
+    rows = timeline_rows(run)
     shown = rows[:MAX_TIMELINE_ROWS]
+    waiting = sum(1 for _, span, _ in rows if span.started is None and span.finished is None)
     height = min(18.0, max(3.0, 1.5 + 0.04 * len(shown)))
     figure = Figure(figsize=(10, height), layout="constrained")
     ax = figure.add_subplot()
     if shown:
-        _gantt(ax, shown, run.started_epoch)
+        _gantt(ax, shown, run.started_epoch, end=run.started_epoch + run.elapsed_s)
+        _integer_y(ax)
     else:
-        ax.text(0.5, 0.5, "no followed orders", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no accepted orders", ha="center", va="center", transform=ax.transAxes)
     more = f" (first {len(shown)} of {len(rows)})" if len(rows) > len(shown) else ""
+    never = f"; {waiting} never started (hatched)" if waiting else ""
     ax.set_title(
-        f"Order timelines{more}: waiting (orange), fulfilment (green; degraded purple, failed red)"
+        f"Order timelines{more} — {describe_run(run)}\nwaiting (orange), fulfilment "
+        f"(green; degraded purple, failed red; pale: still running at the end){never}",
+        fontsize=10,
     )
     ax.set_xlabel("time (s from start)")
     ax.set_ylabel("order (in due order)")
@@ -230,6 +345,13 @@ def plot_sweep(sweep: Sweep, path: Path) -> Path:
     goodput_ax.plot(
         [0, top], [0, top], color="grey", linestyle=":", linewidth=1, label="goodput = offered"
     )
+    goodput_ax.axhline(
+        sweep.capacity_rate,
+        color="black",
+        linestyle="-.",
+        linewidth=0.8,
+        label=f"full-service limit {sweep.capacity_rate:.2f}/s",
+    )
     for ax in (goodput_ax, p99_ax):
         ax.axvline(sweep.capacity_rate, color="black", linestyle="--", linewidth=0.8)
         ax.set_xlabel("offered load (orders/s); dashed: capacity rate")
@@ -237,8 +359,11 @@ def plot_sweep(sweep: Sweep, path: Path) -> Path:
         ax.legend(fontsize=8)
     goodput_ax.set_ylabel("goodput (orders fulfilled/s)")
     goodput_ax.set_title("Goodput against offered load")
-    p99_ax.set_ylabel("p99 order → fulfilled (s)")
-    _log_y(p99_ax)
+    p99_ax.set_ylabel("p99 order → fulfilled (s, log scale)")
+    _log_y(
+        p99_ax,
+        [p.summary.fulfilment.p99_s for p in sweep.points if p.summary.fulfilment.p99_s],
+    )
     p99_ax.set_title("p99 time to fulfilment against offered load")
     figure.suptitle(
         f"capacity {sweep.capacity}, {sweep.full_service_s:g} s per order "

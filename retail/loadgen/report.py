@@ -14,12 +14,15 @@ Definitions used throughout:
   rest were late because the client's event loop was busy);
 - order → fulfilled: from due to the order's `finished_at` (see
   `OrderResult.fulfilment_s`), for followed orders that were fulfilled;
+- order → started (time-to-start): from due to `started_at`, i.e. the answer's latency
+  plus the queue wait, for followed orders that started;
 - queue wait: from `created_at` to `started_at` (server clock);
-- goodput: orders fulfilled per second, over the longer of the schedule's duration and
-  the span between the first and the last fulfilment (server clock). Below capacity
-  it equals the offered rate; above it, the rate the service really completes work.
-  An idle service starts with `capacity` free slots, so over a short run goodput can
-  read up to `capacity / duration` above the steady rate; longer runs converge.
+- goodput: orders fulfilled per second over the window the orders were offered in,
+  from the run's start to the end of the schedule, or to the last fulfilment when
+  that is later. Work cannot start before the run does, so goodput never exceeds the
+  service's limit (`capacity / full_service_s`, read from `GET /capacity` at the
+  start) for orders served in full; when it does exceed it (degraded orders are
+  cheaper, or the server's clock is not this one's), `goodput_note` says why.
 
 JSON report (`retail load --json FILE`), schema `retail.loadgen.report/1`. Times are
 seconds; `*_at` fields are Unix epoch seconds of the server's timestamps; `t_s`,
@@ -45,16 +48,19 @@ seconds; `*_at` fields are Unix epoch seconds of the server's timestamps; `t_s`,
         "fulfilled": int, "failed": int, "cancelled": int,
         "unfinished": int,                  # followed, not terminal by the deadline
         "goodput_per_s": float | null,      # null without --follow
+        "limit_per_s": float | null,        # capacity / full_service_s, when known
+        "goodput_note": str | null,         # why goodput is above limit_per_s
         "latency_accepted": PERCENTILES, "latency_refused": PERCENTILES,
-        "fulfilment": PERCENTILES, "queue_wait": PERCENTILES
+        "start": PERCENTILES, "fulfilment": PERCENTILES, "queue_wait": PERCENTILES
       },
+      "service": {"mode", "capacity", "full_service_s", "queue_limit", "limit_per_s"} | null,
       "histograms": {"latency_accepted": HISTOGRAM, "latency_refused": HISTOGRAM,
-                     "fulfilment": HISTOGRAM, "queue_wait": HISTOGRAM},
+                     "start": HISTOGRAM, "fulfilment": HISTOGRAM, "queue_wait": HISTOGRAM},
       "orders": [{"index", "due_s", "sku", "started_s", "sent_s", "answered_s",
                   "latency_s", "send_lag_s", "attempts", "outcome", "status", "error",
                   "problem_type", "retry_after_s", "order_id", "service_level",
                   "order_status", "created_at", "started_at", "finished_at", "wait_s",
-                  "fulfilment_s", "polls", "follow_errors",
+                  "start_s", "fulfilment_s", "polls", "follow_errors",
                   "events": [{"kind": str, "at": float}]}],
       "capacity_samples": [{"t_s", "mode", "capacity", "in_flight", "queued"}]
     }
@@ -106,6 +112,9 @@ class Summary:
     latency_refused: Percentiles
     fulfilment: Percentiles
     queue_wait: Percentiles
+    start: Percentiles
+    limit_per_s: float | None = None
+    goodput_note: str | None = None
 
     @property
     def accepted(self) -> int:
@@ -145,8 +154,11 @@ class Summary:
             "cancelled": self.cancelled,
             "unfinished": self.unfinished,
             "goodput_per_s": self.goodput_per_s,
+            "limit_per_s": self.limit_per_s,
+            "goodput_note": self.goodput_note,
             "latency_accepted": self.latency_accepted.to_json(),
             "latency_refused": self.latency_refused.to_json(),
+            "start": self.start.to_json(),
             "fulfilment": self.fulfilment.to_json(),
             "queue_wait": self.queue_wait.to_json(),
         }
@@ -158,11 +170,16 @@ class Histograms:
     latency_refused: LatencyHistogram
     fulfilment: LatencyHistogram
     queue_wait: LatencyHistogram
+    start: LatencyHistogram
 
 
 def histograms(run: LoadRun) -> Histograms:
     result = Histograms(
-        LatencyHistogram(), LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+        LatencyHistogram(),
+        LatencyHistogram(),
+        LatencyHistogram(),
+        LatencyHistogram(),
+        LatencyHistogram(),
     )
     for order in run.orders:
         latency = order.latency_s
@@ -174,16 +191,36 @@ def histograms(run: LoadRun) -> Histograms:
             result.fulfilment.record(order.fulfilment_s)
         if order.wait_s is not None:
             result.queue_wait.record(order.wait_s)
+        if order.start_s is not None:
+            result.start.record(order.start_s)
     return result
 
 
-def goodput(finished_at: list[float], duration_s: float) -> float:
-    """Fulfilled orders per second (see the module docstring)."""
+def goodput(finished_at: list[float], duration_s: float, started_at: float) -> float:
+    """Fulfilled orders per second over the offered window (see the module docstring):
+    from `started_at` (the run's start) to the end of the schedule, or to the last
+    fulfilment when that is later."""
     if not finished_at:
         return 0.0
-    span = max(finished_at) - min(finished_at)
-    window = max(duration_s, span)
+    window = max(duration_s, max(finished_at) - started_at)
     return len(finished_at) / window if window > 0 else float(len(finished_at))
+
+
+def goodput_note(
+    goodput_per_s: float | None, limit_per_s: float | None, degraded: int
+) -> str | None:
+    """Why goodput reads above what the service can fulfil in full, if it does."""
+    if goodput_per_s is None or limit_per_s is None or goodput_per_s <= limit_per_s * 1.0001:
+        return None
+    if degraded:
+        return (
+            f"above the full-service limit of {limit_per_s:.2f}/s: {degraded} orders were "
+            "degraded, and a degraded order takes less time"
+        )
+    return (
+        f"above the limit of {limit_per_s:.2f}/s: the service's clock differs from this "
+        "one's, or its capacity changed during the run"
+    )
 
 
 def _problem(order: OrderResult) -> str:
@@ -207,6 +244,8 @@ def summarize(run: LoadRun, hists: Histograms | None = None) -> Summary:
     ]
     duration = run.config.schedule.duration_s
     terminal = statuses["fulfilled"] + statuses["failed"] + statuses["cancelled"]
+    rate = goodput(finished, duration, run.started_epoch) if run.config.follow else None
+    limit = run.service.limit_per_s if run.service is not None else None
     return Summary(
         orders=len(sent),
         duration_s=duration,
@@ -235,11 +274,14 @@ def summarize(run: LoadRun, hists: Histograms | None = None) -> Summary:
         failed=statuses["failed"],
         cancelled=statuses["cancelled"],
         unfinished=len(followed) - terminal,
-        goodput_per_s=goodput(finished, duration) if run.config.follow else None,
+        goodput_per_s=rate,
         latency_accepted=hists.latency_accepted.summary(),
         latency_refused=hists.latency_refused.summary(),
         fulfilment=hists.fulfilment.summary(),
         queue_wait=hists.queue_wait.summary(),
+        start=hists.start.summary(),
+        limit_per_s=limit,
+        goodput_note=goodput_note(rate, limit, levels["degraded"]),
     )
 
 
@@ -255,9 +297,11 @@ def to_json(run: LoadRun) -> dict[str, Any]:
         "elapsed_s": run.elapsed_s,
         "config": run.config.to_json(),
         "summary": summarize(run, hists).to_json(),
+        "service": None if run.service is None else run.service.to_json(),
         "histograms": {
             "latency_accepted": hists.latency_accepted.to_json(),
             "latency_refused": hists.latency_refused.to_json(),
+            "start": hists.start.to_json(),
             "fulfilment": hists.fulfilment.to_json(),
             "queue_wait": hists.queue_wait.to_json(),
         },
@@ -327,7 +371,12 @@ def overview_table(summary: Summary, *, title: str | None = None) -> Table:
             f"{summary.fulfilled} (failed {summary.failed}, cancelled {summary.cancelled}, "
             f"unfinished {summary.unfinished})",
         )
-        table.add_row("goodput", f"{_rate(summary.goodput_per_s)} fulfilled")
+        good = f"{_rate(summary.goodput_per_s)} fulfilled"
+        if summary.limit_per_s is not None:
+            good += f" (the service's limit: {_rate(summary.limit_per_s)})"
+        if summary.goodput_note:
+            good += f"\n[yellow]{summary.goodput_note}[/yellow]"
+        table.add_row("goodput", good)
     return table
 
 
@@ -342,7 +391,11 @@ def latency_table(summary: Summary) -> Table:
         ("refused", summary.latency_refused),
     ]
     if summary.followed:
-        rows += [("order → fulfilled", summary.fulfilment), ("queue wait", summary.queue_wait)]
+        rows += [
+            ("order → started", summary.start),
+            ("order → fulfilled", summary.fulfilment),
+            ("queue wait", summary.queue_wait),
+        ]
     for name, p in rows:
         table.add_row(
             name,
@@ -358,6 +411,22 @@ def latency_table(summary: Summary) -> Table:
 
 def render_summary(run: LoadRun, summary: Summary | None = None) -> RenderableType:
     summary = summary or summarize(run)
-    config = run.config
-    title = f"[bold]retail load[/bold] {run.url} {config.schedule.describe()} ({config.arrivals})"
+    title = f"[bold]retail load[/bold] {run.url} {describe_run(run)}"
     return Group(overview_table(summary, title=title), "", latency_table(summary))
+
+
+def describe_run(run: LoadRun) -> str:
+    """`4/s for 10 s (fixed arrivals); reject mode, capacity 2, 1 s per order`."""
+    config = run.config
+    text = f"{_schedule_words(config.schedule.describe())} ({config.arrivals} arrivals)"
+    if run.service is not None:
+        text += f"; {run.service.describe()}"
+    return text
+
+
+def _schedule_words(described: str) -> str:
+    """`4@10` reads `4/s for 10 s`; other schedules stay as written."""
+    rate, at, seconds = described.partition("@")
+    if at and "," not in described and ".." not in described and ":" not in described:
+        return f"{rate}/s for {seconds} s"
+    return described

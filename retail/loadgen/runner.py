@@ -150,6 +150,15 @@ class OrderResult:
         return max(0.0, self.started_at - self.created_at)
 
     @property
+    def start_s(self) -> float | None:
+        """From due to fulfilment started: the answer's latency plus the time in the queue
+        (time-to-start; the spans are added, as for `fulfilment_s`)."""
+        latency, wait = self.latency_s, self.wait_s
+        if self.outcome != "accepted" or latency is None or wait is None:
+            return None
+        return latency + wait
+
+    @property
     def fulfilment_s(self) -> float | None:
         """From due to fulfilled: the answer's latency plus the order's stored→finished time.
 
@@ -189,6 +198,7 @@ class OrderResult:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "wait_s": self.wait_s,
+            "start_s": self.start_s,
             "fulfilment_s": self.fulfilment_s,
             "polls": self.polls,
             "follow_errors": self.follow_errors,
@@ -212,6 +222,68 @@ class CapacitySample:
             "in_flight": self.in_flight,
             "queued": self.queued,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """The service as `GET /capacity` described it when the run started."""
+
+    mode: str
+    capacity: int
+    full_service_s: float | None
+    queue_limit: int | None
+
+    @property
+    def limit_per_s(self) -> float | None:
+        """Orders per second the service can fulfil in full: capacity / time per order."""
+        if not self.full_service_s or self.full_service_s <= 0:
+            return None
+        return self.capacity / self.full_service_s
+
+    def describe(self) -> str:
+        """`queue mode, capacity 2, 1 s per order`."""
+        text = f"{self.mode} mode, capacity {self.capacity}"
+        if self.full_service_s:
+            text += f", {self.full_service_s:.3g} s per order"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "capacity": self.capacity,
+            "full_service_s": self.full_service_s,
+            "queue_limit": self.queue_limit,
+            "limit_per_s": self.limit_per_s,
+        }
+
+    @classmethod
+    def from_capacity(cls, data: dict[str, Any]) -> ServiceInfo | None:
+        try:
+            full = data.get("full_service_s")
+            limit = data.get("queue_limit")
+            return cls(
+                mode=str(data["mode"]),
+                capacity=int(data["capacity"]),
+                full_service_s=None if full is None else float(full),
+                queue_limit=None if limit is None else int(limit),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+async def service_info(client: httpx.AsyncClient) -> ServiceInfo | None:
+    """`GET /capacity` once; None when the service does not say."""
+    try:
+        response = await client.get("/capacity")
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return ServiceInfo.from_capacity(data) if isinstance(data, dict) else None
 
 
 @dataclass
@@ -246,6 +318,7 @@ class LoadRun:
     elapsed_s: float
     orders: list[OrderResult]
     samples: list[CapacitySample]
+    service: ServiceInfo | None = None  # GET /capacity at the start, when it answered
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -308,6 +381,7 @@ async def run_load(
     live.planned = len(orders)
     run_id = uuid.uuid4().hex[:8]
     customer = config.customer or f"load-{run_id}"
+    service = await service_info(client) if config.sample_interval_s else None
     start = timer.now()
     started_epoch = time.time()
     context = _Context(
@@ -351,6 +425,7 @@ async def run_load(
         elapsed_s=timer.now() - start,
         orders=orders,
         samples=samples,
+        service=service,
     )
 
 

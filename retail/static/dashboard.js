@@ -6,6 +6,8 @@
 const WINDOW_S = 180;       // the charts show the last three minutes
 const RATE_WINDOW_S = 5;    // rates are averaged over this many seconds
 const LATEST_ORDERS = 20;   // rows in the order table
+const WAIT_ORDERS = 200;    // waits are percentiles over this many recent orders
+const TIMED_ORDERS = 2000;  // orders whose creation and start times are remembered
 const MAX_BURST = 500;
 const TERMINAL = new Set(["fulfilled", "failed", "cancelled"]);
 const MODE_HINTS = {
@@ -24,6 +26,9 @@ const state = {
   fulfilledSinceSample: 0,
   fulfilledTotal: 0,
   orders: new Map(),       // id -> row
+  timing: new Map(),       // id -> {created, started} (ms), for the waits
+  startWaits: [],          // seconds from placed to started, newest last
+  fulfilWaits: [],         // seconds from placed to fulfilled, newest last
   detailsWanted: new Set(),
   products: [],
   drawPending: false,
@@ -89,6 +94,7 @@ function onSnapshot(snapshot) {
 }
 
 function onEvent(event) {
+  noteTiming(event.order_id, event.kind, Date.parse(event.at));
   if (event.kind === "fulfilled") {
     state.fulfilledSinceSample += 1;
     state.fulfilledTotal += 1;
@@ -113,6 +119,121 @@ function onEvent(event) {
   scheduleDraw();
 }
 
+// --- waits: time to start and time to fulfil -------------------------------------------
+
+function noteTiming(id, kind, at) {
+  let timing = state.timing.get(id);
+  if (kind === "created") {
+    if (!timing) state.timing.set(id, (timing = { created: at, started: null }));
+    while (state.timing.size > TIMED_ORDERS) state.timing.delete(state.timing.keys().next().value);
+    return;
+  }
+  if (!timing) return;
+  if ((kind === "started" || kind === "resumed") && timing.started === null) {
+    timing.started = at;
+    pushWait(state.startWaits, (at - timing.created) / 1000);
+  } else if (kind === "fulfilled") {
+    pushWait(state.fulfilWaits, (at - timing.created) / 1000);
+    state.timing.delete(id);
+  }
+  renderWaits();
+}
+
+function pushWait(list, seconds) {
+  list.push(Math.max(0, seconds));
+  while (list.length > WAIT_ORDERS) list.shift();
+}
+
+function quantile(values, q) {
+  if (!values.length) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)];
+}
+
+function formatSeconds(value) {
+  if (value === null) return "–";
+  if (value < 1) return (value * 1000).toFixed(0) + " ms";
+  return value < 10 ? value.toFixed(1) + " s" : value.toFixed(0) + " s";
+}
+
+function renderWaits() {
+  for (const [id, list, what] of [
+    ["start-wait", state.startWaits, "started"],
+    ["fulfil-wait", state.fulfilWaits, "fulfilled"],
+  ]) {
+    if (!list.length) continue;
+    $(id).textContent = formatSeconds(quantile(list, 0.5)) + " · " + formatSeconds(quantile(list, 0.95));
+    $(id + "-detail").textContent = `p50 · p95, placed → ${what}, last ${list.length} orders`;
+  }
+}
+
+async function loadWaits() {
+  const response = await fetch("/orders?limit=" + WAIT_ORDERS);
+  if (!response.ok) return;
+  const items = (await response.json()).items.reverse();  // oldest first
+  for (const order of items) {
+    if (state.timing.has(order.id)) continue;
+    const created = Date.parse(order.created_at);
+    const started = order.started_at ? Date.parse(order.started_at) : null;
+    if (started !== null) pushWait(state.startWaits, (started - created) / 1000);
+    if (order.status === "fulfilled" && order.finished_at) {
+      pushWait(state.fulfilWaits, (Date.parse(order.finished_at) - created) / 1000);
+    } else if (!TERMINAL.has(order.status)) {
+      state.timing.set(order.id, { created, started });
+    }
+  }
+  renderWaits();
+}
+
+// --- history: the charts start full -----------------------------------------------------
+
+async function loadHistory() {
+  let body;
+  try {
+    const response = await fetch("/capacity/history");
+    if (!response.ok) return;
+    body = await response.json();
+  } catch (error) {
+    return;
+  }
+  const points = body.points || [];
+  if (!points.length) return;
+  const nowPerf = performance.now() / 1000;
+  const nowWall = Date.now() / 1000;
+  const at = (point) => nowPerf - (nowWall - Date.parse(point.at) / 1000);
+  const window = [];
+  for (let i = 1; i < points.length; i++) {
+    const before = points[i - 1];
+    const point = points[i];
+    const t = at(point);
+    window.push({
+      t,
+      dt: Math.max(0.001, t - at(before)),
+      accepted: Math.max(0, point.counters.accepted - before.counters.accepted),
+      rejected: Math.max(0, point.counters.rejected - before.counters.rejected),
+      fulfilled: Math.max(0, point.fulfilled - before.fulfilled),
+    });
+    while (window.length && window[0].t < t - RATE_WINDOW_S) window.shift();
+    const span = window.reduce((sum, c) => sum + c.dt, 0);
+    const rate = (key) => window.reduce((sum, c) => sum + c[key], 0) / span;
+    if (t < nowPerf - WINDOW_S) continue;
+    state.samples.push({
+      t,
+      accepted: rate("accepted"),
+      rejected: rate("rejected"),
+      fulfilled: rate("fulfilled"),
+      inFlight: point.in_flight,
+      queued: point.queued,
+      capacity: point.capacity,
+    });
+  }
+  const last = points[points.length - 1];
+  state.fulfilledTotal = last.fulfilled;
+  $("fulfilled-total").textContent = state.fulfilledTotal;
+  $("fulfilled-since").textContent = "since the server started";
+  scheduleDraw();
+}
+
 // --- orders ---------------------------------------------------------------------------
 
 function fromOrder(order) {
@@ -132,9 +253,18 @@ function fromOrder(order) {
   state.orders.set(order.id, row);
 }
 
+// Rows are ordered by their last change, newest first: an order that changes state
+// comes to the top instead of sliding below the fold.
+function changed(row) {
+  return row.updated ? Date.parse(row.updated) : row.created;
+}
+
+function latest() {
+  return [...state.orders.values()].sort((a, b) => changed(b) - changed(a) || b.created - a.created);
+}
+
 function trimOrders() {
-  const rows = [...state.orders.values()].sort((a, b) => b.created - a.created);
-  for (const row of rows.slice(LATEST_ORDERS)) state.orders.delete(row.id);
+  for (const row of latest().slice(LATEST_ORDERS)) state.orders.delete(row.id);
 }
 
 let detailsTimer = null;
@@ -147,18 +277,16 @@ async function fetchDetails() {
   detailsTimer = null;
   const ids = [...state.detailsWanted];
   state.detailsWanted.clear();
-  const newest = [...state.orders.values()]
-    .sort((a, b) => b.created - a.created)
-    .slice(0, LATEST_ORDERS);
+  const newest = latest().slice(0, LATEST_ORDERS);
   const shown = new Set(newest.map((row) => row.id));
-  const oldest = newest.length >= LATEST_ORDERS ? newest[newest.length - 1].created : 0;
+  const oldest = newest.length >= LATEST_ORDERS ? changed(newest[newest.length - 1]) : 0;
   for (const id of ids) {
     const row = state.orders.get(id);
     if (row ? row.customer !== null || !shown.has(id) : false) continue;
     const response = await fetch("/orders/" + id);
     if (!response.ok) continue;
     const order = await response.json();
-    if (!row && Date.parse(order.created_at) < oldest) continue;  // an old order: not among the latest
+    if (!row && Date.parse(order.updated_at) < oldest) continue;  // not among the latest changes
     fromOrder(order);
   }
   trimOrders();
@@ -294,10 +422,11 @@ function scheduleDraw() {
       { key: "fulfilled", color: "--fulfilled" },
       { key: "rejected", color: "--rejected" },
     ], 1);
+    // capacity last, dashed: on top of in flight, which often runs at capacity
     drawChart($("load-chart"), [
-      { key: "capacity", color: "--capacity", dashed: true },
       { key: "queued", color: "--queued" },
       { key: "inFlight", color: "--in-flight" },
+      { key: "capacity", color: "--capacity", dashed: true },
     ], 1);
     renderOrders();
   });
@@ -383,9 +512,7 @@ function drawChart(canvas, series, floor) {
 }
 
 function renderOrders() {
-  const rows = [...state.orders.values()]
-    .sort((a, b) => b.created - a.created)
-    .slice(0, LATEST_ORDERS);
+  const rows = latest().slice(0, LATEST_ORDERS);
   const body = document.querySelector("#orders tbody");
   body.replaceChildren(...rows.map(orderRow));
   $("orders-empty").hidden = rows.length > 0;
@@ -404,7 +531,9 @@ function orderRow(row) {
   };
   const link = document.createElement("a");
   link.href = "/orders/" + row.id + "/events";
-  link.textContent = row.id.slice(0, 8);
+  // UUIDv7: the first characters are a timestamp, alike for orders placed together;
+  // the last ones are random, so they tell orders apart.
+  link.textContent = "…" + row.id.slice(-8);
   link.title = row.id;
   cell(link, "id");
   cell(row.customer || "…");
@@ -421,7 +550,7 @@ function orderRow(row) {
 
 // --- start ------------------------------------------------------------------------------
 
-function start() {
+async function start() {
   for (const button of document.querySelectorAll(".modes button")) {
     button.addEventListener("click", () => switchMode(button.dataset.mode));
   }
@@ -431,6 +560,8 @@ function start() {
   setInterval(scheduleDraw, 1000);  // keep the time axis moving while nothing happens
   loadProducts();
   loadOrders();
+  loadWaits();
+  await loadHistory();  // the charts start with the last minutes, then go on live
   connect();
 }
 

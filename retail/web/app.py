@@ -13,7 +13,7 @@ from retail.config import Settings
 from retail.runtime.clock import Clock, SystemClock
 from retail.runtime.metrics import Metrics
 from retail.runtime.services import running_services
-from retail.web import admin, dashboard, health, intake, live, orders, problems
+from retail.web import admin, dashboard, health, history, intake, live, orders, problems
 from retail.web import metrics as metric_routes
 from retail.web import products as product_routes
 from retail.web.limits import BodySizeLimit
@@ -104,6 +104,7 @@ def create_app(
     app.include_router(product_routes.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(history.router)
     app.include_router(metric_routes.router)
     app.include_router(live.router)
     dashboard.install(app)

@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from retail.cli import app
-from retail.loadgen.demo import serve_in_thread
 from retail.web.app import create_app
 from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.serving import serve_in_thread
 
 PNG = b"\x89PNG\r\n\x1a\n"
 WIDE = {"COLUMNS": "160"}

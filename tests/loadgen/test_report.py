@@ -104,14 +104,74 @@ def test_summary_counts_each_outcome_once() -> None:
     assert summary.fulfilment.count == 3
     assert summary.fulfilment.max_s == pytest.approx(3.020, rel=0.001)
     assert summary.queue_wait.max_s == pytest.approx(1.0, rel=0.001)
-    # fulfilments at T0+2, T0+3.5, T0+2: span 1.5 s < the 3.5 s schedule
+    # order → started: the answer's latency plus the queue wait
+    assert summary.start.count == 3
+    assert summary.start.max_s == pytest.approx(1.020, rel=0.001)
+    # fulfilments at T0+2, T0+3.5, T0+2: all within the 3.5 s schedule from T0
     assert summary.goodput_per_s == pytest.approx(3 / 3.5)
 
 
-def test_goodput_uses_the_fulfilment_span_when_it_is_longer() -> None:
-    assert report.goodput([0.0, 10.0, 20.0], 5.0) == pytest.approx(3 / 20)
-    assert report.goodput([1.0, 1.0], 4.0) == pytest.approx(0.5)
-    assert report.goodput([], 4.0) == 0
+def test_goodput_is_measured_from_the_start_of_the_run() -> None:
+    # the window runs from the run's start to the end of the schedule or the last
+    # fulfilment, whichever is later
+    assert report.goodput([0.0, 10.0, 20.0], 5.0, 0.0) == pytest.approx(3 / 20)
+    assert report.goodput([11.0, 11.0], 4.0, 10.0) == pytest.approx(0.5)
+    assert report.goodput([15.0, 20.0], 4.0, 10.0) == pytest.approx(2 / 10)
+    assert report.goodput([], 4.0, 0.0) == 0
+
+
+def saturated_run(capacity: int, service_s: float, accepted: int) -> LoadRun:
+    """`accepted` orders stored at once at T0 and fulfilled `capacity` at a time, each
+    taking `service_s`: the fastest any service with these limits can go."""
+    from retail.loadgen.runner import ServiceInfo
+
+    orders = []
+    for index in range(accepted):
+        start = T0 + (index // capacity) * service_s
+        orders.append(
+            order(
+                index,
+                due_s=0.0,
+                started_s=0.0,
+                answered_s=0.01,
+                attempts=1,
+                status=202,
+                order_id=f"id-{index}",
+                service_level="full",
+                order_status="fulfilled",
+                created_at=T0,
+                started_at=start,
+                finished_at=start + service_s,
+            )
+        )
+    return LoadRun(
+        url="http://127.0.0.1:8000/",
+        config=LoadConfig(schedule=Schedule.constant(4 * capacity / service_s, 5.0)),
+        run_id="sat",
+        customer="load-sat",
+        started_epoch=T0,
+        elapsed_s=20.0,
+        orders=orders,
+        samples=[],
+        service=ServiceInfo("queue", capacity, service_s, 20),
+    )
+
+
+@pytest.mark.parametrize("accepted", [1, 4, 5, 23, 24, 44, 45, 80])
+def test_goodput_never_exceeds_the_physical_limit(accepted: int) -> None:
+    # the case that read 4.45/s against a limit of 4/s when goodput was measured from
+    # the first fulfilment to the last
+    summary = report.summarize(saturated_run(capacity=4, service_s=1.0, accepted=accepted))
+    assert summary.limit_per_s == pytest.approx(4.0)
+    assert summary.goodput_per_s is not None
+    assert summary.goodput_per_s <= summary.limit_per_s
+    assert summary.goodput_note is None
+
+
+def test_goodput_above_the_limit_says_why() -> None:
+    note = report.goodput_note(7.5, 4.0, degraded=30)
+    assert note is not None and "30 orders were degraded" in note
+    assert report.goodput_note(3.9, 4.0, degraded=0) is None
 
 
 def test_json_report_has_the_documented_shape(tmp_path: Path) -> None:
@@ -150,8 +210,11 @@ def test_json_report_has_the_documented_shape(tmp_path: Path) -> None:
         "cancelled",
         "unfinished",
         "goodput_per_s",
+        "limit_per_s",
+        "goodput_note",
         "latency_accepted",
         "latency_refused",
+        "start",
         "fulfilment",
         "queue_wait",
     }
@@ -175,6 +238,7 @@ def test_json_report_has_the_documented_shape(tmp_path: Path) -> None:
     assert set(data["histograms"]) == {
         "latency_accepted",
         "latency_refused",
+        "start",
         "fulfilment",
         "queue_wait",
     }
