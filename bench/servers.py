@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -16,21 +13,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from retail.loadgen import process
+from retail.loadgen.process import Server, free_port
+
+__all__ = ["Server", "free_port", "serving"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 HOST = "127.0.0.1"
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 15.0
 ADMIN_TOKEN = "bench-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def environment(**settings: object) -> dict[str, str]:
@@ -133,54 +124,13 @@ def cpu_seconds(pid: int) -> float:
 # --- processes -------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @contextlib.contextmanager
 def serving(
     command: Sequence[str], *, port: int, env: dict[str, str], log: Path, ready: str = "/healthz"
 ) -> Iterator[Server]:
-    """Run `command` until `ready` answers 200; SIGTERM (then SIGKILL) it at the end."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            list(command), env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
-    server = Server(process, f"http://{HOST}:{port}", log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"{command[0]} exited with {process.returncode}:\n{server.output()}"
-                )
-            try:
-                if httpx.get(server.url + ready, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no answer on {ready} after {START_TIMEOUT_S} s")
-            time.sleep(0.1)
+    """Run `command` from the project's root until `ready` answers 200; stop it at the end."""
+    with process.serving(command, port=port, env=env, cwd=ROOT, log=log, ready=ready) as server:
         yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT_S)
 
 
 # --- databases -------------------------------------------------------------------------

@@ -1,21 +1,34 @@
-"""Real server processes for tests: start one on a free port, follow orders, stop it."""
+"""Real server processes for tests (`retail.loadgen.process`), and following their orders."""
 
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from retail.loadgen import process
+from retail.loadgen.process import Server, free_port
+
+__all__ = [
+    "PYTHON",
+    "ROOT",
+    "Server",
+    "environment",
+    "follow",
+    "free_port",
+    "python_environment",
+    "serve_in_thread",
+    "serving",
+    "uvicorn_command",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -25,13 +38,6 @@ TERMINAL = {"fulfilled", "failed", "cancelled"}
 # Server processes share their compiled bytecode here, outside the source tree, so each
 # one starts without compiling every module again.
 PYCACHE = Path(tempfile.gettempdir()) / "retail-tests-pycache"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def python_environment() -> dict[str, str]:
@@ -53,56 +59,25 @@ def environment(database_url: str, **settings: Any) -> dict[str, str]:
     }
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def terminate(self) -> tuple[int, float]:
-        """SIGTERM; (exit code, seconds it took to exit)."""
-        started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"still running {STOP_TIMEOUT_S} s after SIGTERM:\n{self.output()}"
-            ) from None
-        return code, time.monotonic() - started
-
-
 @contextmanager
 def serving(
     command: Sequence[str], *, port: int, env: dict[str, str], cwd: Path, log: Path
 ) -> Iterator[Server]:
     """Run `command` until /healthz answers 200; kill it at the end if it still runs."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            list(command), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None:
-                raise AssertionError(f"exited with {process.returncode}:\n{server.output()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no /healthz after {START_TIMEOUT_S} s:\n{server.output()}")
-            time.sleep(0.05)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(STOP_TIMEOUT_S)
+        with process.serving(
+            command,
+            port=port,
+            env=env,
+            cwd=cwd,
+            log=log,
+            start_timeout_s=START_TIMEOUT_S,
+            stop_timeout_s=STOP_TIMEOUT_S,
+            kill_at_end=True,
+        ) as server:
+            yield server
+    except process.ServerFailed as failure:
+        raise AssertionError(f"{failure}\n{log.read_text(errors='replace')}") from None
 
 
 def uvicorn_command(port: int) -> list[str]:

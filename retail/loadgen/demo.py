@@ -16,9 +16,6 @@ import asyncio
 import math
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +31,7 @@ from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 
+from retail.loadgen.process import ServerFailed, free_port, serving
 from retail.loadgen.runner import TERMINAL_STATUSES, parse_retry_after
 from retail.loadgen.timeline import Span, span_of
 
@@ -43,7 +41,7 @@ DEFAULT_FULFILMENT_DELAY = "2"
 DEFAULT_SKU = "MUG-1"
 PREFER_WAIT_S = 60
 ROUND_TIMEOUT_S = 300.0
-SERVER_START_TIMEOUT_S = 30.0
+SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 10.0
 BAR_WIDTH = 24
 
@@ -119,23 +117,6 @@ class DemoRound:
 # --- the service, in its own process ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(SERVER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @contextmanager
 def serve_subprocess(
     settings: dict[str, str],
@@ -146,39 +127,24 @@ def serve_subprocess(
     """Run `python -m retail serve` with these `RETAIL_*` settings on a free 127.0.0.1
     port, in `directory` (so no `.env` of the caller is read); yields its base URL once
     `/readyz` answers 200. The caller's own `RETAIL_*` variables are not passed on."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETAIL_")}
     env.update({f"RETAIL_{name.upper()}": value for name, value in settings.items()})
     env.update(RETAIL_HOST="127.0.0.1", RETAIL_PORT=str(port))
-    log = directory / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "retail", "serve", "--no-access-log"],
-            cwd=directory,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            if process.poll() is not None:
-                lines = log.read_text(errors="replace").strip().splitlines()
-                why = " ".join(line.strip() for line in lines[-3:]) or "no output"
-                raise DemoError(f"the service stopped while starting: {why}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"the service did not start within {start_timeout_s:g} s")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        yield url
-    finally:
-        _stop(process)
+        with serving(
+            [sys.executable, "-m", "retail", "serve", "--no-access-log"],
+            port=port,
+            env=env,
+            cwd=directory,
+            log=directory / "server.log",
+            ready="/readyz",
+            start_timeout_s=start_timeout_s,
+            stop_timeout_s=SERVER_STOP_TIMEOUT_S,
+        ) as server:
+            yield server.url
+    except ServerFailed as failure:
+        raise DemoError(f"the service {failure}") from None
 
 
 # --- one round ---------------------------------------------------------------------------

@@ -65,30 +65,6 @@ async def place_order(
     `prefer_wait_s`: hold the answer until the order ends, this long at most. With
     `RETAIL_ORDER_ACCESS=token` the answer carries the order's token.
     """
-    answer = await _place_order(
-        services,
-        customer_id=customer_id,
-        items=items,
-        body=body,
-        key=key,
-        prefer_wait_s=prefer_wait_s,
-    )
-    settings = services.settings
-    if settings.order_access is OrderAccess.TOKEN:
-        order_id = uuid.UUID(answer.headers["Location"].removeprefix("/orders/"))
-        answer.headers[ORDER_TOKEN_HEADER] = order_token(order_id, settings.signing_key())
-    return answer
-
-
-async def _place_order(
-    services: Services,
-    *,
-    customer_id: str,
-    items: Sequence[tuple[str, int]],
-    body: bytes,
-    key: str | None = None,
-    prefer_wait_s: float | None = None,
-) -> Answer:
     settings = services.settings
     claimed = services.idempotency.claim(key, body) if key is not None else None
     try:
@@ -102,7 +78,7 @@ async def _place_order(
             if claimed is not None:
                 stored = await services.idempotency.stored(claimed, now=services.clock.now())
                 if stored is not None:
-                    return _replayed(stored)
+                    return _replayed(services, stored)
             raise  # 503, nothing written
     except BaseException:
         if claimed is not None:
@@ -126,14 +102,14 @@ async def _place_order(
             waiting = _wait_for(services, held, new.id)
         outcome = await _stored(services, Placing(new, keyed), ticket, claimed)
         if isinstance(outcome, StoredResponse):
-            return _replayed(outcome)
+            return _replayed(services, outcome)
         if waiting is not None and prefer_wait_s is not None:
             ended = await _terminal(services, waiting, new.id, prefer_wait_s)
             if ended is not None:
                 return Answer(
                     201,
                     {
-                        "Location": f"/orders/{new.id}",
+                        **_located(services, new.id),
                         "Preference-Applied": f"wait={prefer_value(prefer_wait_s)}",
                     },
                     _json(order_document(ended)),
@@ -141,7 +117,7 @@ async def _place_order(
     return Answer(
         202,
         {
-            "Location": f"/orders/{new.id}",
+            **_located(services, new.id),
             "Retry-After": str(retry_after_s(decision.estimated_start_s)),
         },
         _json(accepted_document(outcome.order, new)),
@@ -212,12 +188,21 @@ async def _terminal(
                 break
 
 
-def _replayed(stored: StoredResponse) -> Answer:
+def _replayed(services: Services, stored: StoredResponse) -> Answer:
     return Answer(
         stored.status,
-        {"Location": f"/orders/{stored.order_id}", "Idempotent-Replayed": "true"},
+        {**_located(services, stored.order_id), "Idempotent-Replayed": "true"},
         _json(stored.body),
     )
+
+
+def _located(services: Services, order_id: uuid.UUID) -> dict[str, str]:
+    """Where the order is; with `RETAIL_ORDER_ACCESS=token`, the token to read it with."""
+    headers = {"Location": f"/orders/{order_id}"}
+    settings = services.settings
+    if settings.order_access is OrderAccess.TOKEN:
+        headers[ORDER_TOKEN_HEADER] = order_token(order_id, settings.signing_key())
+    return headers
 
 
 def _json(document: object) -> bytes:
