@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retail.web.problems import database_outage, log_outage, outage_problem
+from retail.store.sql.outage import database_outage
+from retail.web.problems import log_outage, outage_problem
 
 
 class DatabaseOutage:

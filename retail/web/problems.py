@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -14,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from retail.core.errors import RetailError
+from retail.store.sql.outage import database_outage
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,6 @@ DATABASE_RETRY_AFTER_S = 2
 # SQLSTATE classes and codes that mean "the database cannot serve now", not "this
 # request is wrong": connection exceptions, insufficient resources, operator
 # intervention (shutdown, cannot connect now), the database gone or not accepting.
-UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "3D000", "55000")
 
 
 class ProblemResponse(JSONResponse):
@@ -128,43 +127,6 @@ async def _http_error(request: Request, error: Exception) -> ProblemResponse:
         instance=request.url.path,
         headers=headers or None,
     )
-
-
-def _chain(error: BaseException) -> list[BaseException]:
-    """The error, what the driver raised under it, and their causes (each once)."""
-    seen: list[BaseException] = []
-    todo: list[BaseException | None] = [error]
-    while todo:
-        item = todo.pop()
-        if item is None or any(item is s for s in seen) or len(seen) > 8:
-            continue
-        seen.append(item)
-        todo += [getattr(item, "orig", None), item.__cause__, item.__context__]
-    return seen
-
-
-def database_outage(error: BaseException) -> str | None:
-    """Why `error` means the database is down or too slow (a short cause), or None when
-    it is some other failure."""
-    for item in _chain(error):
-        if isinstance(item, sa_exc.TimeoutError):
-            return "connection pool timeout"
-        if isinstance(item, sa_exc.DBAPIError) and item.connection_invalidated:
-            return "connection lost"
-        if isinstance(item, asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
-            return "connection lost"
-        sqlstate = getattr(item, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
-            return f"database unavailable (SQLSTATE {sqlstate})"
-        if isinstance(item, ConnectionError):
-            return "connection refused or reset"
-        if isinstance(item, OSError):
-            return "network or file error"
-        if isinstance(item, TimeoutError):
-            return "timed out"
-        if isinstance(item, sa_exc.OperationalError | sa_exc.InterfaceError):
-            return "database unavailable"
-    return None
 
 
 def outage_problem(cause: str, *, instance: str | None) -> ProblemResponse:

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, func, select, text
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from retail.core.errors import IdempotencyKeyInUse, InvalidOrder, RetailError
 from retail.core.events import OrderEvent
@@ -31,6 +31,7 @@ from retail.store.sql import idempotency, orders, products, queue
 from retail.store.sql import models as m
 from retail.store.sql.engine import Database
 from retail.store.sql.migrations import schema_status, upgrade_to_head
+from retail.store.sql.outage import database_outage
 
 
 class SqlStore:
@@ -260,9 +261,7 @@ class SqlStore:
 
 def _unreachable(error: DBAPIError) -> bool:
     """The database, not one order, is the problem: retrying order by order cannot help."""
-    return error.connection_invalidated or (
-        isinstance(error, (OperationalError, InterfaceError)) and not _data_error(error)
-    )
+    return not _data_error(error) and database_outage(error) is not None
 
 
 def _data_error(error: DBAPIError) -> bool:
