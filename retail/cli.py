@@ -51,7 +51,11 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 def _run_db(database_url: str, work: Callable[[], Awaitable[T]]) -> T:
     """Run database work; a problem a person can fix ends with one line, not a traceback."""
-    from retail.cli_errors import explain
+    from retail.cli_errors import explain, sqlite_file_problem
+
+    problem = sqlite_file_problem(database_url)
+    if problem is not None:
+        raise _fail(problem)
 
     async def run() -> T:
         return await work()

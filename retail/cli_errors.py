@@ -78,12 +78,31 @@ def explain(error: BaseException, database_url: str) -> str | None:
     return None
 
 
+def sqlite_file_problem(database_url: str) -> str | None:
+    """An SQLite file whose directory is missing, found without opening it."""
+    from pathlib import Path
+
+    parsed = make_url(database_url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    directory = Path(parsed.database).parent
+    if not directory.is_dir():
+        return (
+            f"cannot open the SQLite database {parsed.database!r}: the directory "
+            f"{str(directory)!r} does not exist; create it or change RETAIL_DATABASE_URL"
+        )
+    return None
+
+
 async def check_database(database_url: str) -> str | None:
     """Connect once and run `SELECT 1`; the problem in one line, or None when it works."""
     from sqlalchemy import text
 
     from retail.store.sql.engine import Database
 
+    problem = sqlite_file_problem(database_url)
+    if problem is not None:
+        return problem
     database = Database(database_url)
     try:
         async with database.writer.connect() as connection:

@@ -477,6 +477,10 @@ def demo(
     from retail.loadgen.demo import DemoError, render_demo, run_demo
 
     console = Console()
+    if json_file is not None:
+        _writable_file(json_file, "--json")
+    if plot is not None:
+        _writable_dir(plot, "--plot")
     capacities = tuple(capacity or (1, 3))
     console.print(
         f"Starting a private service: fulfilment takes {fulfilment_delay} s per order; "

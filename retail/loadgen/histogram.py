@@ -11,6 +11,14 @@ used.
 Percentiles follow HdrHistogram's convention: the value at percentile p is the
 smallest recorded value such that at least p % of all recorded values are at or below
 it (nearest rank, never interpolated between samples).
+
+Why not the `hdrhistogram` package: `bench/histogram_vs_hdrhistogram.py` measures
+both on 202,000 latencies. They agree with the exact percentiles equally well (worst
+0.09 % here, 0.05 % there), but this one records 1.4-3x faster and reads percentiles
+1.8x faster, keeps the exact min and max (hdrhistogram's max read 30,015 ms for
+29,999.9 ms), needs no highest trackable value fixed in advance (hdrhistogram drops
+larger values), and its buckets are the readable `[lowest, width, count]` lists of
+the JSON report, where hdrhistogram exports a compressed blob.
 """
 
 from __future__ import annotations

@@ -193,7 +193,12 @@ def sweep_table(sweep: Sweep) -> Table:
             f"{sweep.step_s:g} s per step"
         ),
         title_justify="left",
-        caption="p99 done: from due to fulfilled, for the step's fulfilled orders",
+        caption="p99 done: from due to fulfilled, for the step's fulfilled orders"
+        + "".join(
+            f"\n{point.mode} {point.factor:g}x: {point.summary.goodput_note}"
+            for point in sweep.points
+            if point.summary.goodput_note
+        ),
         caption_justify="left",
     )
     for name in (

@@ -214,3 +214,12 @@ def test_a_bad_threshold_is_reported_before_the_run() -> None:
     result = CliRunner().invoke(app, ["load", "--url", url, "--threshold", "p99<2s"], env=WIDE)
     assert result.exit_code == 2
     assert "unknown metric 'p99'" in result.stderr
+
+
+def test_demo_checks_its_output_paths_before_starting(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(app, ["demo", "--plot", str(blocker / "docs")], env=WIDE)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: --plot {blocker / 'docs'}: cannot write")
+    assert "Starting a private service" not in result.stdout
