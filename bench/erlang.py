@@ -16,15 +16,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
-
-def erlang_b(servers: int, offered_erlangs: float) -> float:
-    """Erlang B: the chance an arrival finds all `servers` busy (stable recursion)."""
-    if servers < 0 or offered_erlangs < 0:
-        raise ValueError("servers and offered load cannot be negative")
-    blocking = 1.0
-    for k in range(1, servers + 1):
-        blocking = offered_erlangs * blocking / (k + offered_erlangs * blocking)
-    return blocking
+from retail.sim.theory import erlang_b
 
 
 def carried_load(rate: float, servers: int, service_s: float) -> float:

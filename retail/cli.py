@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from retail.config import Settings
+from retail.config import Settings, SettingsError, load_settings
 from retail.core.types import OverloadMode
 from retail.loadgen.cli import demo, load
 from retail.sim.cli import plan, simulate
@@ -30,16 +30,10 @@ T = TypeVar("T")
 
 def _settings(**overrides: Any) -> Settings:
     """Settings from the environment, `.env` and options; a mistake ends with a short message."""
-    from pydantic import ValidationError
-
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            where = f"RETAIL_{str(item['loc'][0]).upper()}: " if item["loc"] else ""
-            problems.append(f"  {where}{item['msg'].removeprefix('Value error, ')}")
-        typer.echo("Invalid settings:\n" + "\n".join(problems), err=True)
+        return load_settings(**overrides)
+    except SettingsError as error:
+        typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
 
 

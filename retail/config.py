@@ -291,3 +291,24 @@ class Settings(BaseSettings):
             queue_limit=self.queue_limit,
             max_queue_wait_s=self.max_queue_wait_s,
         )
+
+
+class SettingsError(ValueError):
+    """Settings that do not validate; the message names each variable and what is wrong."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and `.env`, with the given overrides (None: not given).
+
+    `SettingsError` says, one line per problem, which `RETAIL_*` variable is wrong and why.
+    """
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = f"RETAIL_{str(item['loc'][0]).upper()}: " if item["loc"] else ""
+            problems.append(f"  {where}{item['msg'].removeprefix('Value error, ')}")
+        raise SettingsError("Invalid settings:\n" + "\n".join(problems)) from None

@@ -32,7 +32,7 @@ FAILED_COLOUR = "#e03131"
 MODE_COLOURS = {"queue": "#1c7ed6", "reject": "#e03131", "degrade": "#7950f2"}
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_figure(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI)
     return path
@@ -174,7 +174,7 @@ def plot_latency(run: LoadRun, path: Path) -> Path:
             fontsize=8,
             frameon=False,
         )
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_load(run: LoadRun, path: Path) -> Path:
@@ -217,7 +217,7 @@ def plot_load(run: LoadRun, path: Path) -> Path:
     ax.set_ylim(bottom=0)
     _integer_y(ax)
     ax.grid(alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _gantt(
@@ -307,7 +307,7 @@ def plot_timeline(run: LoadRun, path: Path) -> Path:
     )
     ax.set_xlabel("time (s from start)")
     ax.set_ylabel("order (in due order)")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_run(run: LoadRun, directory: Path) -> list[Path]:
@@ -369,7 +369,7 @@ def plot_sweep(sweep: Sweep, path: Path) -> Path:
         f"capacity {sweep.capacity}, {sweep.full_service_s:g} s per order "
         f"({sweep.capacity_rate:.2f} orders/s), {sweep.step_s:g} s per step"
     )
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 # --- the demo --------------------------------------------------------------------------------
@@ -400,4 +400,4 @@ def plot_demo(rounds: Sequence[DemoRound], path: Path) -> Path:
     figure.suptitle(
         "Alice, Bob and Charlie order at the same moment: waiting (orange), being fulfilled (green)"
     )
-    return _save(figure, path)
+    return save_figure(figure, path)

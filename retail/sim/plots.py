@@ -11,20 +11,16 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from retail.loadgen.plots import (
+    FAILED_COLOUR,
+    MODE_COLOURS,
+    WAIT_COLOUR,
+    WORK_COLOUR,
+    save_figure,
+)
 from retail.sim.engine import SimRun
 
-DPI = 110
 BINS = 120
-WAIT_COLOUR = "#f2b134"
-WORK_COLOUR = "#2f9e44"
-FAILED_COLOUR = "#e03131"
-MODE_COLOURS = {"queue": "#1c7ed6", "reject": "#e03131", "degrade": "#7950f2"}
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI)
-    return path
 
 
 def _per_second(times: Sequence[float], edges: list[float]) -> list[float]:
@@ -90,7 +86,7 @@ def plot_run(run: SimRun, path: Path) -> Path:
         f"{limits.queue_limit}; {schedule.describe()} ({run.config.arrivals.value}), "
         f"{run.orders:,} orders"
     )
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_sweep(points: Sequence[dict[str, Any]], capacity_rate: float, path: Path) -> Path:
@@ -130,4 +126,4 @@ def plot_sweep(points: Sequence[dict[str, Any]], capacity_rate: float, path: Pat
         f"retail simulate: capacity {first['capacity']}, queue limit {first['queue_limit']}, "
         f"{first['full_service_s']:g} s per order ({capacity_rate:.2f} orders/s)"
     )
-    return _save(figure, path)
+    return save_figure(figure, path)

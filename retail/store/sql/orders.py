@@ -17,6 +17,7 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from retail.core import events as core
 from retail.core.errors import InvalidTransition, OrderNotFound, RetailError
 from retail.core.events import OrderEvent as Event
 from retail.core.orders import Allocation, NewOrder, Placed, Stock, allocate
@@ -225,6 +226,19 @@ async def add_event(
     session.add(event)
     await session.flush()
     return event
+
+
+def core_event(event: OrderEvent) -> core.OrderEvent:
+    """A stored event as the value the rest of the service speaks."""
+    return core.OrderEvent(
+        id=event.id,
+        order_id=event.order_id,
+        kind=event.kind,
+        status=OrderStatus(event.status),
+        step=event.step,
+        at=event.at,
+        detail=event.detail,
+    )
 
 
 async def release_stock(*, session: AsyncSession, order_id: uuid.UUID, now: datetime) -> None:

@@ -9,8 +9,6 @@ overwrite the newer owner's state; it sees `LeaseLost` and walks away.
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,30 +16,11 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from retail.core.types import OrderStatus, ServiceLevel
-from retail.store import base
-from retail.store.base import LeaseLost
+from retail.store.base import Claim, LeaseLost
 from retail.store.sql.models import Order, OrderEvent
-from retail.store.sql.orders import add_event, release_stock
+from retail.store.sql.orders import add_event, core_event, release_stock
 
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    order_id: uuid.UUID
-    seq: int
-    token: int
-    step_index: int
-    line_count: int
-    service_level: ServiceLevel
-    resumed: bool  # it had been claimed before (a crash or a shutdown interrupted it)
-    event: OrderEvent
-    created_at: datetime
-    started_at: datetime  # of its first claim
-
-
-# What a fenced write needs of a claim: its order and token (this module's or the Store's).
-Fence = Claim | base.Claim
-
-__all__ = ["Claim", "LeaseLost", "claim_next", "finish", "release_leases", "step_boundary"]
+__all__ = ["LeaseLost", "claim_next", "finish", "release_leases", "step_boundary"]
 
 
 async def claim_next(
@@ -105,13 +84,13 @@ async def claim_next(
         line_count=row.line_count,
         service_level=ServiceLevel(row.service_level),
         resumed=resumed,
-        event=event,
+        event=core_event(event),
         created_at=row.created_at,
         started_at=row.started_at,
     )
 
 
-async def _fenced(session: AsyncSession, claim: Fence, now: datetime, **values: Any) -> None:
+async def _fenced(session: AsyncSession, claim: Claim, now: datetime, **values: Any) -> None:
     updated = await session.scalar(
         update(Order)
         .where(
@@ -129,7 +108,7 @@ async def _fenced(session: AsyncSession, claim: Fence, now: datetime, **values: 
 async def step_boundary(
     *,
     session: AsyncSession,
-    claim: Fence,
+    claim: Claim,
     now: datetime,
     completed: tuple[str, int, float] | None,
     starting: tuple[str, float] | None,
@@ -177,7 +156,7 @@ async def step_boundary(
 async def finish(
     *,
     session: AsyncSession,
-    claim: Fence,
+    claim: Claim,
     now: datetime,
     status: OrderStatus,
     reason: str | None = None,

@@ -31,6 +31,7 @@ from retail.store.sql import idempotency, orders, products, queue
 from retail.store.sql import models as m
 from retail.store.sql.engine import Database
 from retail.store.sql.migrations import schema_status, upgrade_to_head
+from retail.store.sql.orders import core_event
 from retail.store.sql.outage import database_outage
 
 
@@ -160,7 +161,7 @@ class SqlStore:
     async def list_events(self, order_id: uuid.UUID, *, after_id: int = 0) -> list[OrderEvent]:
         async with self.db.read() as session:
             rows = await orders.list_events(session=session, order_id=order_id, after_id=after_id)
-            return [_event(row) for row in rows]
+            return [core_event(row) for row in rows]
 
     async def count_by_status(self) -> dict[OrderStatus, int]:
         async with self.db.read() as session:
@@ -174,26 +175,14 @@ class SqlStore:
     # --- changing -------------------------------------------------------------------------
     async def cancel_order(self, order_id: uuid.UUID, *, now: datetime) -> OrderEvent:
         async with self.db.write() as session:
-            return _event(await orders.cancel_order(session=session, order_id=order_id, now=now))
+            return core_event(
+                await orders.cancel_order(session=session, order_id=order_id, now=now)
+            )
 
     # --- the work queue -------------------------------------------------------------------
     async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None:
         async with self.db.write() as session:
-            claim = await queue.claim_next(session=session, owner=owner, now=now, lease_s=lease_s)
-            if claim is None:
-                return None
-            return Claim(
-                order_id=claim.order_id,
-                seq=claim.seq,
-                token=claim.token,
-                step_index=claim.step_index,
-                line_count=claim.line_count,
-                service_level=claim.service_level,
-                resumed=claim.resumed,
-                event=_event(claim.event),
-                created_at=claim.created_at,
-                started_at=claim.started_at,
-            )
+            return await queue.claim_next(session=session, owner=owner, now=now, lease_s=lease_s)
 
     async def step_boundary(
         self,
@@ -213,7 +202,7 @@ class SqlStore:
                 starting=starting,
                 lease_s=lease_s,
             )
-            return [_event(event) for event in events]
+            return [core_event(event) for event in events]
 
     async def finish(
         self,
@@ -228,7 +217,7 @@ class SqlStore:
             event = await queue.finish(
                 session=session, claim=claim, now=now, status=status, reason=reason, detail=detail
             )
-            return _event(event)
+            return core_event(event)
 
     async def release_leases(self, *, owner: str, now: datetime) -> int:
         async with self.db.write() as session:
@@ -306,18 +295,6 @@ def _view(order: m.Order) -> OrderView:
         finished_at=order.finished_at,
         failure_reason=order.failure_reason,
         step_index=order.step_index,
-    )
-
-
-def _event(event: m.OrderEvent) -> OrderEvent:
-    return OrderEvent(
-        id=event.id,
-        order_id=event.order_id,
-        kind=event.kind,
-        status=OrderStatus(event.status),
-        step=event.step,
-        at=event.at,
-        detail=event.detail,
     )
 
 
