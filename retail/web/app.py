@@ -6,6 +6,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -108,4 +109,23 @@ def create_app(
     app.include_router(metric_routes.router)
     app.include_router(live.router)
     dashboard.install(app)
+    _document_limits(app, settings)
     return app
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """OpenAPI states the limits this service enforces (RETAIL_MAX_ORDER_LINES, …), not the
+    hard ceilings of the request model."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        models = schema.get("components", {}).get("schemas", {})
+        if "OrderCreate" in models:
+            models["OrderCreate"]["properties"]["items"]["maxItems"] = settings.max_order_lines
+        if "OrderItemIn" in models:
+            quantity = models["OrderItemIn"]["properties"]["quantity"]
+            quantity["maximum"] = settings.max_line_quantity
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

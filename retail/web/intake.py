@@ -83,6 +83,20 @@ def prefer_wait_s(prefer: str | None, cap_s: float) -> float | None:
 
 # --- the route: OpenAPI, and what the fast path hands on --------------------------------
 
+PLACED_HEADERS: dict[str, Any] = {
+    "Location": {"description": "The order: `/orders/{id}`.", "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "`true` on the stored answer to an earlier request with the same "
+        "`Idempotency-Key` and body: no new order was made.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "Order-Token": {
+        "description": "With `RETAIL_ORDER_ACCESS=token`: what reading or cancelling this "
+        "order needs (`Order-Token` header).",
+        "schema": {"type": "string"},
+    },
+}
+
 router = APIRouter(tags=["orders"])
 
 ORDER_EXAMPLE = {
@@ -116,10 +130,30 @@ ORDER_EXAMPLE = {
         "degrade (`202`, `service_level: degraded`) or reject (`503` + `Retry-After`)."
     ),
     responses={
-        201: {"description": "Placed and finished within `Prefer: wait`.", "model": OrderRead},
+        201: {
+            "description": "Placed and finished within `Prefer: wait`.",
+            "model": OrderRead,
+            "headers": {
+                **PLACED_HEADERS,
+                "Preference-Applied": {
+                    "description": "`wait=N`: the wait asked for (capped at "
+                    "`RETAIL_PREFER_WAIT_MAX_S`) was honoured.",
+                    "schema": {"type": "string"},
+                },
+            },
+        },
         202: {
-            "description": "Accepted: stored durably, fulfilment pending.",
+            "description": "Accepted: stored durably, fulfilment pending. A replay of a stored "
+            "order (same `Idempotency-Key` and body) is its first answer again.",
             "content": {"application/json": {"example": ORDER_EXAMPLE}},
+            "headers": {
+                **PLACED_HEADERS,
+                "Retry-After": {
+                    "description": "Seconds until fulfilment is expected to start: when to "
+                    "poll `Location` first.",
+                    "schema": {"type": "integer", "minimum": 1},
+                },
+            },
         },
         **responses(400, 408, 409, 413, 415, 422, 503),
     },

@@ -82,7 +82,21 @@ async def list_orders(
     "/{order_id}",
     summary="One order and where it stands",
     dependencies=[OrderAccessDep],
-    responses={**responses(404, 422), **FORBIDDEN},
+    responses={
+        200: {
+            "description": "The order, with its queue position and expected start while it "
+            "waits, and the step it is in while it is fulfilled.",
+            "headers": {
+                "Retry-After": {
+                    "description": "Until the order has ended: seconds until it is worth "
+                    "asking again.",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            },
+        },
+        **responses(404, 422),
+        **FORBIDDEN,
+    },
 )
 async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Response) -> OrderRead:
     state = await read_order(services, order_id)

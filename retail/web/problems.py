@@ -213,6 +213,11 @@ def _document_problem(app: FastAPI) -> None:
         schema = generate()
         schemas = schema.setdefault("components", {}).setdefault("schemas", {})
         schemas.setdefault("Problem", Problem.model_json_schema())
+        # Every answer carries X-Request-ID (retail.web.telemetry).
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for response in operation.get("responses", {}).values():
+                    response.setdefault("headers", {}).setdefault("X-Request-ID", REQUEST_ID_HEADER)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -233,10 +238,46 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         503: "Over capacity, shutting down, or the database is unavailable; retry after "
         "`Retry-After` seconds.",
     }
-    return {
-        status: {
-            "description": meaning[status],
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-        }
-        for status in statuses
+    examples = {
+        400: ("malformed-json", "Malformed JSON", "The request body is not valid JSON: …"),
+        401: ("not-authorized", "Admin token required", "Send `Authorization: Bearer …`."),
+        403: ("admin-disabled", "Admin endpoints disabled", "No admin token is configured."),
+        404: ("order-not-found", "Order not found", "No order with id 0b8f3c4e-…."),
+        408: ("body-timeout", "Request body too slow", "The request body did not arrive …"),
+        409: ("insufficient-stock", "Insufficient stock", "Not enough stock for LAMP-1 …"),
+        413: ("body-too-large", "Request body too large", "The request body exceeds 65536 bytes."),
+        415: ("unsupported-media-type", "Unsupported media type", "Send the order as JSON …"),
+        422: ("validation-error", "Invalid request", "items: List should have at least 1 item"),
+        503: ("capacity-exceeded", "Over capacity", "Order refused: all 4 fulfilment slots …"),
     }
+    entries: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        slug, title, detail = examples[status]
+        entry: dict[str, Any] = {
+            "description": meaning[status],
+            "content": {
+                PROBLEM_MEDIA_TYPE: {
+                    "schema": {"$ref": "#/components/schemas/Problem"},
+                    "example": {
+                        "type": f"/problems/{slug}",
+                        "title": title,
+                        "status": status,
+                        "detail": detail,
+                    },
+                }
+            },
+        }
+        if status in (409, 503):
+            entry["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+        entries[status] = entry
+    return entries
+
+
+RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before trying again (on `409` while a key is in flight).",
+    "schema": {"type": "integer", "minimum": 1},
+}
+REQUEST_ID_HEADER = {
+    "description": "This request's id: the one the client sent, or a new one. Logged with it.",
+    "schema": {"type": "string"},
+}

@@ -250,3 +250,22 @@ async def test_openapi_and_the_interactive_docs_are_served(client: httpx.AsyncCl
     assert redoc.headers["content-type"].startswith("text/html")
     assert "redoc" in redoc.text.lower()
     assert "/openapi.json" in redoc.text
+
+
+def test_the_documents_headers_examples_and_limits_are_the_services() -> None:
+    settings = Settings(_env_file=None, max_order_lines=7, max_line_quantity=30)  # type: ignore[call-arg]
+    document = create_app(settings).openapi()
+    place = document["paths"]["/orders"]["post"]["responses"]
+    assert {"Location", "Retry-After", "Idempotent-Replayed"} <= set(place["202"]["headers"])
+    assert {"Location", "Preference-Applied"} <= set(place["201"]["headers"])
+    assert "Retry-After" in place["503"]["headers"] and "Retry-After" in place["409"]["headers"]
+    assert place["415"]["content"]["application/problem+json"]["example"]["status"] == 415
+    status = document["paths"]["/orders/{order_id}"]["get"]["responses"]["200"]
+    assert "Retry-After" in status["headers"]
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for response in operation["responses"].values():
+                assert "X-Request-ID" in response["headers"]
+    models = document["components"]["schemas"]
+    assert models["OrderCreate"]["properties"]["items"]["maxItems"] == 7
+    assert models["OrderItemIn"]["properties"]["quantity"]["maximum"] == 30
