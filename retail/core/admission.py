@@ -13,6 +13,7 @@ nothing else runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,12 @@ from retail.core.pipeline import Pipeline
 from retail.core.types import OverloadMode, ServiceLevel
 
 DecisionObserver = Callable[[OverloadMode, capacity.Decision], None]
+
+
+@functools.lru_cache(maxsize=1024)
+def _refusal_detail(reason: str, retry_after_s: int) -> str:
+    # Cached: under overload the same few refusals are written over and over.
+    return f"Order refused: {reason}. Retry in {retry_after_s} s."
 
 
 @dataclass
@@ -105,9 +112,16 @@ class Admission:
             degraded_service_s=self._degraded_service_s,
         )
 
-    def _decide(self, now: float) -> tuple[capacity.Decision, capacity.Load]:
+    def _policy(self, now: float) -> tuple[capacity.Decision, capacity.Load | None]:
+        """`capacity.decide` on the load now; the `Load` is built only when no slot is free."""
+        at_once = capacity.admit_at_once(self.limits, len(self.dispatcher.running), self.queued)
+        if at_once is not None:
+            return at_once, None
         load = self.load(now)
-        decision = capacity.decide(self.limits, load)
+        return capacity.decide(self.limits, load), load
+
+    def _decide(self, now: float) -> tuple[capacity.Decision, capacity.Load | None]:
+        decision, load = self._policy(now)
         if self._on_decision is not None:
             self._on_decision(self.limits.mode, decision)
         if isinstance(decision, capacity.Reject):
@@ -121,8 +135,7 @@ class Admission:
         For a refusal before the request is read: an order that passes still has to be
         admitted (`admit`) once it is whole.
         """
-        load = self.load(now)
-        decision = capacity.decide(self.limits, load)
+        decision, load = self._policy(now)
         if isinstance(decision, capacity.Reject):
             if self._on_decision is not None:
                 self._on_decision(self.limits.mode, decision)
@@ -169,9 +182,10 @@ class Admission:
         self.limits = dataclasses.replace(self.limits, **changes)
         self.dispatcher.capacity = self.limits.capacity
 
-    def _exceeded(self, decision: capacity.Reject, load: capacity.Load) -> CapacityExceeded:
+    def _exceeded(self, decision: capacity.Reject, load: capacity.Load | None) -> CapacityExceeded:
+        assert load is not None  # refused only when no slot is free: the full load was read
         return CapacityExceeded(
-            f"Order refused: {decision.reason}. Retry in {decision.retry_after_s} s.",
+            _refusal_detail(decision.reason, decision.retry_after_s),
             retry_after_s=decision.retry_after_s,
             mode=self.limits.mode.value,
             capacity=self.limits.capacity,

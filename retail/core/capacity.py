@@ -10,6 +10,7 @@ and that waiting orders start in FIFO order, each on the slot that frees first.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from dataclasses import dataclass
@@ -97,6 +98,9 @@ def estimated_start_s(load: Load, capacity: int, waiting_index: int, service_s: 
     # Hand out slots one by one until they all free within one service time of each
     # other; from then on they come round in the same order every `service_s`.
     latest = free[-1]
+    if latest - free[0] <= service_s:  # already so (the usual case): `free` is still sorted
+        rounds, slot = divmod(waiting_index, capacity)
+        return free[slot] + rounds * service_s
     index = waiting_index
     while index > 0 and latest - free[0] > service_s:
         freed_again = free[0] + service_s
@@ -112,23 +116,42 @@ def retry_after_s(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-def _slots_taken(capacity: int, load: Load) -> str:
+@functools.lru_cache(maxsize=1024)
+def _slots_taken(capacity: int, in_flight: int, queued: int) -> str:
+    # Cached: a refusal at a given load always reads the same, and overload refuses often.
     slots = (
         "the only fulfilment slot is" if capacity == 1 else f"all {capacity} fulfilment slots are"
     )
-    about_to_start = load.queued
-    if about_to_start and load.in_flight < capacity:
+    about_to_start = queued
+    if about_to_start and in_flight < capacity:
         return (
-            f"{slots} taken ({load.in_flight} in fulfilment, {about_to_start} "
+            f"{slots} taken ({in_flight} in fulfilment, {about_to_start} "
             f"{'order' if about_to_start == 1 else 'orders'} about to start)"
         )
     return f"{slots} busy"
 
 
+@functools.lru_cache(maxsize=256)
+def _admit(queue_position: int) -> Admit:
+    return Admit(queue_position=queue_position)  # frozen, so one value per position will do
+
+
+def admit_at_once(limits: Limits, in_flight: int, queued: int) -> Admit | None:
+    """`decide`'s answer when a slot is free for the order (None when none is).
+
+    It needs only the counts, not the timetable of `Load.remaining_s`, so a caller may ask
+    it first and build the `Load` only when it returns None; `decide` starts with it.
+    """
+    if in_flight + queued < limits.capacity:
+        return _admit(queued + 1)
+    return None
+
+
 def decide(limits: Limits, load: Load) -> Decision:
     capacity = limits.capacity
-    if load.in_flight + load.queued < capacity:
-        return Admit(queue_position=load.queued + 1)
+    at_once = admit_at_once(limits, load.in_flight, load.queued)
+    if at_once is not None:
+        return at_once
 
     position = load.queued + 1  # among orders with status `queued`, this one included
     waiting_index = load.queued  # queued orders ahead, some perhaps about to take a free slot
@@ -138,7 +161,7 @@ def decide(limits: Limits, load: Load) -> Decision:
         room_s = estimated_start_s(load, capacity, waiting_index, load.full_service_s)
         return Reject(
             retry_after_s=retry_after_s(room_s),
-            reason=_slots_taken(capacity, load),
+            reason=_slots_taken(capacity, load.in_flight, load.queued),
         )
 
     service_s = (

@@ -8,12 +8,13 @@ resumes an order after a crash recomputes exactly the same plan.
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
-from retail.core.delays import DelayModel, parse_delay
+from retail.core.delays import DelayModel, Exponential, Fixed, parse_delay
 from retail.core.types import ServiceLevel
 
 
@@ -71,6 +72,10 @@ class Pipeline:
     )
     # The steps and their delay models per service level, also filled on first use.
     _step_models: dict[ServiceLevel, tuple[tuple[str, DelayModel], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    # What a plan of each (service level, line count) draws with, also filled on first use.
+    _draws: dict[tuple[ServiceLevel, int], _Draws] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -159,8 +164,57 @@ class Pipeline:
         """
         if rng is None:
             rng = random.Random(f"{self.seed}:{order_seq}" if self.seed is not None else None)
-        factor = self._factor(level, line_count)
-        models = self.step_models(level)
-        steps = tuple([PlannedStep(name, model.sample(rng) * factor) for name, model in models])
+        drawn = self._draws.get((level, line_count))
+        if drawn is None:
+            drawn = self._draws[level, line_count] = self._prepare(level, line_count)
+        factor = drawn.factor
+        if drawn.fixed is not None:  # nothing to draw
+            steps = drawn.fixed
+        elif drawn.exponential is not None:
+            # `Exponential.sample` written out (the same draw, the same arithmetic).
+            draw = rng.random
+            steps = tuple(
+                [
+                    _new_step(PlannedStep, (name, -_log(1.0 - draw()) / rate * factor))
+                    for name, rate in drawn.exponential
+                ]
+            )
+        else:
+            steps = tuple(
+                [
+                    _new_step(PlannedStep, (name, sample(rng) * factor))
+                    for name, sample in drawn.samplers
+                ]
+            )
         declined = rng.random() < self.decline_probability
-        return Plan(steps=steps, skipped=self.skipped(level), payment_declined=declined)
+        return Plan(steps=steps, skipped=drawn.skipped, payment_declined=declined)
+
+    def _prepare(self, level: ServiceLevel, line_count: int) -> _Draws:
+        models = self.step_models(level)
+        factor = self._factor(level, line_count)
+        fixed = exponential = None
+        if all(isinstance(model, Fixed) for _, model in models):
+            fixed = tuple(PlannedStep(name, model.mean_s * factor) for name, model in models)
+        elif all(isinstance(model, Exponential) and model.mean > 0 for _, model in models):
+            exponential = tuple((name, 1 / cast(Exponential, model).mean) for name, model in models)
+        return _Draws(
+            factor=factor,
+            samplers=tuple((name, model.sample) for name, model in models),
+            skipped=self.skipped(level),
+            fixed=fixed,
+            exponential=exponential,
+        )
+
+
+_log = math.log
+_new_step = tuple.__new__  # `PlannedStep(name, delay_s)` without the call through its `__new__`
+
+
+class _Draws(NamedTuple):
+    """What `Pipeline.plan` needs for one service level and line count, besides the draws."""
+
+    factor: float
+    samplers: tuple[tuple[str, Callable[[random.Random], float]], ...]
+    skipped: tuple[str, ...]
+    fixed: tuple[PlannedStep, ...] | None  # every delay fixed: the steps are always these
+    exponential: tuple[tuple[str, float], ...] | None  # every delay exponential: 1 / mean each

@@ -209,17 +209,17 @@ def simulate(config: SimConfig) -> SimRun:
             plan = plan_of(order_seq=order, line_count=line_count, level=level, rng=rng)
             steps = plan.steps
             planned = 0.0
-            for step in steps:
-                planned += step.delay_s
+            for _, delay_s in steps:
+                planned += delay_s
             start(order, now=now, planned_s=planned)
             starts_add(now)
             waits_add(now - accepted_at)
             if plan.payment_declined:
                 # The order ends with the payment step, as in the worker pool.
                 until = 0.0
-                for step in steps:
-                    until += step.delay_s
-                    if step.name == PAYMENT_STEP:
+                for name, delay_s in steps:
+                    until += delay_s
+                    if name == PAYMENT_STEP:
                         break
                 push(heap, (now + until, _END, order, order_due, 1))
             else:
