@@ -9,7 +9,7 @@ const LATEST_ORDERS = 20;   // rows in the order table
 const WAIT_ORDERS = 200;    // waits are percentiles over this many recent orders
 const TIMED_ORDERS = 2000;  // orders whose creation and start times are remembered
 const MAX_BURST = 500;
-const TERMINAL = new Set(["fulfilled", "failed", "cancelled"]);
+const TERMINAL = new Set(["fulfilled", "failed", "cancelled", "expired"]);
 const MODE_HINTS = {
   queue: "over capacity: wait in line",
   reject: "over capacity: refused with 503",

@@ -19,14 +19,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, and_, func, or_, select, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from retail.core.errors import IdempotencyKeyInUse, InvalidOrder, RetailError
 from retail.core.events import OrderEvent
 from retail.core.orders import Line, OrderView, Placed, accepted_document
-from retail.core.types import OrderStatus, ServiceLevel
-from retail.store.base import ACCEPTED, Claim, Outcome, Placing, Product, Store, StoredResponse
+from retail.core.types import OrderStatus, Priority, ServiceLevel
+from retail.store.base import (
+    ACCEPTED,
+    Claim,
+    Expired,
+    Outcome,
+    Placing,
+    Product,
+    Store,
+    StoredResponse,
+)
 from retail.store.sql import idempotency, orders, products, queue
 from retail.store.sql import models as m
 from retail.store.sql.engine import Database
@@ -136,6 +145,7 @@ class SqlStore:
         customer_id: str | None = None,
         before_seq: int | None = None,
         limit: int = 50,
+        priority: Priority | None = None,
     ) -> tuple[list[OrderView], int | None]:
         async with self.db.read() as session:
             rows, cursor = await orders.list_orders(
@@ -144,6 +154,7 @@ class SqlStore:
                 customer_id=customer_id,
                 before_seq=before_seq,
                 limit=limit,
+                priority=priority,
             )
             return [_view(row) for row in rows], cursor
 
@@ -152,7 +163,13 @@ class SqlStore:
             ahead = await session.scalar(
                 select(func.count())
                 .select_from(m.Order)
-                .where(m.Order.status == OrderStatus.QUEUED.value, m.Order.seq < order.seq)
+                .where(
+                    m.Order.status == OrderStatus.QUEUED.value,
+                    or_(
+                        m.Order.priority < order.priority.rank,
+                        and_(m.Order.priority == order.priority.rank, m.Order.seq < order.seq),
+                    ),
+                )
             )
         return int(ahead or 0) + 1
 
@@ -166,6 +183,10 @@ class SqlStore:
             counts = await queue.count_by_status(session=session)
         return {OrderStatus.QUEUED: 0, OrderStatus.PROCESSING: 0, **counts}
 
+    async def queued_by_priority(self) -> dict[Priority, int]:
+        async with self.db.read() as session:
+            return await queue.queued_by_priority(session=session)
+
     async def oldest_queued_at(self) -> datetime | None:
         async with self.db.read() as session:
             return await queue.oldest_queued_at(session=session)
@@ -174,6 +195,11 @@ class SqlStore:
     async def cancel_order(self, order_id: uuid.UUID, *, now: datetime) -> OrderEvent:
         async with self.db.write() as session:
             return _event(await orders.cancel_order(session=session, order_id=order_id, now=now))
+
+    async def expire_due(self, *, now: datetime) -> list[Expired]:
+        async with self.db.write() as session:
+            expired = await queue.expire_due(session=session, now=now)
+            return [Expired(_event(event), priority) for event, priority in expired]
 
     # --- the work queue -------------------------------------------------------------------
     async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None:
@@ -192,6 +218,7 @@ class SqlStore:
                 event=_event(claim.event),
                 created_at=claim.created_at,
                 started_at=claim.started_at,
+                priority=claim.priority,
             )
 
     async def step_boundary(
@@ -307,6 +334,8 @@ def _view(order: m.Order) -> OrderView:
         finished_at=order.finished_at,
         failure_reason=order.failure_reason,
         step_index=order.step_index,
+        priority=Priority.of_rank(order.priority),
+        start_deadline=order.start_deadline,
     )
 
 
