@@ -116,9 +116,9 @@ class WorkerPool:
     async def _dispatch(self) -> None:
         while not self._stopping:
             self._wake.clear()
-            if self._claiming:
-                await self._expire_due()
             if not self._claiming or not self._dispatcher.free_slots:
+                if self._claiming:
+                    await self._expire_due()
                 await self._resync()
                 await self._idle()
                 continue
@@ -128,6 +128,7 @@ class WorkerPool:
                 log.exception("claiming an order failed; retrying")
                 started = False
             if not started:
+                await self._expire_due()
                 await self._resync()
                 await self._housekeeping()
                 await self._idle()

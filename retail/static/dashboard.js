@@ -397,6 +397,18 @@ function renderStats() {
     $("accepted-total").textContent = s.counters.accepted;
     $("rejected-total").textContent = s.counters.rejected;
   }
+  if (s.by_priority) {
+    for (const [priority, figures] of Object.entries(s.by_priority)) {
+      const row = $("priority-" + priority);
+      if (!row) continue;
+      const c = figures.counters;
+      const cells = row.querySelectorAll("td");
+      [figures.queued, c.accepted, c.degraded, c.rejected].forEach((value, i) => {
+        cells[i].textContent = value;
+      });
+    }
+    $("critical-reserve").textContent = s.critical_reserve;
+  }
   const last = state.samples[state.samples.length - 1];
   if (last) {
     $("fulfilled-rate").textContent = formatRate(last.fulfilled);

@@ -278,6 +278,16 @@ async def expire_due(*, session: AsyncSession, now: datetime) -> list[tuple[Orde
     return expired
 
 
+async def any_due(*, session: AsyncSession, now: datetime) -> bool:
+    """Whether a queued order's start deadline is `now` or earlier."""
+    found = await session.scalar(
+        select(Order.seq)
+        .where(Order.status == OrderStatus.QUEUED.value, Order.start_deadline <= now)
+        .limit(1)
+    )
+    return found is not None
+
+
 async def queued_by_priority(*, session: AsyncSession) -> dict[Priority, int]:
     rows = await session.execute(
         select(Order.priority, func.count())

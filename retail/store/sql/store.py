@@ -197,6 +197,9 @@ class SqlStore:
             return _event(await orders.cancel_order(session=session, order_id=order_id, now=now))
 
     async def expire_due(self, *, now: datetime) -> list[Expired]:
+        async with self.db.read() as session:  # most of the time there is none: no write
+            if not await queue.any_due(session=session, now=now):
+                return []
         async with self.db.write() as session:
             expired = await queue.expire_due(session=session, now=now)
             return [Expired(_event(event), priority) for event, priority in expired]
