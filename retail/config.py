@@ -134,6 +134,19 @@ class Settings(BaseSettings):
     max_queue_wait_s: float | None = Field(
         None, gt=0, description="Shed when the estimated wait for a slot exceeds this (optional)."
     )
+    critical_reserve: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="Room only critical orders may take: fulfilment slots in reject mode, "
+        "queue places in queue and degrade modes.",
+    )
+    sheddable_max_wait_s: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="A sheddable order is taken only if it can start within this many seconds.",
+    )
 
     # --- fulfilment ----------------------------------------------------------------
     workers_enabled: bool = Field(True, description="Run the fulfilment workers in this process.")
@@ -290,6 +303,8 @@ class Settings(BaseSettings):
             capacity=self.capacity,
             queue_limit=self.queue_limit,
             max_queue_wait_s=self.max_queue_wait_s,
+            critical_reserve=self.critical_reserve,
+            sheddable_max_wait_s=self.sheddable_max_wait_s,
         )
 
 

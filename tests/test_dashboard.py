@@ -156,6 +156,12 @@ def test_the_dashboard_shows_orders_flowing_and_switches_the_mode(
         until(lambda: number("rejected-total") > 0, "rejections not counted")
         capacity = httpx.get(server.url + "/capacity").json()
         assert capacity["counters"]["rejected"] == number("rejected-total")
+        # Counted per priority too: the burst's orders are standard ones.
+        standard = capacity["by_priority"]["standard"]["counters"]
+        until(
+            lambda: text("priority-standard").split()[-1] == str(standard["rejected"]),
+            "rejections not counted per priority",
+        )
 
         # A page opened now starts from the server's history: counts since the server
         # started, and charts that are not empty.

@@ -41,7 +41,8 @@ VENV_BIN = Path(sys.executable).parent
 SHELL_WORDS = {"for", "do", "done", "then", "fi", "if"}
 # Commands of the system the README uses as they are; their own flags are theirs.
 SYSTEM_COMMANDS = {
-    *("curl", "jq", "grep", "createdb", "psql", "rm", "mkdir", "cp", "apt-get", "pip", "python3")
+    *("curl", "jq", "grep", "createdb", "psql", "rm", "mkdir", "cp", "apt-get", "pip", "python3"),
+    "sleep",
 }
 CONTAINERS = {"docker"}
 LOAD_TOOLS = {"wrk", "hey"}
@@ -361,3 +362,34 @@ def test_the_degrade_section_works_as_written(tmp_path: Path) -> None:
     alice, bob = (json.loads(line) for line in output.splitlines())
     assert (alice["service_level"], bob["service_level"]) == ("full", "degraded")
     assert (alice["skipped_steps"], bob["skipped_steps"]) == ([], ["fraud_check"])
+
+
+@pytest.mark.slow
+@needs_jq
+def test_the_priorities_section_works_as_written(tmp_path: Path) -> None:
+    output = run_section("### Priorities", tmp_path)
+    lines = output.splitlines()
+    assert lines[:4] == [
+        "bob standard 202",
+        "carol standard 503",
+        "erin sheddable 503",
+        "dave critical 202",
+    ]
+    assert json.loads(lines[4]) == {"customer_id": "dave", "priority": "critical"}
+    assert json.loads(lines[5]) == {"critical": 0, "standard": 1, "sheddable": 1}
+
+
+@pytest.mark.slow
+@needs_jq
+def test_the_deadlines_section_works_as_written(tmp_path: Path) -> None:
+    output = run_section("### Deadlines", tmp_path)
+    assert "HTTP/1.1 503 Service Unavailable" in output
+    # 1 s late, or 2 s if alice had not yet taken her slot (then she is counted as waiting)
+    assert re.search(r"^retry-after: [12]\r?$", output, flags=re.MULTILINE | re.IGNORECASE)
+    assert '"cause":"deadline"' in output
+    assert "cannot start within 1 s" in output
+    events = [json.loads(e) for e in re.findall(r'\{"kind":"\w+","status":"\w+"\}', output)]
+    assert events == [
+        {"kind": "created", "status": "queued"},
+        {"kind": "expired", "status": "expired"},
+    ]

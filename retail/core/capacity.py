@@ -5,7 +5,15 @@ the current load and the configured limits into a frozen decision value, which
 `POST /orders` acts on before it touches the database.
 
 Estimates assume every order takes the mean service time of its service level
-and that waiting orders start in FIFO order, each on the slot that frees first.
+and that waiting orders start in priority order (first come first served within a
+priority), each on the slot that frees first: a new order's start is estimated among
+the waiting orders that start before it.
+
+Priorities (`decide(..., priority=...)`): `Limits.critical_reserve` holds back room
+that only critical orders may take (fulfilment slots in `reject` mode, queue places
+in `queue` and `degrade` modes); a sheddable order is taken only if it can start
+within `Limits.sheddable_max_wait_s`; the degraded path is never given to a critical
+order. A deadline (`start_within_s`) refuses an order whose estimated start is later.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from retail.core.types import OverloadMode, ServiceLevel
+from retail.core.types import OverloadMode, Priority, ServiceLevel
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +32,8 @@ class Limits:
     capacity: int
     queue_limit: int
     max_queue_wait_s: float | None = None
+    critical_reserve: int = 0  # slots (reject mode) or queue places only critical orders take
+    sheddable_max_wait_s: float = 0.0  # a sheddable order is taken if it starts within this
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +46,18 @@ class Load:
     remaining_s: tuple[float, ...]
     full_service_s: float
     degraded_service_s: float
+    # Of `queued`: the critical ones (they start before all others) and the sheddable ones
+    # (they start after all others); the rest are standard.
+    critical_queued: int = 0
+    sheddable_queued: int = 0
+
+    def ahead_of(self, priority: Priority) -> int:
+        """Waiting orders that start before a new order of `priority`."""
+        if priority is Priority.CRITICAL:
+            return self.critical_queued
+        if priority is Priority.STANDARD:
+            return self.queued - self.sheddable_queued
+        return self.queued
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +93,7 @@ class Reject:
 
     retry_after_s: int
     reason: str
+    cause: str = "slots_busy"  # slots_busy, reserved, queue_full, wait_limit, sheddable, deadline
 
 
 Decision = Admit | Queue | Degrade | Reject
@@ -136,43 +159,72 @@ def _admit(queue_position: int) -> Admit:
     return Admit(queue_position=queue_position)  # frozen, so one value per position will do
 
 
-def admit_at_once(limits: Limits, in_flight: int, queued: int) -> Admit | None:
+def admit_at_once(
+    limits: Limits, in_flight: int, ahead: int, priority: Priority = Priority.STANDARD
+) -> Admit | None:
     """`decide`'s answer when a slot is free for the order (None when none is).
 
-    It needs only the counts, not the timetable of `Load.remaining_s`, so a caller may ask
-    it first and build the `Load` only when it returns None; `decide` starts with it.
+    `ahead`: the waiting orders that start before it. It needs only the counts, not the
+    timetable of `Load.remaining_s`, so a caller may ask it first and build the `Load`
+    only when it returns None; `decide` starts with it.
     """
-    if in_flight + queued < limits.capacity:
-        return _admit(queued + 1)
+    held = 0
+    if limits.mode is OverloadMode.REJECT and priority is not Priority.CRITICAL:
+        held = limits.critical_reserve
+    if in_flight + ahead < limits.capacity - held:
+        return _admit(ahead + 1)
     return None
 
 
-def decide(limits: Limits, load: Load) -> Decision:
+def decide(
+    limits: Limits,
+    load: Load,
+    *,
+    priority: Priority = Priority.STANDARD,
+    start_within_s: float | None = None,
+) -> Decision:
+    """The decision for one new order of `priority`, worth fulfilling only if it starts
+    within `start_within_s` seconds (None: whenever)."""
     capacity = limits.capacity
-    at_once = admit_at_once(limits, load.in_flight, load.queued)
+    critical = priority is Priority.CRITICAL
+    reserve = 0 if critical else limits.critical_reserve
+    waiting_index = load.ahead_of(priority)  # waiting orders that start before this one
+    slot_reserve = reserve if limits.mode is OverloadMode.REJECT else 0
+    at_once = admit_at_once(limits, load.in_flight, waiting_index, priority)
     if at_once is not None:
         return at_once
 
-    position = load.queued + 1  # among orders with status `queued`, this one included
-    waiting_index = load.queued  # queued orders ahead, some perhaps about to take a free slot
+    position = waiting_index + 1  # among orders with status `queued`, this one included
 
     if limits.mode is OverloadMode.REJECT:
-        # A slot is back for a new order once the orders still queued have taken theirs.
-        room_s = estimated_start_s(load, capacity, waiting_index, load.full_service_s)
+        # A slot is back for a new order once the orders ahead (and the reserve) have theirs.
+        room_s = estimated_start_s(
+            load, capacity, waiting_index + slot_reserve, load.full_service_s
+        )
+        held = load.in_flight + waiting_index < capacity
         return Reject(
             retry_after_s=retry_after_s(room_s),
-            reason=_slots_taken(capacity, load.in_flight, load.queued),
+            reason=(
+                f"the free slots are held for critical orders ({slot_reserve} of {capacity} "
+                f"reserved, {load.in_flight} in fulfilment)"
+                if held
+                else _slots_taken(capacity, load.in_flight, load.queued)
+            ),
+            cause="reserved" if held else "slots_busy",
         )
 
     service_s = (
         load.degraded_service_s if limits.mode is OverloadMode.DEGRADE else load.full_service_s
     )
-    if load.queued >= limits.queue_limit:
+    queue_limit = max(0, limits.queue_limit - reserve)
+    if load.queued >= queue_limit:
         # Room comes back when the order at the head of the excess starts.
-        excess = waiting_index - limits.queue_limit
+        excess = load.queued - queue_limit
+        kept = f"; {_count(reserve, 'place')} held for critical orders" if reserve else ""
         return Reject(
             retry_after_s=retry_after_s(estimated_start_s(load, capacity, excess, service_s)),
-            reason=f"the queue is full ({load.queued} of {limits.queue_limit} waiting)",
+            reason=f"the queue is full ({load.queued} of {limits.queue_limit} waiting{kept})",
+            cause="queue_full",
         )
     start_s = estimated_start_s(load, capacity, waiting_index, service_s)
     if limits.max_queue_wait_s is not None and start_s > limits.max_queue_wait_s:
@@ -182,7 +234,30 @@ def decide(limits: Limits, load: Load) -> Decision:
                 f"the estimated wait {start_s:.1f} s exceeds the limit "
                 f"{limits.max_queue_wait_s:g} s"
             ),
+            cause="wait_limit",
         )
-    if limits.mode is OverloadMode.DEGRADE:
+    if priority is Priority.SHEDDABLE and start_s > limits.sheddable_max_wait_s:
+        return Reject(
+            retry_after_s=retry_after_s(start_s - limits.sheddable_max_wait_s),
+            reason=(
+                f"a sheddable order is taken only if it can start within "
+                f"{limits.sheddable_max_wait_s:g} s; the estimated start is in {start_s:.1f} s"
+            ),
+            cause="sheddable",
+        )
+    if start_within_s is not None and start_s > start_within_s:
+        return Reject(
+            retry_after_s=retry_after_s(start_s - start_within_s),
+            reason=(
+                f"it cannot start within {start_within_s:g} s "
+                f"(start_within_s); the estimated start is in {start_s:.1f} s"
+            ),
+            cause="deadline",
+        )
+    if limits.mode is OverloadMode.DEGRADE and not critical:
         return Degrade(queue_position=position, estimated_start_s=start_s)
     return Queue(queue_position=position, estimated_start_s=start_s)
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -6,9 +6,10 @@ each slot stays busy; the worker pool writes it as orders start and end; the
 simulator does both on its virtual clock. Time is a float of seconds on the caller's
 timeline (`now`), never read here.
 
-`WaitingLine` is the start order of waiting orders, first come first served. The
-store keeps the same order for the orders it holds (claims go by `seq`); the
-simulator, which has no store, keeps its waiting orders here.
+`WaitingLine` is the start order of waiting orders: by priority, first come first
+served within a priority. The store keeps the same order for the orders it holds
+(claims go by priority, then `seq`); `MemoryStore` and the simulator, which has no
+store, keep their waiting orders here.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Generic, TypeVar
 
+from retail.core.types import Priority
+
 Key = TypeVar("Key", bound=Hashable)
-Item = TypeVar("Item")
+Item = TypeVar("Item", bound=Hashable)
 
 
 @dataclass(slots=True)
@@ -70,24 +74,63 @@ class Dispatcher(Generic[Key]):
 
 
 class WaitingLine(Generic[Item]):
-    """Waiting orders in the order they start: first come, first served."""
+    """Waiting orders in the order they start: critical, then standard, then sheddable;
+    first come, first served within a priority. Items are distinct (an order's key)."""
 
     def __init__(self) -> None:
-        self._line: deque[Item] = deque()
+        # One first-in first-out line per priority, by rank.
+        self._lines: tuple[deque[Item], ...] = tuple(deque() for _ in Priority)
+        self._size = 0
 
     def __len__(self) -> int:
-        return len(self._line)
+        return self._size
 
     def __iter__(self) -> Iterator[Item]:
-        return iter(self._line)
+        return chain.from_iterable(self._lines)
 
-    def push(self, item: Item) -> None:
-        self._line.append(item)
+    def __contains__(self, item: object) -> bool:
+        return any(item in line for line in self._lines)
+
+    def count(self, priority: Priority) -> int:
+        """Orders of `priority` waiting."""
+        return len(self._lines[priority.rank])
+
+    def push(self, item: Item, priority: Priority = Priority.STANDARD) -> None:
+        self._lines[priority.rank].append(item)
+        self._size += 1
 
     def pop(self) -> Item:
         """The next to start; `IndexError` when none waits."""
-        return self._line.popleft()
+        for line in self._lines:
+            if line:
+                self._size -= 1
+                return line.popleft()
+        raise IndexError("pop from an empty waiting line")
+
+    def first(self) -> Item | None:
+        """The next to start, left in the line (None when none waits)."""
+        for line in self._lines:
+            if line:
+                return line[0]
+        return None
 
     def remove(self, item: Item) -> None:
-        """A waiting order left before it started (cancelled)."""
-        self._line.remove(item)
+        """A waiting order left before it started (cancelled, expired); `ValueError` if absent."""
+        for line in self._lines:
+            if item in line:
+                line.remove(item)
+                self._size -= 1
+                return
+        raise ValueError(f"{item!r} is not waiting")
+
+    def ahead_of(self, item: Item) -> int:
+        """Waiting orders that start before `item` (all of them if it does not wait)."""
+        ahead = 0
+        for line in self._lines:
+            if item in line:
+                for other in line:
+                    if other == item:
+                        return ahead
+                    ahead += 1
+            ahead += len(line)
+        return ahead

@@ -15,7 +15,7 @@ from typing import Any
 
 from retail.core.errors import InsufficientStock, InvalidOrder, MixedCurrencies, UnknownSku
 from retail.core.events import OrderEvent, iso
-from retail.core.types import OrderStatus, ServiceLevel
+from retail.core.types import OrderStatus, Priority, ServiceLevel
 
 Items = tuple[tuple[str, int], ...]  # (sku, quantity), one per SKU
 
@@ -54,6 +54,8 @@ class NewOrder:
     skipped_steps: tuple[str, ...]
     queue_position: int
     estimated_start_at: datetime | None = None  # what admission expects
+    priority: Priority = Priority.STANDARD
+    start_deadline: datetime | None = None  # not started by then, it expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,8 @@ class OrderView:
     finished_at: datetime | None = None
     failure_reason: str | None = None
     step_index: int = 0  # steps completed: a resumed order continues from here
+    priority: Priority = Priority.STANDARD
+    start_deadline: datetime | None = None  # not started by then, it expires
 
 
 def order_document(
@@ -100,6 +104,7 @@ def order_document(
         "id": str(order.id),
         "customer_id": order.customer_id,
         "status": order.status.value,
+        "priority": order.priority.value,
         "service_level": order.service_level.value,
         "skipped_steps": list(order.skipped_steps),
         "lines": [
@@ -121,6 +126,7 @@ def order_document(
         "failure_reason": order.failure_reason,
         "queue_position": queue_position,
         "estimated_start_at": iso(estimated_start_at),
+        "start_deadline": iso(order.start_deadline),
     }
 
 
@@ -163,12 +169,16 @@ class Allocation:
 
     def created_detail(self) -> dict[str, Any]:
         """What the order's `created` event records."""
-        return {
+        detail: dict[str, Any] = {
+            "priority": self.order.priority.value,
             "service_level": self.order.service_level.value,
             "skipped_steps": list(self.order.skipped_steps),
             "queue_position": self.order.queue_position,
             "total": self.total,
         }
+        if self.order.start_deadline is not None:
+            detail["start_deadline"] = iso(self.order.start_deadline)
+        return detail
 
     def view(self, *, seq: int, now: datetime) -> OrderView:
         order = self.order
@@ -184,6 +194,8 @@ class Allocation:
             currency=self.currency,
             created_at=now,
             updated_at=now,
+            priority=order.priority,
+            start_deadline=order.start_deadline,
         )
 
 

@@ -14,22 +14,47 @@ class OverloadMode(enum.StrEnum):
 
 
 class OrderStatus(enum.StrEnum):
-    """Lifecycle: queued -> processing -> fulfilled | failed; queued -> cancelled."""
+    """Lifecycle: queued -> processing -> fulfilled | failed; queued -> cancelled | expired."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
     FULFILLED = "fulfilled"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # its start deadline passed while it waited: never started
 
     @property
     def is_terminal(self) -> bool:
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset({OrderStatus.FULFILLED, OrderStatus.FAILED, OrderStatus.CANCELLED})
+TERMINAL_STATUSES = frozenset(
+    {OrderStatus.FULFILLED, OrderStatus.FAILED, OrderStatus.CANCELLED, OrderStatus.EXPIRED}
+)
 
 
 class ServiceLevel(enum.StrEnum):
     FULL = "full"
     DEGRADED = "degraded"
+
+
+class Priority(enum.StrEnum):
+    """How much an order matters when there is not room for all: waiting orders start in
+    this order (first come first served within one), and the least important are shed first."""
+
+    CRITICAL = "critical"
+    STANDARD = "standard"
+    SHEDDABLE = "sheddable"
+
+    @property
+    def rank(self) -> int:
+        """0 starts first: the value stored with the order and sorted on."""
+        return _RANKS[self]
+
+    @classmethod
+    def of_rank(cls, rank: int) -> Priority:
+        return _BY_RANK[rank]
+
+
+_BY_RANK = tuple(Priority)
+_RANKS = {priority: rank for rank, priority in enumerate(_BY_RANK)}

@@ -48,7 +48,7 @@ SENDING_EVENTS = (
     "connect_unix_socket.started",
     "send_request_headers.started",
 )
-TERMINAL_STATUSES = frozenset({"fulfilled", "failed", "cancelled"})
+TERMINAL_STATUSES = frozenset({"fulfilled", "failed", "cancelled", "expired"})
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 START_KINDS = frozenset({"started", "resumed"})
-END_KINDS = frozenset({"fulfilled", "failed", "cancelled"})
+END_KINDS = frozenset({"fulfilled", "failed", "cancelled", "expired"})
 
 
 @dataclass(frozen=True, slots=True)

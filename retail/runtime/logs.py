@@ -33,6 +33,7 @@ FROM_STATUS: dict[str, OrderStatus | None] = {
     "created": None,
     "started": OrderStatus.QUEUED,
     "cancelled": OrderStatus.QUEUED,
+    "expired": OrderStatus.QUEUED,
 }
 # Step boundaries inside `processing`: logged at DEBUG; status changes at INFO.
 STEP_KINDS = frozenset({"step_started", "step_completed"})

@@ -28,7 +28,7 @@ from prometheus_client.exposition import choose_encoder
 
 from retail.core import capacity
 from retail.core.events import OrderEvent
-from retail.core.types import OverloadMode
+from retail.core.types import OverloadMode, Priority
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -60,8 +60,9 @@ class Metrics:
         registry = self.registry
         self.admission_decisions = Counter(
             "retail_admission_decisions",
-            "Admission decisions for new orders, by overload mode and outcome.",
-            ["mode", "outcome"],
+            "Admission decisions for new orders, by overload mode, outcome and the order's "
+            "priority (a refusal before the body is read counts as standard).",
+            ["mode", "outcome", "priority"],
             registry=registry,
         )
         self.orders_in_flight = Gauge(
@@ -130,16 +131,18 @@ class Metrics:
         # Children by label values, for the series touched on every request: `labels()`
         # checks and joins its arguments each time. The label sets are bounded (modes,
         # outcomes, methods, route templates, statuses).
-        self._decisions: dict[tuple[OverloadMode, type], Counter] = {}
+        self._decisions: dict[tuple[OverloadMode, Priority, type], Counter] = {}
         self._requests: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     # --- observations, where they happen -----------------------------------------------
 
-    def decided(self, mode: OverloadMode, decision: capacity.Decision) -> None:
-        key = (mode, type(decision))
+    def decided(self, mode: OverloadMode, priority: Priority, decision: capacity.Decision) -> None:
+        key = (mode, priority, type(decision))
         child = self._decisions.get(key)
         if child is None:
-            child = self.admission_decisions.labels(mode.value, OUTCOMES[type(decision)])
+            child = self.admission_decisions.labels(
+                mode.value, OUTCOMES[type(decision)], priority.value
+            )
             self._decisions[key] = child
         child.inc()
 

@@ -55,9 +55,10 @@ async def read_order(services: Services, order_id: uuid.UUID) -> OrderState:
 async def cancel_order(services: Services, order_id: uuid.UUID) -> OrderView:
     """Cancel a waiting order, its stock back once; `InvalidTransition` once it has started."""
     event = await services.store.cancel_order(order_id, now=services.clock.now())
-    services.admission.left_queue()
+    order = await services.store.get_order(order_id)
+    services.admission.left_queue(order.priority)
     services.bus.publish(event)
-    return await services.store.get_order(order_id)
+    return order
 
 
 async def order_events(

@@ -32,6 +32,7 @@ from retail.core.orders import (
     order_document,
     validate_items,
 )
+from retail.core.types import Priority
 from retail.runtime.bus import Subscription
 from retail.runtime.idempotency import Claimed, check_same_request
 from retail.runtime.services import Services
@@ -58,12 +59,16 @@ async def place_order(
     body: bytes,
     key: str | None = None,
     prefer_wait_s: float | None = None,
+    priority: Priority = Priority.STANDARD,
+    start_within_s: float | None = None,
 ) -> Answer:
     """Store the order (or replay its key's stored answer); raise a `RetailError` if not.
 
     `body` is the request's JSON as received (an `Idempotency-Key` is bound to it);
     `prefer_wait_s`: hold the answer until the order ends, this long at most. With
-    `RETAIL_ORDER_ACCESS=token` the answer carries the order's token.
+    `RETAIL_ORDER_ACCESS=token` the answer carries the order's token. `priority` and
+    `start_within_s` (worth fulfilling only if it starts within that many seconds of
+    its acceptance) go to admission; a waiting order past that deadline expires.
     """
     settings = services.settings
     claimed = services.idempotency.claim(key, body) if key is not None else None
@@ -72,7 +77,9 @@ async def place_order(
             items, max_lines=settings.max_order_lines, max_quantity=settings.max_line_quantity
         )
         try:
-            ticket = services.admission.admit(services.clock.seconds())
+            ticket = services.admission.admit(
+                services.clock.seconds(), priority=priority, start_within_s=start_within_s
+            )
         except CapacityExceeded:
             # A retry of an order already stored gets its answer even when full.
             if claimed is not None:
@@ -94,6 +101,8 @@ async def place_order(
         skipped_steps=services.pipeline.skipped(decision.service_level),
         queue_position=decision.queue_position,
         estimated_start_at=now + timedelta(seconds=decision.estimated_start_s),
+        priority=priority,
+        start_deadline=None if start_within_s is None else now + timedelta(seconds=start_within_s),
     )
     keyed = Keyed(claimed.key, claimed.request_hash) if claimed is not None else None
     with ExitStack() as held:

@@ -1,12 +1,14 @@
 """The worker pool: claims orders from the store and runs their steps.
 
-One dispatcher task claims orders in FIFO order while the `Dispatcher` (the core's
-in-flight timetable, shared with admission) has a free slot, and starts one named
-task per order. Capacity `1` is the synchronous
-server (one order at a time); capacity `N` fulfils up to N at once on the event
-loop. Stopping: no new claims, in-flight orders get `shutdown_timeout_s` to
-finish, the rest are cancelled and their leases released so the next start
-resumes them at once.
+One dispatcher task claims orders in start order (by priority, then first come
+first served) while the `Dispatcher` (the core's in-flight timetable, shared with
+admission) has a free slot, and starts one named task per order. Once per poll
+interval it ends the waiting orders whose start deadline has passed (`expired`,
+their stock back); a claim never takes one, so no slot is spent on it. Capacity
+`1` is the synchronous server (one order at a time); capacity `N` fulfils up to N
+at once on the event loop. Stopping: no new claims, in-flight orders get
+`shutdown_timeout_s` to finish, the rest are cancelled and their leases released
+so the next start resumes them at once.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_housekeeping = -math.inf
         self._last_resync = -math.inf
+        self._last_expiry = -math.inf
         self._dispatcher = admission.dispatcher
 
     @property
@@ -114,6 +117,8 @@ class WorkerPool:
         while not self._stopping:
             self._wake.clear()
             if not self._claiming or not self._dispatcher.free_slots:
+                if self._claiming:
+                    await self._expire_due()
                 await self._resync()
                 await self._idle()
                 continue
@@ -123,9 +128,23 @@ class WorkerPool:
                 log.exception("claiming an order failed; retrying")
                 started = False
             if not started:
+                await self._expire_due()
                 await self._resync()
                 await self._housekeeping()
                 await self._idle()
+
+    async def _expire_due(self) -> None:
+        if self._clock.monotonic() - self._last_expiry < self._poll_interval_s:
+            return
+        self._last_expiry = self._clock.monotonic()
+        try:
+            expired = await self._store.expire_due(now=self._clock.now())
+        except Exception:
+            log.exception("expiring orders past their start deadline failed")
+            return
+        for order in expired:
+            self._admission.left_queue(order.priority)
+            self._bus.publish(order.event)
 
     async def _resync(self) -> None:
         # Woken on every stored batch, but other processes' changes are only looked
@@ -135,11 +154,11 @@ class WorkerPool:
         self._last_resync = self._clock.monotonic()
         read_at_change = self._admission.changes
         try:
-            counts = await self._store.count_by_status()
+            counts = await self._store.queued_by_priority()
         except Exception:
             log.exception("reading the queue length failed")
             return
-        self._admission.resync(counts.get(OrderStatus.QUEUED, 0), read_at_change=read_at_change)
+        self._admission.resync(counts, read_at_change=read_at_change)
 
     async def _idle(self) -> None:
         await self._clock.wait(self._wake, self._poll_interval_s)
@@ -150,7 +169,7 @@ class WorkerPool:
         if claim is None:
             return False
         if not claim.resumed:
-            self._admission.left_queue()
+            self._admission.left_queue(claim.priority)
         self._metrics.order_started(
             None if claim.resumed else (now - claim.created_at).total_seconds()
         )

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from retail.config import Settings
 from retail.core.admission import Admission
 from retail.core.pipeline import Pipeline
-from retail.core.types import OrderStatus
 from retail.runtime.bus import EventBus
 from retail.runtime.clock import Clock
 from retail.runtime.idempotency import Idempotency
@@ -65,10 +64,10 @@ async def running_services(
         )
         if added:
             log.info("seeded the demo catalogue (%d products)", added)
-        counts = await store.count_by_status()
+        counts = await store.queued_by_priority()
         pipeline = settings.pipeline()
         admission = Admission(settings.limits(), pipeline, on_decision=metrics.decided)
-        admission.queued = counts.get(OrderStatus.QUEUED, 0)
+        admission.restore(counts)
         bus = EventBus()
         bus.listen(log_transition)
         bus.listen(metrics.notice)

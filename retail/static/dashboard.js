@@ -9,7 +9,7 @@ const LATEST_ORDERS = 20;   // rows in the order table
 const WAIT_ORDERS = 200;    // waits are percentiles over this many recent orders
 const TIMED_ORDERS = 2000;  // orders whose creation and start times are remembered
 const MAX_BURST = 500;
-const TERMINAL = new Set(["fulfilled", "failed", "cancelled"]);
+const TERMINAL = new Set(["fulfilled", "failed", "cancelled", "expired"]);
 const MODE_HINTS = {
   queue: "over capacity: wait in line",
   reject: "over capacity: refused with 503",
@@ -396,6 +396,18 @@ function renderStats() {
   if (s.counters) {
     $("accepted-total").textContent = s.counters.accepted;
     $("rejected-total").textContent = s.counters.rejected;
+  }
+  if (s.by_priority) {
+    for (const [priority, figures] of Object.entries(s.by_priority)) {
+      const row = $("priority-" + priority);
+      if (!row) continue;
+      const c = figures.counters;
+      const cells = row.querySelectorAll("td");
+      [figures.queued, c.accepted, c.degraded, c.rejected].forEach((value, i) => {
+        cells[i].textContent = value;
+      });
+    }
+    $("critical-reserve").textContent = s.critical_reserve;
   }
   const last = state.samples[state.samples.length - 1];
   if (last) {

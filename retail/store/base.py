@@ -4,8 +4,10 @@ Two implementations: `retail.store.sql.SqlStore` (SQLite and PostgreSQL through
 SQLAlchemy) and `retail.store.memory.MemoryStore` (a process's memory, for unit tests
 and the simulator). `tests/store/` is one conformance suite run against all three.
 
-The orders table is the record and the work queue. A worker claims the oldest
-available order (queued, or processing under an expired lease) and gets a fencing
+The orders table is the record and the work queue. A worker claims the next
+available order (processing under an expired lease, oldest first; else the next
+queued one in start order: by priority, then oldest first, never one whose start
+deadline has passed) and gets a fencing
 token (`Claim.token`) that grows with every claim; every later write for that claim
 is refused with `LeaseLost` once another claim has taken the order over.
 """
@@ -21,7 +23,7 @@ from typing import Any, Protocol
 from retail.core.errors import RetailError
 from retail.core.events import OrderEvent
 from retail.core.orders import NewOrder, OrderView, Placed
-from retail.core.types import OrderStatus, ServiceLevel
+from retail.core.types import OrderStatus, Priority, ServiceLevel
 
 # The demo catalogue `prepare(seed_catalogue=True)` puts into an empty store:
 # (sku, name, unit price in cents, stock), in EUR.
@@ -88,6 +90,15 @@ class Claim:
     event: OrderEvent  # `started` or `resumed`
     created_at: datetime
     started_at: datetime  # of its first claim
+    priority: Priority = Priority.STANDARD
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A waiting order whose start deadline passed: ended `expired`, its stock back."""
+
+    event: OrderEvent  # `expired`
+    priority: Priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,12 +148,13 @@ class Store(Protocol):
         customer_id: str | None = None,
         before_seq: int | None = None,
         limit: int = 50,
+        priority: Priority | None = None,
     ) -> tuple[list[OrderView], int | None]:
         """Newest first (by `seq`), and the `before_seq` of the next page (None: last page)."""
         ...
 
     async def queue_position(self, order: OrderView) -> int:
-        """1 + the queued orders that start before this one."""
+        """1 + the queued orders that start before this one (higher priorities first)."""
         ...
 
     async def list_events(self, order_id: uuid.UUID, *, after_id: int = 0) -> list[OrderEvent]:
@@ -153,6 +165,10 @@ class Store(Protocol):
         """Queued and processing orders."""
         ...
 
+    async def queued_by_priority(self) -> dict[Priority, int]:
+        """Queued orders per priority (every priority, zeros included)."""
+        ...
+
     async def oldest_queued_at(self) -> datetime | None: ...
 
     # --- changing -------------------------------------------------------------------------
@@ -160,8 +176,16 @@ class Store(Protocol):
         """Cancel a queued order, its stock back exactly once; `InvalidTransition` otherwise."""
         ...
 
+    async def expire_due(self, *, now: datetime) -> list[Expired]:
+        """End every queued order whose start deadline is `now` or earlier: `expired`, with
+        its event, its stock back exactly once."""
+        ...
+
     # --- the work queue -------------------------------------------------------------------
-    async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None: ...
+    async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None:
+        """The next order in start order, under a lease; never a queued one whose start
+        deadline is `now` or earlier (`expire_due` ends those)."""
+        ...
 
     async def step_boundary(
         self,

@@ -1,7 +1,8 @@
 """`MemoryStore`: the `Store` protocol in a process's memory (unit tests, the simulator).
 
-The same rules as `SqlStore`, in dictionaries: `seq` and event ids grow, claims are
-FIFO by `seq` with expired leases first, writes are fenced by the claim's token,
+The same rules as `SqlStore`, in dictionaries: `seq` and event ids grow, claims go
+in start order (the core's `WaitingLine`: by priority, then `seq`) with expired
+leases first and orders past their start deadline never, writes are fenced by the claim's token,
 stock never goes negative and comes back once. No method awaits between reading and
 writing its state, so each one is atomic on the event loop without a lock.
 """
@@ -14,13 +15,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from retail.core.dispatch import WaitingLine
 from retail.core.errors import (
     InvalidTransition,
     OrderNotFound,
     ProductNotFound,
     RetailError,
 )
-from retail.core.events import OrderEvent
+from retail.core.events import OrderEvent, iso
 from retail.core.orders import (
     Allocation,
     NewOrder,
@@ -30,11 +32,12 @@ from retail.core.orders import (
     accepted_document,
     allocate,
 )
-from retail.core.types import OrderStatus, ServiceLevel
+from retail.core.types import OrderStatus, Priority, ServiceLevel
 from retail.store.base import (
     ACCEPTED,
     DEMO_CATALOGUE,
     Claim,
+    Expired,
     LeaseLost,
     Outcome,
     Placing,
@@ -74,7 +77,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._orders: dict[uuid.UUID, _Order] = {}
         self._by_seq: list[_Order] = []  # in seq order (seq = index + 1)
-        self._queued: dict[int, _Order] = {}  # by seq, oldest first
+        self._waiting: WaitingLine[int] = WaitingLine()  # queued orders' seqs, in start order
         self._processing: dict[int, _Order] = {}
         self._products: dict[str, _Product] = {}
         self._responses: dict[str, tuple[StoredResponse, datetime]] = {}
@@ -122,7 +125,7 @@ class MemoryStore:
         record = _Order(decided.view(seq=seq, now=now))
         self._orders[order.id] = record
         self._by_seq.append(record)
-        self._queued[seq] = record
+        self._waiting.push(seq, order.priority)
         event = self._add_event(
             record, "created", OrderStatus.QUEUED, now, detail=decided.created_detail()
         )
@@ -178,6 +181,7 @@ class MemoryStore:
         customer_id: str | None = None,
         before_seq: int | None = None,
         limit: int = 50,
+        priority: Priority | None = None,
     ) -> tuple[list[OrderView], int | None]:
         end = (
             len(self._by_seq)
@@ -191,32 +195,31 @@ class MemoryStore:
                 continue
             if customer_id is not None and view.customer_id != customer_id:
                 continue
+            if priority is not None and view.priority is not priority:
+                continue
             if len(page) == limit:
                 return page, page[-1].seq
             page.append(view)
         return page, None
 
     async def queue_position(self, order: OrderView) -> int:
-        ahead = 0
-        for seq in self._queued:
-            if seq >= order.seq:
-                break
-            ahead += 1
-        return ahead + 1
+        return self._waiting.ahead_of(order.seq) + 1
 
     async def list_events(self, order_id: uuid.UUID, *, after_id: int = 0) -> list[OrderEvent]:
         return [event for event in self._order(order_id).events if event.id > after_id]
 
     async def count_by_status(self) -> dict[OrderStatus, int]:
         return {
-            OrderStatus.QUEUED: len(self._queued),
+            OrderStatus.QUEUED: len(self._waiting),
             OrderStatus.PROCESSING: len(self._processing),
         }
 
+    async def queued_by_priority(self) -> dict[Priority, int]:
+        return {priority: self._waiting.count(priority) for priority in Priority}
+
     async def oldest_queued_at(self) -> datetime | None:
-        for record in self._queued.values():
-            return record.view.created_at
-        return None
+        oldest = min(self._waiting, default=None)
+        return None if oldest is None else self._by_seq[oldest - 1].view.created_at
 
     # --- changing -------------------------------------------------------------------------
     async def cancel_order(self, order_id: uuid.UUID, *, now: datetime) -> OrderEvent:
@@ -228,7 +231,7 @@ class MemoryStore:
                 "before fulfilment starts.",
                 order_status=status.value,
             )
-        del self._queued[record.view.seq]
+        self._waiting.remove(record.view.seq)
         record.view = replace(
             record.view, status=OrderStatus.CANCELLED, finished_at=now, updated_at=now
         )
@@ -237,13 +240,30 @@ class MemoryStore:
             record, "cancelled", OrderStatus.CANCELLED, now, detail={"stock_released": True}
         )
 
+    async def expire_due(self, *, now: datetime) -> list[Expired]:
+        due = [seq for seq in self._waiting if _past_deadline(self._by_seq[seq - 1], now)]
+        expired = []
+        for seq in due:
+            self._waiting.remove(seq)
+            record = self._by_seq[seq - 1]
+            record.view = replace(
+                record.view, status=OrderStatus.EXPIRED, finished_at=now, updated_at=now
+            )
+            self._restock(record, now)
+            event = self._add_event(
+                record, "expired", OrderStatus.EXPIRED, now, detail=_expired_detail(record.view)
+            )
+            expired.append(Expired(event, record.view.priority))
+        return expired
+
     # --- the work queue -------------------------------------------------------------------
     async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None:
         record = self._next_claimable(now)
         if record is None:
             return None
         view = record.view
-        self._queued.pop(view.seq, None)
+        if view.status is OrderStatus.QUEUED:
+            self._waiting.remove(view.seq)
         self._processing[view.seq] = record
         record.lease_owner = owner
         record.lease_token += 1
@@ -271,6 +291,7 @@ class MemoryStore:
             event=event,
             created_at=view.created_at,
             started_at=started_at,
+            priority=view.priority,
         )
 
     def _next_claimable(self, now: datetime) -> _Order | None:
@@ -282,8 +303,10 @@ class MemoryStore:
         ]
         if expired:
             return self._processing[min(expired)]
-        for record in self._queued.values():
-            return record
+        for seq in self._waiting:
+            record = self._by_seq[seq - 1]
+            if not _past_deadline(record, now):
+                return record
         return None
 
     def _fenced(self, claim: Claim) -> _Order:
@@ -402,6 +425,16 @@ class MemoryStore:
         event = OrderEvent(self._event_id, record.view.id, kind, status, step, at, detail)
         record.events.append(event)
         return event
+
+
+def _past_deadline(record: _Order, now: datetime) -> bool:
+    deadline = record.view.start_deadline
+    return deadline is not None and deadline <= now
+
+
+def _expired_detail(view: OrderView) -> dict[str, Any]:
+    """What an `expired` event records (the same in every store)."""
+    return {"start_deadline": iso(view.start_deadline), "stock_released": True}
 
 
 if TYPE_CHECKING:  # mypy checks the class against the protocol

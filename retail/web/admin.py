@@ -32,6 +32,10 @@ async def put_capacity(update: CapacityUpdate, services: ServicesDep) -> Capacit
         changes["queue_limit"] = update.queue_limit
     if "max_queue_wait_s" in update.model_fields_set:
         changes["max_queue_wait_s"] = update.max_queue_wait_s
+    if update.critical_reserve is not None:
+        changes["critical_reserve"] = update.critical_reserve
+    if update.sheddable_max_wait_s is not None:
+        changes["sheddable_max_wait_s"] = update.sheddable_max_wait_s
     services.admission.update(**changes)
     services.pool.notify()
     return capacity_snapshot(services)

@@ -60,6 +60,8 @@ async def _place(
         body=body,
         key=headers.get("idempotency-key"),
         prefer_wait_s=prefer_wait_s(headers.get("prefer"), services.settings.prefer_wait_max_s),
+        priority=order_in.priority,
+        start_within_s=order_in.start_within_s,
     )
 
 
@@ -103,6 +105,7 @@ ORDER_EXAMPLE = {
     "id": "0b8f3c4e-1f2a-4c55-9a57-0c6b1f1f9d11",
     "customer_id": "alice",
     "status": "queued",
+    "priority": "standard",
     "service_level": "full",
     "skipped_steps": [],
     "lines": [{"sku": "MUG-1", "quantity": 2, "unit_price": 1250, "line_total": 2500}],
@@ -112,6 +115,7 @@ ORDER_EXAMPLE = {
     "updated_at": "2026-11-25T10:00:00Z",
     "queue_position": 1,
     "estimated_start_at": "2026-11-25T10:00:00Z",
+    "start_deadline": None,
 }
 
 
@@ -127,7 +131,12 @@ ORDER_EXAMPLE = {
         "- `Prefer: wait=N` (RFC 7240): hold the response up to N seconds; if the order "
         "ends by then, `201` with the final order and `Preference-Applied`.\n"
         "- Over capacity, the overload mode decides: queue (`202`, with the queue position), "
-        "degrade (`202`, `service_level: degraded`) or reject (`503` + `Retry-After`)."
+        "degrade (`202`, `service_level: degraded`) or reject (`503` + `Retry-After`).\n"
+        "- `priority` (`critical`, `standard`, `sheddable`): waiting orders start in that "
+        "order; room may be held back for critical orders; a sheddable order is refused "
+        "when it would wait.\n"
+        "- `start_within_s`: refused (`503`) when the estimated start is later; a waiting "
+        "order whose time runs out ends `expired`, its stock back."
     ),
     responses={
         201: {

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from retail.core.errors import RetailError
-from retail.core.types import OrderStatus
+from retail.core.types import OrderStatus, Priority
 from retail.runtime.orders import cancel_order as cancel_order_use_case
 from retail.runtime.orders import order_events, read_order
 from retail.web import sse
@@ -62,6 +62,7 @@ async def list_orders(
     services: ServicesDep,
     status: Annotated[OrderStatus | None, Query(description="Only orders in this state.")] = None,
     customer_id: Annotated[str | None, Query(max_length=100, pattern=TEXT_PATTERN)] = None,
+    priority: Annotated[Priority | None, Query(description="Only orders of this priority.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
     cursor: Annotated[
         str | None, Query(max_length=64, description="`next_cursor` of the previous page.")
@@ -70,7 +71,7 @@ async def list_orders(
     key = services.settings.signing_key()
     before = decode_cursor(cursor, key) if cursor else None
     rows, next_seq = await services.store.list_orders(
-        status=status, customer_id=customer_id, before_seq=before, limit=limit
+        status=status, customer_id=customer_id, before_seq=before, limit=limit, priority=priority
     )
     return OrderPage(
         items=[order_read(row) for row in rows],
@@ -112,7 +113,7 @@ async def get_order(order_id: uuid.UUID, services: ServicesDep, response: Respon
         "As JSON: every event so far.\n\n"
         "With `Accept: text/event-stream`: a stream of Server-Sent Events, the history "
         "first and then each event as it happens, until the order's terminal event "
-        "(`fulfilled`, `failed` or `cancelled`), when the stream ends. Each message has "
+        "(`fulfilled`, `failed`, `cancelled` or `expired`), when the stream ends. Each message has "
         "`id:` (the event id), `event:` (its kind) and `data:` (the event as JSON, as in "
         "the JSON list). Idle streams get a keep-alive comment every `RETAIL_KEEPALIVE_S`. "
         "`Last-Event-ID` resumes after that event; resuming after the terminal event "

@@ -7,9 +7,10 @@ from it); `OrderRead` documents the same shape in OpenAPI.
 
 from __future__ import annotations
 
+from retail.core.admission import Counters
 from retail.core.events import OrderEvent
 from retail.core.orders import OrderView, order_document
-from retail.core.types import ServiceLevel
+from retail.core.types import Priority, ServiceLevel
 from retail.runtime.orders import OrderState
 from retail.runtime.services import Services
 from retail.store.base import Product
@@ -18,6 +19,7 @@ from retail.web.schemas import (
     CapacityRead,
     OrderEventRead,
     OrderRead,
+    PriorityCapacity,
     ProductRead,
 )
 
@@ -34,17 +36,30 @@ def capacity_snapshot(services: Services) -> CapacityRead:
         capacity=limits.capacity,
         queue_limit=limits.queue_limit,
         max_queue_wait_s=limits.max_queue_wait_s,
+        critical_reserve=limits.critical_reserve,
+        sheddable_max_wait_s=limits.sheddable_max_wait_s,
         in_flight=services.pool.in_flight,
         queued=admission.queued,
         full_service_s=round(services.pipeline.mean_s(ServiceLevel.FULL), SECONDS_DECIMALS),
         degraded_service_s=round(services.pipeline.mean_s(ServiceLevel.DEGRADED), SECONDS_DECIMALS),
-        counters=CapacityCounters(
-            accepted=counters.accepted,
-            admitted=counters.admitted,
-            queued=counters.queued,
-            degraded=counters.degraded,
-            rejected=counters.rejected,
-        ),
+        counters=_counters(counters),
+        by_priority={
+            priority: PriorityCapacity(
+                queued=admission.waiting(priority),
+                counters=_counters(admission.by_priority[priority]),
+            )
+            for priority in Priority
+        },
+    )
+
+
+def _counters(counters: Counters) -> CapacityCounters:
+    return CapacityCounters(
+        accepted=counters.accepted,
+        admitted=counters.admitted,
+        queued=counters.queued,
+        degraded=counters.degraded,
+        rejected=counters.rejected,
     )
 
 

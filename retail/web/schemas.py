@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from retail.core.types import OrderStatus, OverloadMode, ServiceLevel
+from retail.core.types import OrderStatus, OverloadMode, Priority, ServiceLevel
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Free text from clients: no control characters (C0, DEL, C1; PostgreSQL refuses NUL
@@ -16,6 +16,7 @@ SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 TEXT_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
 HARD_MAX_QUANTITY = 1_000_000
 HARD_MAX_LINES = 1000
+MAX_START_WITHIN_S = 31_536_000  # a year
 
 Sku = Annotated[
     str,
@@ -37,7 +38,15 @@ class OrderItemIn(StrictModel):
 class OrderCreate(StrictModel):
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"customer_id": "alice", "items": [{"sku": "MUG-1", "quantity": 2}]}]
+            "examples": [
+                {"customer_id": "alice", "items": [{"sku": "MUG-1", "quantity": 2}]},
+                {
+                    "customer_id": "bob",
+                    "items": [{"sku": "TEE-M", "quantity": 1}],
+                    "priority": "critical",
+                    "start_within_s": 30,
+                },
+            ]
         }
     )
 
@@ -53,6 +62,24 @@ class OrderCreate(StrictModel):
         max_length=HARD_MAX_LINES,
         description="One line per SKU. The service limits the number of lines (see /capacity).",
     )
+    priority: Priority = Field(
+        Priority.STANDARD,
+        strict=False,
+        description="How much the order matters when there is not room for all. Waiting "
+        "orders start critical first, then standard, then sheddable (first come first "
+        "served within each). `RETAIL_CRITICAL_RESERVE` holds room back for critical "
+        "orders; a sheddable order is taken only if it can start within "
+        "`RETAIL_SHEDDABLE_MAX_WAIT_S`; the degraded path is never given to a critical order.",
+    )
+    start_within_s: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_START_WITHIN_S,
+        allow_inf_nan=False,
+        description="Worth fulfilling only if fulfilment starts within this many seconds of "
+        "acceptance: refused up front (`503`, `Retry-After`) when the estimated start is "
+        "later; a waiting order whose time runs out ends `expired`, its stock back.",
+    )
 
 
 class OrderLineRead(BaseModel):
@@ -66,6 +93,7 @@ class OrderRead(BaseModel):
     id: uuid.UUID
     customer_id: str
     status: OrderStatus
+    priority: Priority = Field(description="critical, standard or sheddable.")
     service_level: ServiceLevel
     skipped_steps: list[str] = Field(
         description="Optional fulfilment steps left out on the degraded path."
@@ -85,6 +113,10 @@ class OrderRead(BaseModel):
     estimated_start_at: datetime | None = Field(
         None, description="While queued: when fulfilment is expected to start."
     )
+    start_deadline: datetime | None = Field(
+        None,
+        description="With `start_within_s`: not started by then, the order ends `expired`.",
+    )
 
 
 class OrderPage(BaseModel):
@@ -98,7 +130,7 @@ class OrderEventRead(BaseModel):
     id: int
     kind: str = Field(
         description="created, started, resumed, step_started, step_completed, fulfilled, "
-        "failed, cancelled, lease_released"
+        "failed, cancelled, expired, lease_released"
     )
     status: OrderStatus
     step: str | None = None
@@ -138,16 +170,31 @@ class CapacityCounters(BaseModel):
     rejected: int = Field(description="Refused with 503.")
 
 
+class PriorityCapacity(BaseModel):
+    queued: int = Field(description="Orders of this priority waiting for a slot.")
+    counters: CapacityCounters
+
+
 class CapacityRead(BaseModel):
     mode: OverloadMode
     capacity: int
     queue_limit: int
     max_queue_wait_s: float | None
+    critical_reserve: int = Field(
+        description="Room only critical orders take: slots (reject mode) or queue places."
+    )
+    sheddable_max_wait_s: float = Field(
+        description="A sheddable order is taken only if it can start within this."
+    )
     in_flight: int
     queued: int
     full_service_s: float = Field(description="Expected fulfilment time of a full order.")
     degraded_service_s: float = Field(description="Expected fulfilment time of a degraded order.")
     counters: CapacityCounters
+    by_priority: dict[Priority, PriorityCapacity] = Field(
+        description="Waiting orders and decisions per priority (`counters` is their sum; a "
+        "refusal before the body is read counts as standard)."
+    )
 
 
 class CapacityUpdate(StrictModel):
@@ -161,6 +208,8 @@ class CapacityUpdate(StrictModel):
     max_queue_wait_s: float | None = Field(
         None, gt=0, description="Seconds; send null to remove the bound, omit to keep it."
     )
+    critical_reserve: int | None = Field(None, ge=0, le=10_000_000)
+    sheddable_max_wait_s: float | None = Field(None, ge=0, le=MAX_START_WITHIN_S)
 
 
 class Problem(BaseModel):

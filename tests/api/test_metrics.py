@@ -25,13 +25,19 @@ SHARES = {"reserve": 0.10, "fraud_check": 0.20, "payment": 0.15, "pick": 0.20, "
 
 @dataclass
 class Scrape:
-    """One scrape, parsed: `scrape("retail_orders_queued")`, with labels as keywords."""
+    """One scrape, parsed: `scrape("retail_orders_queued")`, with labels as keywords: the
+    sum of the series that carry those labels (others, such as `priority`, summed over)."""
 
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float]
     text: str
 
     def __call__(self, name: str, **labels: str) -> float:
-        return self.samples.get((name, frozenset(labels.items())), 0.0)
+        wanted = frozenset(labels.items())
+        return sum(
+            value
+            for (sample, key), value in self.samples.items()
+            if sample == name and wanted <= key
+        )
 
     def label_values(self, name: str, label: str) -> set[str]:
         return {dict(key)[label] for sample, key in self.samples if sample == name}

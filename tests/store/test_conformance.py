@@ -19,7 +19,7 @@ from retail.core.errors import (
     UnknownSku,
 )
 from retail.core.orders import Line, NewOrder, Placed, accepted_document
-from retail.core.types import OrderStatus, ServiceLevel
+from retail.core.types import OrderStatus, Priority, ServiceLevel
 from retail.store.base import (
     DEMO_CATALOGUE,
     Claim,
@@ -95,6 +95,8 @@ async def test_a_batch_is_stored_with_lines_prices_totals_and_created_events(sto
         service_level=ServiceLevel.DEGRADED,
         skipped_steps=("fraud_check",),
         queue_position=4,
+        priority=Priority.SHEDDABLE,
+        start_deadline=NOW + HOUR,
     )
     a, b = await placed(store, first, second)
 
@@ -105,6 +107,9 @@ async def test_a_batch_is_stored_with_lines_prices_totals_and_created_events(sto
     assert (a.order.status, a.order.created_at, a.order.updated_at) == (QUEUED, NOW, NOW)
     assert b.order.service_level is ServiceLevel.DEGRADED
     assert b.order.skipped_steps == ("fraud_check",)
+    assert (a.order.priority, a.order.start_deadline) == (Priority.STANDARD, None)
+    assert (b.order.priority, b.order.start_deadline) == (Priority.SHEDDABLE, NOW + HOUR)
+    assert await store.get_order(b.order.id) == b.order
     assert (a.event.kind, a.event.status, a.event.order_id, a.event.at) == (
         "created",
         QUEUED,
@@ -112,6 +117,8 @@ async def test_a_batch_is_stored_with_lines_prices_totals_and_created_events(sto
         NOW,
     )
     assert b.event.detail == {
+        "priority": "sheddable",
+        "start_deadline": "2030-01-01T13:00:00Z",
         "service_level": "degraded",
         "skipped_steps": ["fraud_check"],
         "queue_position": 4,
@@ -398,6 +405,86 @@ async def test_claims_are_fifo_and_an_expired_lease_comes_first(store: Store) ->
     assert await store.claim_next(owner="B", now=later, lease_s=5) is None
     view = await store.get_order(first.order.id)
     assert (view.status, view.started_at, view.step_index) == (PROCESSING, NOW, 1)
+
+
+async def test_claims_go_by_priority_then_first_come_first_served(store: Store) -> None:
+    await product(store, "MUG-1", stock=10)
+    sheddable, standard, critical, critical_2, standard_2 = await placed(
+        store,
+        order(("MUG-1", 1), priority=Priority.SHEDDABLE),
+        order(("MUG-1", 1)),
+        order(("MUG-1", 1), priority=Priority.CRITICAL),
+        order(("MUG-1", 1), priority=Priority.CRITICAL),
+        order(("MUG-1", 1)),
+    )
+    in_start_order = [critical, critical_2, standard, standard_2, sheddable]
+    positions = [await store.queue_position(p.order) for p in in_start_order]
+    assert positions == [1, 2, 3, 4, 5]
+    assert await store.queued_by_priority() == {
+        Priority.CRITICAL: 2,
+        Priority.STANDARD: 2,
+        Priority.SHEDDABLE: 1,
+    }
+    claims = [await claim(store) for _ in in_start_order]
+    assert [c.order_id for c in claims] == [p.order.id for p in in_start_order]
+    assert [c.priority for c in claims] == [p.order.priority for p in in_start_order]
+    assert await store.queued_by_priority() == dict.fromkeys(Priority, 0)
+
+
+async def test_orders_are_listed_by_priority(store: Store) -> None:
+    await product(store, "MUG-1", stock=10)
+    critical, _, critical_2 = await placed(
+        store,
+        order(("MUG-1", 1), priority=Priority.CRITICAL),
+        order(("MUG-1", 1)),
+        order(("MUG-1", 1), priority=Priority.CRITICAL),
+    )
+    page, cursor = await store.list_orders(priority=Priority.CRITICAL, limit=1)
+    assert ([o.id for o in page], cursor) == ([critical_2.order.id], critical_2.order.seq)
+    page, cursor = await store.list_orders(priority=Priority.CRITICAL, before_seq=cursor)
+    assert ([o.id for o in page], cursor) == ([critical.order.id], None)
+    assert (await store.list_orders(priority=Priority.SHEDDABLE))[0] == []
+
+
+async def test_an_order_past_its_start_deadline_is_never_claimed_and_expires_once(
+    store: Store,
+) -> None:
+    await product(store, "MUG-1", stock=10)
+    deadline = NOW + timedelta(seconds=5)
+    late, later, patient = await placed(
+        store,
+        order(("MUG-1", 2), priority=Priority.CRITICAL, start_deadline=deadline),
+        order(("MUG-1", 3), start_deadline=NOW + HOUR),
+        order(("MUG-1", 1)),
+    )
+    assert await stock(store, "MUG-1") == 4
+    assert await store.expire_due(now=deadline - timedelta(seconds=1)) == []
+
+    # At its deadline it is passed over: the next one in start order is claimed.
+    taken = await claim(store, now=deadline)
+    assert taken.order_id == later.order.id
+    expired = await store.expire_due(now=deadline)
+    assert [(e.event.order_id, e.event.kind, e.priority) for e in expired] == [
+        (late.order.id, "expired", Priority.CRITICAL)
+    ]
+    event = expired[0].event
+    assert (event.status, event.at) == (OrderStatus.EXPIRED, deadline)
+    assert event.detail == {"start_deadline": "2030-01-01T12:00:05Z", "stock_released": True}
+    view = await store.get_order(late.order.id)
+    assert (view.status, view.started_at, view.finished_at) == (
+        OrderStatus.EXPIRED,
+        None,
+        deadline,
+    )
+    assert await stock(store, "MUG-1") == 6  # its 2 back, once
+    assert await store.expire_due(now=NOW + 2 * HOUR) == []  # `later` started: not expired
+    with pytest.raises(InvalidTransition):
+        await store.cancel_order(late.order.id, now=deadline)
+    assert await stock(store, "MUG-1") == 6
+    assert [e.kind for e in await store.list_events(late.order.id)] == ["created", "expired"]
+    assert (await store.count_by_status())[QUEUED] == 1
+    assert (await claim(store, now=deadline)).order_id == patient.order.id
+    assert await store.claim_next(owner="w1", now=deadline, lease_s=5) is None
 
 
 async def test_a_stale_claim_is_fenced_off(store: Store) -> None:

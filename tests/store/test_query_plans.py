@@ -9,9 +9,10 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Select, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.dialects import sqlite
 
 from retail.core.types import OrderStatus
@@ -21,7 +22,7 @@ from retail.store.sql.models import Order
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
-QUERIES: dict[str, Select[tuple[Order]]] = {
+QUERIES: dict[str, Select[Any]] = {
     "newest first": select(Order).order_by(Order.seq.desc()).limit(51),
     "next page": select(Order).where(Order.seq < 500_000).order_by(Order.seq.desc()).limit(51),
     "by status": select(Order)
@@ -32,7 +33,18 @@ QUERIES: dict[str, Select[tuple[Order]]] = {
     .where(Order.customer_id == "alice", Order.seq < 500_000)
     .order_by(Order.seq.desc())
     .limit(51),
-    "claim: oldest queued": select(Order.seq)
+    "by priority": select(Order)
+    .where(Order.priority == 0, Order.seq < 500_000)
+    .order_by(Order.seq.desc())
+    .limit(51),
+    "claim: next queued in start order": select(Order.seq)
+    .where(
+        Order.status == OrderStatus.QUEUED.value,
+        or_(Order.start_deadline.is_(None), Order.start_deadline > NOW),
+    )
+    .order_by(Order.priority, Order.seq)
+    .limit(1),
+    "oldest queued": select(Order.created_at)
     .where(Order.status == OrderStatus.QUEUED.value)
     .order_by(Order.seq)
     .limit(1),

@@ -9,7 +9,7 @@ from retail.core.admission import Admission
 from retail.core.dispatch import Dispatcher, WaitingLine
 from retail.core.errors import CapacityExceeded
 from retail.core.pipeline import Pipeline
-from retail.core.types import OverloadMode, ServiceLevel
+from retail.core.types import OverloadMode, Priority, ServiceLevel
 
 FULL_S = 2.0
 
@@ -91,10 +91,12 @@ def test_an_early_refusal_takes_nothing_and_is_counted_once() -> None:
     gate.refuse_early(now=0.0)  # room: nothing happens
     assert gate.queued == 0
     gate.admit(now=0.0).keep()
+    gate.left_queue()  # a worker took it: the only slot is busy
+    gate.dispatcher.start("a", now=0.0, planned_s=FULL_S)
     with pytest.raises(CapacityExceeded):
         gate.refuse_early(now=0.0)
     assert gate.counters.rejected == 1
-    assert gate.queued == 1
+    assert gate.queued == 0
 
 
 def test_a_stale_resync_is_dropped() -> None:
@@ -118,16 +120,19 @@ def test_queued_orders_are_estimated_on_the_slots_timetable() -> None:
 
 
 def test_decisions_reach_the_observer() -> None:
-    seen: list[tuple[OverloadMode, type]] = []
+    seen: list[tuple[OverloadMode, Priority, type]] = []
     gate = Admission(
         capacity.Limits(OverloadMode.REJECT, capacity=1, queue_limit=0),
         Pipeline.build(fulfilment_delay="1"),
-        on_decision=lambda mode, decision: seen.append((mode, type(decision))),
+        on_decision=lambda mode, priority, decision: seen.append((mode, priority, type(decision))),
     )
-    gate.admit(now=0.0).keep()
+    gate.admit(now=0.0, priority=Priority.CRITICAL).keep()
     with pytest.raises(CapacityExceeded):
         gate.admit(now=0.0)
-    assert seen == [(OverloadMode.REJECT, capacity.Admit), (OverloadMode.REJECT, capacity.Reject)]
+    assert seen == [
+        (OverloadMode.REJECT, Priority.CRITICAL, capacity.Admit),
+        (OverloadMode.REJECT, Priority.STANDARD, capacity.Reject),
+    ]
 
 
 def test_a_capacity_change_reaches_the_dispatcher() -> None:

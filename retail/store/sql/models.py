@@ -16,6 +16,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     TypeDecorator,
@@ -24,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from uuid_utils.compat import uuid7
 
-from retail.core.types import OrderStatus, ServiceLevel
+from retail.core.types import OrderStatus, Priority, ServiceLevel
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -68,6 +69,9 @@ def _values(enum_type: type[OrderStatus] | type[ServiceLevel]) -> str:
     return ", ".join(f"'{member.value}'" for member in enum_type)
 
 
+PRIORITY_RANKS = ", ".join(str(priority.rank) for priority in Priority)
+
+
 class Product(Base):
     __tablename__ = "products"
     __table_args__ = (
@@ -88,9 +92,13 @@ class Order(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({_values(OrderStatus)})", name="status_known"),
         CheckConstraint(f"service_level IN ({_values(ServiceLevel)})", name="service_level_known"),
-        # The work queue and the status filter: oldest queued first.
+        CheckConstraint(f"priority IN ({PRIORITY_RANKS})", name="priority_known"),
+        # The status filter: newest first.
         Index("ix_orders_status_seq", "status", "seq"),
+        # The work queue: queued orders in start order (priority, then oldest first).
+        Index("ix_orders_status_priority_seq", "status", "priority", "seq"),
         Index("ix_orders_customer_id_seq", "customer_id", "seq"),
+        Index("ix_orders_priority_seq", "priority", "seq"),
     )
 
     # `seq` orders everything (FIFO fulfilment, newest-first listing); `id` is public.
@@ -114,6 +122,12 @@ class Order(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_token: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None]
+    # `Priority.rank`: 0 critical, 1 standard, 2 sheddable (queued orders start in this order).
+    priority: Mapped[int] = mapped_column(
+        SmallInteger, default=Priority.STANDARD.rank, server_default=str(Priority.STANDARD.rank)
+    )
+    # A queued order not started by then ends `expired` (None: it waits as long as it takes).
+    start_deadline: Mapped[datetime | None]
 
     lines: Mapped[list[OrderLine]] = relationship(
         back_populates="order", lazy="raise", order_by="OrderLine.id"

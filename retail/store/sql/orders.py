@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -21,7 +21,7 @@ from retail.core import events as core
 from retail.core.errors import InvalidTransition, OrderNotFound, RetailError
 from retail.core.events import OrderEvent as Event
 from retail.core.orders import Allocation, NewOrder, Placed, Stock, allocate
-from retail.core.types import OrderStatus
+from retail.core.types import OrderStatus, Priority
 from retail.store.sql import products
 from retail.store.sql.bulk import BulkInsert
 from retail.store.sql.models import Order, OrderEvent, OrderLine, Product, table
@@ -69,6 +69,8 @@ _INSERT_ORDERS = BulkInsert(
         "updated_at",
         "step_index",
         "lease_token",
+        "priority",
+        "start_deadline",
     ),
 )
 _INSERT_LINES = BulkInsert(lines_table, ("order_id", "sku", "quantity", "unit_price"))
@@ -118,6 +120,8 @@ def insert_orders(
                 now,
                 0,
                 0,
+                a.order.priority.rank,
+                a.order.start_deadline,
             )
             for a in accepted
         ],
@@ -163,16 +167,6 @@ async def get_order(*, session: AsyncSession, order_id: uuid.UUID) -> Order:
     return order
 
 
-async def queue_position(*, session: AsyncSession, order: Order) -> int:
-    """1 + the number of queued orders ahead of this one."""
-    ahead = await session.scalar(
-        select(func.count())
-        .select_from(Order)
-        .where(Order.status == OrderStatus.QUEUED.value, Order.seq < order.seq)
-    )
-    return int(ahead or 0) + 1
-
-
 async def list_orders(
     *,
     session: AsyncSession,
@@ -180,6 +174,7 @@ async def list_orders(
     customer_id: str | None,
     before_seq: int | None,
     limit: int,
+    priority: Priority | None = None,
 ) -> tuple[Sequence[Order], int | None]:
     """Newest first, keyset-paginated on `seq`; returns the page and the next cursor."""
     query = select(Order).options(selectinload(Order.lines)).order_by(Order.seq.desc())
@@ -187,6 +182,8 @@ async def list_orders(
         query = query.where(Order.status == status.value)
     if customer_id is not None:
         query = query.where(Order.customer_id == customer_id)
+    if priority is not None:
+        query = query.where(Order.priority == priority.rank)
     if before_seq is not None:
         query = query.where(Order.seq < before_seq)
     rows = (await session.scalars(query.limit(limit + 1))).all()

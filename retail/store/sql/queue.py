@@ -12,29 +12,40 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from retail.core.types import OrderStatus, ServiceLevel
+from retail.core.events import iso
+from retail.core.types import OrderStatus, Priority, ServiceLevel
 from retail.store.base import Claim, LeaseLost
 from retail.store.sql.models import Order, OrderEvent
 from retail.store.sql.orders import add_event, core_event, release_stock
 
-__all__ = ["LeaseLost", "claim_next", "finish", "release_leases", "step_boundary"]
+__all__ = ["LeaseLost", "claim_next", "expire_due", "finish", "release_leases", "step_boundary"]
 
 
 async def claim_next(
     *, session: AsyncSession, owner: str, now: datetime, lease_s: float
 ) -> Claim | None:
-    """Claim the oldest available order, or return None when there is none."""
+    """Claim the next available order, or return None when there is none."""
     postgres = session.get_bind().dialect.name == "postgresql"
     candidates = [
         # Orders whose worker vanished come first: they are older than anything queued.
-        and_(Order.status == OrderStatus.PROCESSING.value, Order.lease_expires_at <= now),
-        Order.status == OrderStatus.QUEUED.value,
+        (
+            and_(Order.status == OrderStatus.PROCESSING.value, Order.lease_expires_at <= now),
+            (Order.seq,),
+        ),
+        # Then the queued ones in start order; one whose deadline passed never starts.
+        (
+            and_(
+                Order.status == OrderStatus.QUEUED.value,
+                or_(Order.start_deadline.is_(None), Order.start_deadline > now),
+            ),
+            (Order.priority, Order.seq),
+        ),
     ]
-    for condition in candidates:
-        query = select(Order.seq).where(condition).order_by(Order.seq).limit(1)
+    for condition, start_order in candidates:
+        query = select(Order.seq).where(condition).order_by(*start_order).limit(1)
         if postgres:
             query = query.with_for_update(skip_locked=True)
         seq = await session.scalar(query)
@@ -62,6 +73,7 @@ async def claim_next(
                 Order.service_level,
                 Order.created_at,
                 Order.started_at,
+                Order.priority,
             )
         )
     ).one_or_none()
@@ -87,6 +99,7 @@ async def claim_next(
         event=core_event(event),
         created_at=row.created_at,
         started_at=row.started_at,
+        priority=Priority.of_rank(row.priority),
     )
 
 
@@ -205,6 +218,56 @@ async def release_leases(*, session: AsyncSession, owner: str, now: datetime) ->
             detail={"worker": owner},
         )
     return len(rows)
+
+
+async def expire_due(*, session: AsyncSession, now: datetime) -> list[tuple[OrderEvent, Priority]]:
+    """End the queued orders whose start deadline is `now` or earlier: `expired`, stock back.
+
+    Conditional on `queued`, so a cancel or claim in between wins and nothing ends twice.
+    """
+    rows = (
+        await session.execute(
+            update(Order)
+            .where(Order.status == OrderStatus.QUEUED.value, Order.start_deadline <= now)
+            .values(status=OrderStatus.EXPIRED.value, finished_at=now, updated_at=now)
+            .returning(Order.id, Order.priority, Order.start_deadline)
+        )
+    ).all()
+    expired = []
+    for row in sorted(rows, key=lambda r: (r.priority, r.start_deadline)):
+        await release_stock(session=session, order_id=row.id, now=now)
+        event = await add_event(
+            session=session,
+            order_id=row.id,
+            kind="expired",
+            status=OrderStatus.EXPIRED,
+            at=now,
+            detail={"start_deadline": iso(row.start_deadline), "stock_released": True},
+        )
+        expired.append((event, Priority.of_rank(row.priority)))
+    return expired
+
+
+async def any_due(*, session: AsyncSession, now: datetime) -> bool:
+    """Whether a queued order's start deadline is `now` or earlier."""
+    found = await session.scalar(
+        select(Order.seq)
+        .where(Order.status == OrderStatus.QUEUED.value, Order.start_deadline <= now)
+        .limit(1)
+    )
+    return found is not None
+
+
+async def queued_by_priority(*, session: AsyncSession) -> dict[Priority, int]:
+    rows = await session.execute(
+        select(Order.priority, func.count())
+        .where(Order.status == OrderStatus.QUEUED.value)
+        .group_by(Order.priority)
+    )
+    counts = dict.fromkeys(Priority, 0)
+    for rank, count in rows:
+        counts[Priority.of_rank(rank)] = count
+    return counts
 
 
 async def count_by_status(*, session: AsyncSession) -> dict[OrderStatus, int]:

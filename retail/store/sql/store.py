@@ -19,14 +19,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, and_, func, or_, select, text
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from retail.core.errors import IdempotencyKeyInUse, InvalidOrder, RetailError
 from retail.core.events import OrderEvent
 from retail.core.orders import Line, OrderView, Placed, accepted_document
-from retail.core.types import OrderStatus, ServiceLevel
-from retail.store.base import ACCEPTED, Claim, Outcome, Placing, Product, Store, StoredResponse
+from retail.core.types import OrderStatus, Priority, ServiceLevel
+from retail.store.base import (
+    ACCEPTED,
+    Claim,
+    Expired,
+    Outcome,
+    Placing,
+    Product,
+    Store,
+    StoredResponse,
+)
 from retail.store.sql import idempotency, orders, products, queue
 from retail.store.sql import models as m
 from retail.store.sql.engine import Database
@@ -138,6 +147,7 @@ class SqlStore:
         customer_id: str | None = None,
         before_seq: int | None = None,
         limit: int = 50,
+        priority: Priority | None = None,
     ) -> tuple[list[OrderView], int | None]:
         async with self.db.read() as session:
             rows, cursor = await orders.list_orders(
@@ -146,6 +156,7 @@ class SqlStore:
                 customer_id=customer_id,
                 before_seq=before_seq,
                 limit=limit,
+                priority=priority,
             )
             return [_view(row) for row in rows], cursor
 
@@ -154,7 +165,13 @@ class SqlStore:
             ahead = await session.scalar(
                 select(func.count())
                 .select_from(m.Order)
-                .where(m.Order.status == OrderStatus.QUEUED.value, m.Order.seq < order.seq)
+                .where(
+                    m.Order.status == OrderStatus.QUEUED.value,
+                    or_(
+                        m.Order.priority < order.priority.rank,
+                        and_(m.Order.priority == order.priority.rank, m.Order.seq < order.seq),
+                    ),
+                )
             )
         return int(ahead or 0) + 1
 
@@ -168,6 +185,10 @@ class SqlStore:
             counts = await queue.count_by_status(session=session)
         return {OrderStatus.QUEUED: 0, OrderStatus.PROCESSING: 0, **counts}
 
+    async def queued_by_priority(self) -> dict[Priority, int]:
+        async with self.db.read() as session:
+            return await queue.queued_by_priority(session=session)
+
     async def oldest_queued_at(self) -> datetime | None:
         async with self.db.read() as session:
             return await queue.oldest_queued_at(session=session)
@@ -178,6 +199,14 @@ class SqlStore:
             return core_event(
                 await orders.cancel_order(session=session, order_id=order_id, now=now)
             )
+
+    async def expire_due(self, *, now: datetime) -> list[Expired]:
+        async with self.db.read() as session:  # most of the time there is none: no write
+            if not await queue.any_due(session=session, now=now):
+                return []
+        async with self.db.write() as session:
+            expired = await queue.expire_due(session=session, now=now)
+            return [Expired(core_event(event), priority) for event, priority in expired]
 
     # --- the work queue -------------------------------------------------------------------
     async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None:
@@ -295,6 +324,8 @@ def _view(order: m.Order) -> OrderView:
         finished_at=order.finished_at,
         failure_reason=order.failure_reason,
         step_index=order.step_index,
+        priority=Priority.of_rank(order.priority),
+        start_deadline=order.start_deadline,
     )
 
 
