@@ -57,7 +57,9 @@ async def cancel_order(services: Services, order_id: uuid.UUID) -> OrderView:
     event = await services.store.cancel_order(order_id, now=services.clock.now())
     services.admission.left_queue()
     services.bus.publish(event)
-    return await services.store.get_order(order_id)
+    order = await services.store.get_order(order_id)
+    services.admission.order_ended(order.customer_id)
+    return order
 
 
 async def order_events(

@@ -96,7 +96,7 @@ async def _place_order(
             items, max_lines=settings.max_order_lines, max_quantity=settings.max_line_quantity
         )
         try:
-            ticket = services.admission.admit(services.clock.seconds())
+            ticket = services.admission.admit(services.clock.seconds(), customer_id)
         except CapacityExceeded:
             # A retry of an order already stored gets its answer even when full.
             if claimed is not None:

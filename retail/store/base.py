@@ -88,6 +88,7 @@ class Claim:
     event: OrderEvent  # `started` or `resumed`
     created_at: datetime
     started_at: datetime  # of its first claim
+    customer_id: str = ""  # whose order it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,10 @@ class Store(Protocol):
         ...
 
     async def oldest_queued_at(self) -> datetime | None: ...
+
+    async def count_active_by_customer(self) -> dict[str, int]:
+        """Queued and processing orders per customer (customers with none left out)."""
+        ...
 
     # --- changing -------------------------------------------------------------------------
     async def cancel_order(self, order_id: uuid.UUID, *, now: datetime) -> OrderEvent:

@@ -213,6 +213,13 @@ class MemoryStore:
             OrderStatus.PROCESSING: len(self._processing),
         }
 
+    async def count_active_by_customer(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in (*self._queued.values(), *self._processing.values()):
+            customer = record.view.customer_id
+            counts[customer] = counts.get(customer, 0) + 1
+        return counts
+
     async def oldest_queued_at(self) -> datetime | None:
         for record in self._queued.values():
             return record.view.created_at
@@ -271,6 +278,7 @@ class MemoryStore:
             event=event,
             created_at=view.created_at,
             started_at=started_at,
+            customer_id=view.customer_id,
         )
 
     def _next_claimable(self, now: datetime) -> _Order | None:

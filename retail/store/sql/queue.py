@@ -36,6 +36,7 @@ class Claim:
     event: OrderEvent
     created_at: datetime
     started_at: datetime  # of its first claim
+    customer_id: str = ""
 
 
 # What a fenced write needs of a claim: its order and token (this module's or the Store's).
@@ -83,6 +84,7 @@ async def claim_next(
                 Order.service_level,
                 Order.created_at,
                 Order.started_at,
+                Order.customer_id,
             )
         )
     ).one_or_none()
@@ -108,6 +110,7 @@ async def claim_next(
         event=event,
         created_at=row.created_at,
         started_at=row.started_at,
+        customer_id=row.customer_id,
     )
 
 
@@ -235,6 +238,15 @@ async def count_by_status(*, session: AsyncSession) -> dict[OrderStatus, int]:
         .group_by(Order.status)
     )
     return {OrderStatus(status): count for status, count in rows}
+
+
+async def count_active_by_customer(*, session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        select(Order.customer_id, func.count())
+        .where(Order.status.in_([OrderStatus.QUEUED.value, OrderStatus.PROCESSING.value]))
+        .group_by(Order.customer_id)
+    )
+    return {str(customer): int(count) for customer, count in rows}
 
 
 async def oldest_queued_at(*, session: AsyncSession) -> datetime | None:

@@ -166,6 +166,10 @@ class SqlStore:
             counts = await queue.count_by_status(session=session)
         return {OrderStatus.QUEUED: 0, OrderStatus.PROCESSING: 0, **counts}
 
+    async def count_active_by_customer(self) -> dict[str, int]:
+        async with self.db.read() as session:
+            return await queue.count_active_by_customer(session=session)
+
     async def oldest_queued_at(self) -> datetime | None:
         async with self.db.read() as session:
             return await queue.oldest_queued_at(session=session)
@@ -192,6 +196,7 @@ class SqlStore:
                 event=_event(claim.event),
                 created_at=claim.created_at,
                 started_at=claim.started_at,
+                customer_id=claim.customer_id,
             )
 
     async def step_boundary(
