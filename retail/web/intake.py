@@ -224,9 +224,11 @@ class OrderIntake:
         scope["route"] = ROUTE  # as routing would have set it: telemetry labels by it
         headers = _Headers(scope["headers"])
         try:
-            if headers.get("idempotency-key") is None:
+            if headers.get("idempotency-key") is None and services.admission.fairness is None:
                 # Before anything is read. A retry with a key must get its stored answer
                 # even when the service is full: it is decided after the key's lookup.
+                # With fair shares the customer decides the answer (`429` or `503`), so
+                # it is read first (bounded, taking no place) and decided in `admit`.
                 services.admission.refuse_early(services.clock.seconds())
             if limits.declared_too_large(headers.get("content-length"), self.max_body_bytes):
                 raise limits.BodyTooLarge(self.max_body_bytes)
