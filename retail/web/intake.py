@@ -113,7 +113,8 @@ ORDER_EXAMPLE = {
         "- `Prefer: wait=N` (RFC 7240): hold the response up to N seconds; if the order "
         "ends by then, `201` with the final order and `Preference-Applied`.\n"
         "- Over capacity, the overload mode decides: queue (`202`, with the queue position), "
-        "degrade (`202`, `service_level: degraded`) or reject (`503` + `Retry-After`)."
+        "degrade (`202`, `service_level: degraded`) or reject (`503` + `Retry-After`).\n"
+        "- While customers compete, one over its fair share gets `429` + `Retry-After`."
     ),
     responses={
         201: {"description": "Placed and finished within `Prefer: wait`.", "model": OrderRead},
@@ -121,7 +122,7 @@ ORDER_EXAMPLE = {
             "description": "Accepted: stored durably, fulfilment pending.",
             "content": {"application/json": {"example": ORDER_EXAMPLE}},
         },
-        **responses(400, 408, 409, 413, 415, 422, 503),
+        **responses(400, 408, 409, 413, 415, 422, 429, 503),
     },
     response_model=OrderRead,
     dependencies=[Depends(json_body)],
