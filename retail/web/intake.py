@@ -136,7 +136,8 @@ ORDER_EXAMPLE = {
         "order; room may be held back for critical orders; a sheddable order is refused "
         "when it would wait.\n"
         "- `start_within_s`: refused (`503`) when the estimated start is later; a waiting "
-        "order whose time runs out ends `expired`, its stock back."
+        "order whose time runs out ends `expired`, its stock back.\n"
+        "- While customers compete, one over its fair share gets `429` + `Retry-After`."
     ),
     responses={
         201: {
@@ -164,7 +165,7 @@ ORDER_EXAMPLE = {
                 },
             },
         },
-        **responses(400, 408, 409, 413, 415, 422, 503),
+        **responses(400, 408, 409, 413, 415, 422, 429, 503),
     },
     response_model=OrderRead,
     dependencies=[Depends(json_body)],

@@ -235,6 +235,8 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body too large.",
         415: "The body is not JSON: send `Content-Type: application/json`.",
         422: "The request is well-formed but invalid; `errors` lists each field.",
+        429: "The customer holds more than its fair share while others compete; retry "
+        "after `Retry-After` seconds.",
         503: "Over capacity, shutting down, or the database is unavailable; retry after "
         "`Retry-After` seconds.",
     }
