@@ -250,6 +250,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: ("body-too-large", "Request body too large", "The request body exceeds 65536 bytes."),
         415: ("unsupported-media-type", "Unsupported media type", "Send the order as JSON …"),
         422: ("validation-error", "Invalid request", "items: List should have at least 1 item"),
+        429: ("over-fair-share", "Over fair share", "Order refused: this customer holds 6 of 8 …"),
         503: ("capacity-exceeded", "Over capacity", "Order refused: all 4 fulfilment slots …"),
     }
     entries: dict[int | str, dict[str, Any]] = {}
@@ -269,7 +270,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
                 }
             },
         }
-        if status in (409, 503):
+        if status in (409, 429, 503):
             entry["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
         entries[status] = entry
     return entries
