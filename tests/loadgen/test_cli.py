@@ -57,7 +57,7 @@ def test_load_prints_the_summary_and_writes_report_and_charts(serve: Serve, tmp_
                 "--plot",
                 str(tmp_path / "charts"),
                 "--follow-timeout",
-                "10",
+                "60",  # only as long as the orders take; a busy machine is slow
             ],
             env=WIDE,
         )
