@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from retail.core.capacity import Limits
+from retail.core.fairness import FairLimits
 from retail.core.pipeline import Pipeline
 from retail.core.types import OverloadMode
 
@@ -146,6 +147,15 @@ class Settings(BaseSettings):
         ge=0,
         allow_inf_nan=False,
         description="A sheddable order is taken only if it can start within this many seconds.",
+    )
+    fair_share: bool = Field(
+        True, description="Share admission max-min fairly between competing customers (`429`)."
+    )
+    fair_window_s: float = Field(
+        10.0, gt=0, description="A customer competes for a share this long after its last order."
+    )
+    fair_customers: int = Field(
+        1000, ge=1, description="Most recently active customers considered for fair shares."
     )
 
     # --- fulfilment ----------------------------------------------------------------
@@ -295,6 +305,12 @@ class Settings(BaseSettings):
         """The key list cursors and order tokens are signed with."""
         assert self.secret_key is not None  # set by `_key_for_tokens`
         return self.secret_key.get_secret_value().encode()
+
+    def fair_limits(self) -> FairLimits | None:
+        """The fair-share policy's limits; None when it is off."""
+        if not self.fair_share:
+            return None
+        return FairLimits(window_s=self.fair_window_s, max_customers=self.fair_customers)
 
     def limits(self) -> Limits:
         """The capacity policy's limits at start."""

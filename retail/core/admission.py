@@ -24,7 +24,8 @@ from typing import Any
 
 from retail.core import capacity
 from retail.core.dispatch import Dispatcher
-from retail.core.errors import CapacityExceeded
+from retail.core.errors import CapacityExceeded, OverFairShare
+from retail.core.fairness import FairShare, OverShare
 from retail.core.pipeline import Pipeline
 from retail.core.types import OverloadMode, Priority, ServiceLevel
 
@@ -65,12 +66,14 @@ class Ticket:
     _admission: Admission
     priority: Priority = Priority.STANDARD
     _open: bool = True
+    customer: str | None = None  # whose place it is, when shares are kept per customer
 
     def release(self) -> None:
         """The order was not stored: give its place back."""
         if self._open:
             self._open = False
             self._admission._settled(self.priority, queued=-1)
+            self._admission._fair_settled(self.customer, kept=False)
 
     def withdraw(self) -> None:
         """The order turned out to be a retry of one already stored: as if never admitted."""
@@ -83,6 +86,7 @@ class Ticket:
         if self._open:
             self._open = False
             self._admission._settled(self.priority, queued=0)
+            self._admission._fair_settled(self.customer, kept=True)
 
 
 class Admission:
@@ -93,6 +97,7 @@ class Admission:
         dispatcher: Dispatcher[Any] | None = None,
         *,
         on_decision: DecisionObserver | None = None,
+        fairness: FairShare | None = None,
     ) -> None:
         self.limits = limits
         self.pipeline = pipeline
@@ -105,6 +110,7 @@ class Admission:
         self.counters = Counters()  # every priority
         self.by_priority: dict[Priority, Counters] = {p: Counters() for p in Priority}
         self._on_decision = on_decision
+        self.fairness = fairness  # fair shares per customer (None: first come, first served)
         # What the policy plans with; the delay models do not change while it runs.
         self._full_service_s = pipeline.mean_s(ServiceLevel.FULL)
         self._degraded_service_s = pipeline.mean_s(ServiceLevel.DEGRADED)
@@ -189,6 +195,7 @@ class Admission:
     def admit(
         self,
         now: float,
+        customer: str | None = None,
         *,
         priority: Priority = Priority.STANDARD,
         start_within_s: float | None = None,
@@ -196,15 +203,59 @@ class Admission:
         """Decide for one new order and take its place; raise `CapacityExceeded` to shed it.
 
         `start_within_s`: the order is worth fulfilling only if it starts within that many
-        seconds; refused if the estimated start is later.
+        seconds; refused if the estimated start is later. With `fairness` and a `customer`,
+        `OverFairShare` (a `429`) first if the customer is over its fair share while others
+        compete.
         """
+        fair = self.fairness if customer is not None else None
+        if fair is not None:
+            self._check_share(fair, customer or "", now)
         decision, _ = self._decide(now, priority, start_within_s)
         assert not isinstance(decision, capacity.Reject)
         self._waiting[priority.rank] += 1
         self._unsettled[priority.rank] += 1
         self.changes += 1
         self._count_accepted(decision, priority)
-        return Ticket(decision, self, priority)
+        if fair is not None:
+            fair.took(customer or "")
+        return Ticket(decision, self, priority, customer=customer if fair is not None else None)
+
+    # --- fair shares (`retail.core.fairness`) ---------------------------------------------
+
+    def places(self) -> int:
+        """The places customers share: the slots, or the queue if orders may wait there.
+
+        A burst fills the queue before any order starts, so in queue and degrade modes
+        the places are the larger of the two, not their sum.
+        """
+        if self.limits.mode is OverloadMode.REJECT:
+            return self.limits.capacity
+        return max(self.limits.capacity, self.limits.queue_limit)
+
+    def _check_share(self, fair: FairShare, customer: str, now: float) -> None:
+        over = fair.check(customer, now, self.places())
+        if over is not None:
+            raise self._over_share(over, now)
+
+    def _fair_settled(self, customer: str | None, *, kept: bool) -> None:
+        if customer is not None and self.fairness is not None:
+            self.fairness.settled(customer, kept=kept)
+
+    def order_ended(self, customer: str) -> None:
+        """An order of `customer` ended (fulfilled, failed or cancelled): its place is free."""
+        if self.fairness is not None:
+            self.fairness.gave_back(customer)
+
+    def _over_share(self, over: OverShare, now: float) -> OverFairShare:
+        retry_s = capacity.retry_after_s(self.dispatcher.next_free_s(now))
+        return OverFairShare(
+            f"Order refused: {over.reason}. Retry in {retry_s} s.",
+            retry_after_s=retry_s,
+            held=over.held,
+            fair_share=over.share,
+            places=over.places,
+            competing_customers=over.competing,
+        )
 
     def _count_accepted(
         self, decision: capacity.Decision, priority: Priority, step: int = 1

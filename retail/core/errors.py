@@ -78,6 +78,12 @@ class CapacityExceeded(RetailError):
         super().__init__(detail, retry_after_s=retry_after_s, **extra)
 
 
+class OverFairShare(CapacityExceeded):
+    """Shed because the customer holds more than its fair share while others compete."""
+
+    status, slug, title = 429, "over-fair-share", "Over fair share"
+
+
 class Unavailable(RetailError):
     """The service cannot take the request now (shutting down, storage unreachable)."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +155,8 @@ async def run_sweep(
         )
     capacity_rate = capacity / full_service_s
     original_mode = str(first["mode"])
+    # One customer for every point: a point does not compete for a fair share with the last.
+    customer = config.base.customer or f"sweep-{uuid.uuid4().hex[:8]}"
     points: list[SweepPoint] = []
     try:
         for mode in config.modes:
@@ -162,7 +165,10 @@ async def run_sweep(
                 await settle(client, config.settle_timeout_s)
                 rate = factor * capacity_rate
                 step = dataclasses.replace(
-                    config.base, schedule=Schedule.constant(rate, config.step_s), follow=True
+                    config.base,
+                    schedule=Schedule.constant(rate, config.step_s),
+                    follow=True,
+                    customer=customer,
                 )
                 live = LiveCounts()
                 if on_step is not None:

@@ -128,6 +128,29 @@ class Metrics:
             buckets=HTTP_BUCKETS_S,
         )
 
+        self.fair_share_checks = Counter(
+            "retail_fair_share_checks",
+            "Fair-share checks of new orders, by outcome: alone (no other customer competes), "
+            "within_share, over_share (refused with 429).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.fair_share_customers = Gauge(
+            "retail_fair_share_customers",
+            "Customers competing for places: holding some, or asked within the window.",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.fair_share_top_refused = Gauge(
+            "retail_fair_share_top_refused",
+            "Over-share refusals of the most refused recently active customers, by rank "
+            "(1 = most refused); one series per rank, never per customer.",
+            ["rank"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self._fair_checks: dict[str, Counter] = {}
+
         # Children by label values, for the series touched on every request: `labels()`
         # checks and joins its arguments each time. The label sets are bounded (modes,
         # outcomes, methods, route templates, statuses).
@@ -183,6 +206,19 @@ class Metrics:
         duration.observe(seconds)
 
     # --- scraping ------------------------------------------------------------------------
+
+    def fair_checked(self, outcome: str) -> None:
+        child = self._fair_checks.get(outcome)
+        if child is None:
+            child = self._fair_checks[outcome] = self.fair_share_checks.labels(outcome)
+        child.inc()
+
+    def refresh_fairness(self, competing: int, top_refused: list[int], top_n: int) -> None:
+        """Set the fair-share gauges just before a scrape."""
+        self.fair_share_customers.set(competing)
+        for rank in range(top_n):
+            count = top_refused[rank] if rank < len(top_refused) else 0
+            self.fair_share_top_refused.labels(str(rank + 1)).set(count)
 
     def refresh(self, *, queued: int, oldest_age_s: float | None) -> None:
         """Set the queue gauges just before a scrape (the worker pool keeps in-flight current)."""

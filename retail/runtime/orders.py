@@ -58,6 +58,8 @@ async def cancel_order(services: Services, order_id: uuid.UUID) -> OrderView:
     order = await services.store.get_order(order_id)
     services.admission.left_queue(order.priority)
     services.bus.publish(event)
+    order = await services.store.get_order(order_id)
+    services.admission.order_ended(order.customer_id)
     return order
 
 

@@ -78,7 +78,10 @@ async def place_order(
         )
         try:
             ticket = services.admission.admit(
-                services.clock.seconds(), priority=priority, start_within_s=start_within_s
+                services.clock.seconds(),
+                customer_id,
+                priority=priority,
+                start_within_s=start_within_s,
             )
         except CapacityExceeded:
             # A retry of an order already stored gets its answer even when full.

@@ -159,6 +159,15 @@ class WorkerPool:
             log.exception("reading the queue length failed")
             return
         self._admission.resync(counts, read_at_change=read_at_change)
+        fairness = self._admission.fairness
+        if fairness is not None:  # places per customer: heals a count gone wrong
+            fair_change = fairness.changes
+            try:
+                held = await self._store.count_active_by_customer()
+            except Exception:
+                log.exception("reading the places per customer failed")
+                return
+            fairness.rebuild(held, read_at_change=fair_change)
 
     async def _idle(self) -> None:
         await self._clock.wait(self._wake, self._poll_interval_s)
@@ -273,6 +282,7 @@ class WorkerPool:
         event = await self._store.finish(
             claim, now=self._clock.now(), status=status, reason=reason, detail=detail
         )
+        self._admission.order_ended(claim.customer_id)
         self._metrics.order_done((event.at - claim.started_at).total_seconds())
         if code is not None:
             self._metrics.order_failed(code)

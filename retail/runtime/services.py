@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from retail.config import Settings
 from retail.core.admission import Admission
+from retail.core.fairness import FairShare
 from retail.core.pipeline import Pipeline
 from retail.runtime.bus import EventBus
 from retail.runtime.clock import Clock
@@ -66,7 +67,14 @@ async def running_services(
             log.info("seeded the demo catalogue (%d products)", added)
         counts = await store.queued_by_priority()
         pipeline = settings.pipeline()
-        admission = Admission(settings.limits(), pipeline, on_decision=metrics.decided)
+        fair_limits = settings.fair_limits()
+        fairness = None
+        if fair_limits is not None:
+            fairness = FairShare(fair_limits, on_outcome=metrics.fair_checked)
+            fairness.rebuild(await store.count_active_by_customer())
+        admission = Admission(
+            settings.limits(), pipeline, on_decision=metrics.decided, fairness=fairness
+        )
         admission.restore(counts)
         bus = EventBus()
         bus.listen(log_transition)

@@ -2,8 +2,10 @@
 
 One run drives exactly what `retail serve` runs, minus HTTP and the database:
 
-- an arrival calls `Admission.admit(now)`; a refusal (`CapacityExceeded`) is the `503`,
-  and a client with retries left comes back after its `Retry-After`;
+- an arrival calls `Admission.admit(now, SIM_CUSTOMER)` (every order of a run is one
+  customer's, as with `retail load`: a customer alone has the whole service); a refusal
+  (`CapacityExceeded`) is the `503`, and a client with retries left comes back after
+  its `Retry-After`;
 - an admitted order `keep()`s its ticket (it is stored) and joins the `WaitingLine`;
 - whenever the `Dispatcher` has a free slot, the next waiting order starts: it leaves
   the line (`Admission.left_queue`), the `Pipeline` plans it at its service level and
@@ -112,6 +114,9 @@ def arrival_times(config: SimConfig) -> tuple[list[float], float]:
     return due, config.schedule.duration_s
 
 
+SIM_CUSTOMER = "sim"
+
+
 def simulate(config: SimConfig) -> SimRun:
     """Run the arrivals of `config` through the policy until every accepted order has ended."""
     wall_start = time.perf_counter()
@@ -127,7 +132,7 @@ def simulate(config: SimConfig) -> SimRun:
 
     heap: list[tuple[float, int, int, float, int]] = []  # (t, kind, key, first due, attempt)
     push, pop = heapq.heappush, heapq.heappop
-    admit, left_queue = admission.admit, admission.left_queue
+    admit, left_queue, ended = admission.admit, admission.left_queue, admission.order_ended
     plan_of, start, finish = pipeline.plan, dispatcher.start, dispatcher.finish
     running = dispatcher.running
     starts_add, waits_add = run.starts.append, run.waits.append
@@ -170,6 +175,7 @@ def simulate(config: SimConfig) -> SimRun:
 
         if kind == _END:
             finish(key)
+            ended(SIM_CUSTOMER)
             if attempt:  # payment declined
                 failed += 1
             else:
@@ -181,7 +187,7 @@ def simulate(config: SimConfig) -> SimRun:
                 sojourns_add(now - first_due)
         else:
             try:
-                ticket = admit(now)
+                ticket = admit(now, SIM_CUSTOMER)
             except CapacityExceeded as refusal:
                 refusals += 1
                 if attempt < retries:

@@ -91,6 +91,7 @@ class Claim:
     created_at: datetime
     started_at: datetime  # of its first claim
     priority: Priority = Priority.STANDARD
+    customer_id: str = ""  # whose order it is
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,10 @@ class Store(Protocol):
         ...
 
     async def oldest_queued_at(self) -> datetime | None: ...
+
+    async def count_active_by_customer(self) -> dict[str, int]:
+        """Queued and processing orders per customer (customers with none left out)."""
+        ...
 
     # --- changing -------------------------------------------------------------------------
     async def cancel_order(self, order_id: uuid.UUID, *, now: datetime) -> OrderEvent:

@@ -217,6 +217,14 @@ class MemoryStore:
     async def queued_by_priority(self) -> dict[Priority, int]:
         return {priority: self._waiting.count(priority) for priority in Priority}
 
+    async def count_active_by_customer(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        waiting = (self._by_seq[seq - 1] for seq in self._waiting)
+        for record in (*waiting, *self._processing.values()):
+            customer = record.view.customer_id
+            counts[customer] = counts.get(customer, 0) + 1
+        return counts
+
     async def oldest_queued_at(self) -> datetime | None:
         oldest = min(self._waiting, default=None)
         return None if oldest is None else self._by_seq[oldest - 1].view.created_at
@@ -292,6 +300,7 @@ class MemoryStore:
             created_at=view.created_at,
             started_at=started_at,
             priority=view.priority,
+            customer_id=view.customer_id,
         )
 
     def _next_claimable(self, now: datetime) -> _Order | None:

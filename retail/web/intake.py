@@ -136,7 +136,8 @@ ORDER_EXAMPLE = {
         "order; room may be held back for critical orders; a sheddable order is refused "
         "when it would wait.\n"
         "- `start_within_s`: refused (`503`) when the estimated start is later; a waiting "
-        "order whose time runs out ends `expired`, its stock back."
+        "order whose time runs out ends `expired`, its stock back.\n"
+        "- While customers compete, one over its fair share gets `429` + `Retry-After`."
     ),
     responses={
         201: {
@@ -164,7 +165,7 @@ ORDER_EXAMPLE = {
                 },
             },
         },
-        **responses(400, 408, 409, 413, 415, 422, 503),
+        **responses(400, 408, 409, 413, 415, 422, 429, 503),
     },
     response_model=OrderRead,
     dependencies=[Depends(json_body)],
@@ -224,9 +225,11 @@ class OrderIntake:
         scope["route"] = ROUTE  # as routing would have set it: telemetry labels by it
         headers = _Headers(scope["headers"])
         try:
-            if headers.get("idempotency-key") is None:
+            if headers.get("idempotency-key") is None and services.admission.fairness is None:
                 # Before anything is read. A retry with a key must get its stored answer
                 # even when the service is full: it is decided after the key's lookup.
+                # With fair shares the customer decides the answer (`429` or `503`), so
+                # it is read first (bounded, taking no place) and decided in `admit`.
                 services.admission.refuse_early(services.clock.seconds())
             if limits.declared_too_large(headers.get("content-length"), self.max_body_bytes):
                 raise limits.BodyTooLarge(self.max_body_bytes)

@@ -47,5 +47,12 @@ async def metrics(services: ServicesDep, request: Request) -> Response:
     except Exception as error:
         log.warning("metrics: could not read the queue: %s", error)
     services.metrics.refresh(queued=queued, oldest_age_s=oldest_age_s)
+    fairness = services.admission.fairness
+    if fairness is not None:
+        services.metrics.refresh_fairness(
+            fairness.competing(services.clock.seconds()),
+            fairness.top_refused(),
+            fairness.limits.top_n,
+        )
     body, content_type = services.metrics.exposition(request.headers.get("accept"))
     return Response(body, media_type=content_type)

@@ -235,6 +235,8 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body too large.",
         415: "The body is not JSON: send `Content-Type: application/json`.",
         422: "The request is well-formed but invalid; `errors` lists each field.",
+        429: "The customer holds more than its fair share while others compete; retry "
+        "after `Retry-After` seconds.",
         503: "Over capacity, shutting down, or the database is unavailable; retry after "
         "`Retry-After` seconds.",
     }
@@ -248,6 +250,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: ("body-too-large", "Request body too large", "The request body exceeds 65536 bytes."),
         415: ("unsupported-media-type", "Unsupported media type", "Send the order as JSON …"),
         422: ("validation-error", "Invalid request", "items: List should have at least 1 item"),
+        429: ("over-fair-share", "Over fair share", "Order refused: this customer holds 6 of 8 …"),
         503: ("capacity-exceeded", "Over capacity", "Order refused: all 4 fulfilment slots …"),
     }
     entries: dict[int | str, dict[str, Any]] = {}
@@ -267,7 +270,7 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
                 }
             },
         }
-        if status in (409, 503):
+        if status in (409, 429, 503):
             entry["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
         entries[status] = entry
     return entries

@@ -202,6 +202,8 @@ async def probes(running: Running) -> AsyncIterator[Probe]:
     await eventually(started)
     yield ("POST", "/orders/{order_id}/cancel", f"{busy}/cancel", {}, 409)
     yield ("POST", "/orders", "/orders", order, 503)
+    # Eve just asked: alice, holding the one place, is over her fair share.
+    yield ("POST", "/orders", "/orders", {"json": {**order["json"], "customer_id": "alice"}}, 429)
 
 
 async def test_every_error_given_is_documented_for_its_operation(start_app: StartApp) -> None:
@@ -218,7 +220,7 @@ async def test_every_error_given_is_documented_for_its_operation(start_app: Star
         assert body["status"] == status
         assert all(isinstance(body[field], str) for field in ("type", "title", "detail"))
         assert str(status) in documented[path][method.lower()]["responses"], (method, path, status)
-        if status == 503:
+        if status in (429, 503):
             assert int(response.headers["retry-after"]) >= 1
         tried.add((method, path, status))
     # Every documented client error was given by some probe (403, no admin token

@@ -6,9 +6,13 @@ from retail.runtime.clock import ManualClock
 from tests.conftest import Running, StartApp, place, quiescent
 
 
-async def full_in_reject_mode(start_app: StartApp) -> tuple[Running, str]:
+async def full_in_reject_mode(start_app: StartApp, **settings: object) -> tuple[Running, str]:
     running = await start_app(
-        clock=ManualClock(), capacity=1, fulfilment_delay="10", overload_mode="reject"
+        clock=ManualClock(),
+        capacity=1,
+        fulfilment_delay="10",
+        overload_mode="reject",
+        **settings,
     )
     first = await place(running.client, headers={"Idempotency-Key": "first-order"})
     assert first.status_code == 202
@@ -17,7 +21,8 @@ async def full_in_reject_mode(start_app: StartApp) -> tuple[Running, str]:
 
 
 async def test_a_refusal_does_not_read_the_body(start_app: StartApp) -> None:
-    running, _ = await full_in_reject_mode(start_app)
+    # Without fair shares; with them, the customer in the body decides `429` or `503`.
+    running, _ = await full_in_reject_mode(start_app, fair_share=False)
     refused = await running.client.post(
         "/orders", content=b"{not json", headers={"Content-Type": "application/json"}
     )

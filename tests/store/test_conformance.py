@@ -323,6 +323,25 @@ async def test_queue_position_counts_and_oldest_queued(store: Store) -> None:
     assert await store.oldest_queued_at() == NOW + timedelta(minutes=1)
 
 
+async def test_active_orders_are_counted_per_customer(store: Store) -> None:
+    await product(store, "MUG-1", stock=100)
+    assert await store.count_active_by_customer() == {}
+    await placed(
+        store,
+        order(("MUG-1", 1), customer="alice"),
+        order(("MUG-1", 1), customer="bob"),
+        order(("MUG-1", 1), customer="alice"),
+        order(("MUG-1", 1), customer="carol"),
+    )
+    first = await claim(store, now=NOW + HOUR)  # alice's first: processing, still counted
+    assert first.customer_id == "alice"
+    assert await store.count_active_by_customer() == {"alice": 2, "bob": 1, "carol": 1}
+    await store.finish(first, now=NOW + HOUR, status=OrderStatus.FULFILLED)
+    bobs = await store.list_orders(customer_id="bob")
+    await store.cancel_order(bobs[0][0].id, now=NOW + HOUR)
+    assert await store.count_active_by_customer() == {"alice": 1, "carol": 1}
+
+
 async def test_events_are_listed_oldest_first_and_after_an_id(store: Store) -> None:
     await product(store, "MUG-1", stock=10)
     (stored,) = await placed(store, order(("MUG-1", 1)))

@@ -74,6 +74,7 @@ async def claim_next(
                 Order.created_at,
                 Order.started_at,
                 Order.priority,
+                Order.customer_id,
             )
         )
     ).one_or_none()
@@ -100,6 +101,7 @@ async def claim_next(
         created_at=row.created_at,
         started_at=row.started_at,
         priority=Priority.of_rank(row.priority),
+        customer_id=row.customer_id,
     )
 
 
@@ -277,6 +279,15 @@ async def count_by_status(*, session: AsyncSession) -> dict[OrderStatus, int]:
         .group_by(Order.status)
     )
     return {OrderStatus(status): count for status, count in rows}
+
+
+async def count_active_by_customer(*, session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        select(Order.customer_id, func.count())
+        .where(Order.status.in_([OrderStatus.QUEUED.value, OrderStatus.PROCESSING.value]))
+        .group_by(Order.customer_id)
+    )
+    return {str(customer): int(count) for customer, count in rows}
 
 
 async def oldest_queued_at(*, session: AsyncSession) -> datetime | None:

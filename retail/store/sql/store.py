@@ -189,6 +189,10 @@ class SqlStore:
         async with self.db.read() as session:
             return await queue.queued_by_priority(session=session)
 
+    async def count_active_by_customer(self) -> dict[str, int]:
+        async with self.db.read() as session:
+            return await queue.count_active_by_customer(session=session)
+
     async def oldest_queued_at(self) -> datetime | None:
         async with self.db.read() as session:
             return await queue.oldest_queued_at(session=session)
