@@ -77,14 +77,7 @@ def order_read(order: OrderView | OrderState) -> OrderRead:
 
 
 def event_read(event: OrderEvent) -> OrderEventRead:
-    return OrderEventRead(
-        id=event.id,
-        kind=event.kind,
-        status=event.status,
-        step=event.step,
-        at=event.at,
-        detail=event.detail,
-    )
+    return OrderEventRead.model_validate(event.document())
 
 
 def product_read(product: Product) -> ProductRead:
