@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from retail.cli import app
+from tests.commands import WIDE, retail
 from tests.serving import PYTHON, ROOT, environment, free_port, serving
 
-WIDE = {"COLUMNS": "160"}
 KEYS = {
     "orders",
     "accepted",
@@ -32,30 +32,10 @@ KEYS = {
 
 
 def test_simulate_prints_the_report_and_writes_json_and_a_chart(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "simulate",
-            "--capacity",
-            "2",
-            "--fulfilment-delay",
-            "exponential:1",
-            "--overload-mode",
-            "reject",
-            "--rate",
-            "4",
-            "--orders",
-            "2000",
-            "--arrivals",
-            "poisson",
-            "--seed",
-            "3",
-            "--json",
-            str(tmp_path / "run.json"),
-            "--plot",
-            str(tmp_path / "run.png"),
-        ],
-        env=WIDE,
+    result = retail(
+        "simulate --capacity 2 --fulfilment-delay exponential:1 --overload-mode reject",
+        "--rate 4 --orders 2000 --arrivals poisson --seed 3",
+        *("--json", tmp_path / "run.json", "--plot", tmp_path / "run.png"),
     )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "run.json").read_text())
@@ -70,11 +50,9 @@ def test_simulate_prints_the_report_and_writes_json_and_a_chart(tmp_path: Path) 
 
 
 def test_the_environment_sets_the_service_as_for_serve() -> None:
-    result = CliRunner().invoke(
-        app,
-        ["simulate", "--rate", "10", "--duration", "5", "--seed", "1", "--json", "-"],
+    result = retail(
+        "simulate --rate 10 --duration 5 --seed 1 --json -",
         env={
-            **WIDE,
             "RETAIL_CAPACITY": "1",
             "RETAIL_FULFILMENT_DELAY": "1",
             "RETAIL_QUEUE_LIMIT": "0",
@@ -88,24 +66,9 @@ def test_the_environment_sets_the_service_as_for_serve() -> None:
 
 
 def test_plan_prints_a_recommendation_and_the_neighbours() -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "plan",
-            "--rate",
-            "10",
-            "--fulfilment-delay",
-            "0",
-            "--step-delays",
-            "pick=exponential:1",
-            "--p99-wait",
-            "1.5",
-            "--orders",
-            "5000",
-            "--json",
-            "-",
-        ],
-        env=WIDE,
+    result = retail(
+        "plan --rate 10 --fulfilment-delay 0 --step-delays pick=exponential:1",
+        "--p99-wait 1.5 --orders 5000 --json -",
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -116,7 +79,7 @@ def test_plan_prints_a_recommendation_and_the_neighbours() -> None:
 
 
 def test_bad_settings_are_reported_plainly() -> None:
-    result = CliRunner().invoke(app, ["simulate", "--fulfilment-delay", "gamma:2"], env=WIDE)
+    result = retail("simulate --fulfilment-delay gamma:2")
     assert result.exit_code == 2
     assert "Invalid settings" in result.output and "gamma" in result.output
 
