@@ -16,7 +16,7 @@ import pytest
 from retail.config import LogFormat, LogLevel
 from retail.runtime.logs import configure_logging
 from tests.conftest import Running, StartApp, eventually, order_status, place
-from tests.serving import PYTHON, environment, follow, free_port, serving
+from tests.serving import follow, server_in
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -145,14 +145,21 @@ def configured() -> Iterator[Callable[..., None]]:
     logging.getLogger("retail.http").setLevel(logging.NOTSET)
 
 
+async def logged_order(
+    running: Running, capsys: pytest.CaptureFixture[str], request_id: str
+) -> tuple[str, list[str]]:
+    """Place an order as request `request_id` and see it fulfilled: its id, the lines logged."""
+    response = await place(running.client, headers={"X-Request-ID": request_id})
+    order_id: str = response.json()["id"]
+    await fulfilled(running, order_id)
+    return order_id, capsys.readouterr().err.splitlines()
+
+
 async def test_text_lines(
     running: Running, configured: Callable[..., None], capsys: pytest.CaptureFixture[str]
 ) -> None:
     configured(LogFormat.TEXT, LogLevel.INFO)
-    response = await place(running.client, headers={"X-Request-ID": "text-1"})
-    order_id = response.json()["id"]
-    await fulfilled(running, order_id)
-    lines = capsys.readouterr().err.splitlines()
+    order_id, lines = await logged_order(running, capsys, "text-1")
     request = [line for line in lines if " retail.http: POST /orders 202 " in line]
     assert len(request) == 1
     assert request[0].endswith(f"order_id={order_id} request_id=text-1")
@@ -167,10 +174,8 @@ async def test_json_lines(
     running: Running, configured: Callable[..., None], capsys: pytest.CaptureFixture[str]
 ) -> None:
     configured(LogFormat.JSON, LogLevel.INFO)
-    response = await place(running.client, headers={"X-Request-ID": "json-1"})
-    order_id = response.json()["id"]
-    await fulfilled(running, order_id)
-    entries = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    order_id, lines = await logged_order(running, capsys, "json-1")
+    entries = [json.loads(line) for line in lines]
     request = [e for e in entries if e["logger"] == "retail.http" and e["method"] == "POST"]
     assert len(request) == 1
     assert request[0]["request_id"] == "json-1"
@@ -198,13 +203,7 @@ async def test_no_access_log_keeps_the_other_lines(
 
 @pytest.mark.slow
 def test_retail_serve_writes_json_lines(tmp_path: Path) -> None:
-    port = free_port()
-    env = environment(
-        f"sqlite+aiosqlite:///{tmp_path / 'retail.db'}", log_format="json", fulfilment_delay=0
-    )
-    log = tmp_path / "server.log"
-    command = [PYTHON, "-m", "retail", "serve", "--port", str(port)]
-    with serving(command, port=port, env=env, cwd=tmp_path, log=log) as server:
+    with server_in(tmp_path, log_format="json", fulfilment_delay=0) as server:
         response = httpx.post(
             f"{server.url}/orders",
             json={"customer_id": "alice", "items": [{"sku": "MUG-1", "quantity": 1}]},

@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from retail.runtime.clock import ManualClock
-from tests.conftest import StartApp, drive, place, quiescent
+from tests.conftest import StartApp, drive, one_slot_taken, place, quiescent
 from tests.serving import PYTHON, environment, free_port, serving, uvicorn_command
 
 STEPS = ("reserve", "fraud_check", "payment", "pick", "pack", "ship")
@@ -109,13 +109,8 @@ async def test_metrics_follow_orders_from_admission_to_the_end(start_app: StartA
 
 
 async def test_refusals_are_counted_by_mode_and_outcome(start_app: StartApp) -> None:
-    clock = ManualClock()
-    running = await start_app(
-        clock=clock, capacity=1, fulfilment_delay="10", overload_mode="reject"
-    )
+    running = await one_slot_taken(start_app, ManualClock(), overload_mode="reject")
     client = running.client
-    assert (await place(client)).status_code == 202
-    await quiescent(running)
     for _ in range(3):
         assert (await place(client)).status_code == 503
     metrics = await scrape(client)
