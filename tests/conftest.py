@@ -197,6 +197,14 @@ async def order_status(client: httpx.AsyncClient, order_id: str) -> str:
     return status
 
 
+async def all_terminal(client: httpx.AsyncClient, ids: list[str]) -> bool:
+    """Whether each of these orders is fulfilled, failed or cancelled."""
+    for order_id in ids:
+        if await order_status(client, order_id) not in {"fulfilled", "failed", "cancelled"}:
+            return False
+    return True
+
+
 async def quiescent(running: Running) -> None:
     """Wait until every in-flight order sleeps on the clock and no free slot has work."""
     services = running.services

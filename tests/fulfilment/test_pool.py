@@ -14,6 +14,7 @@ from tests.conftest import (
     ADMIN,
     Running,
     StartApp,
+    all_terminal,
     drive,
     eventually,
     one_slot_taken,
@@ -31,14 +32,6 @@ async def events_of(client: httpx.AsyncClient, order_id: str) -> list[dict[str, 
 
 def at(event: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(event["at"])
-
-
-async def all_terminal(client: httpx.AsyncClient, ids: list[str]) -> bool:
-    for order_id in ids:
-        status = (await client.get(f"/orders/{order_id}")).json()["status"]
-        if status not in {"fulfilled", "failed", "cancelled"}:
-            return False
-    return True
 
 
 async def timeline(client: httpx.AsyncClient, order_id: str) -> tuple[datetime, datetime, datetime]:
@@ -126,14 +119,12 @@ async def test_reject_mode_refuses_with_retry_after_and_writes_nothing(
 
 
 async def test_queue_mode_sheds_past_the_queue_limit(start_app: StartApp) -> None:
-    clock = ManualClock()
-    running = await start_app(clock=clock, capacity=1, fulfilment_delay="10", queue_limit=2)
-    client = running.client
+    running = await one_slot_taken(start_app, ManualClock(), queue_limit=2)
     statuses = []
-    for _ in range(4):
-        statuses.append((await place(client)).status_code)
+    for _ in range(3):
+        statuses.append((await place(running.client)).status_code)
         await quiescent(running)
-    assert statuses == [202, 202, 202, 503]
+    assert statuses == [202, 202, 503]  # two wait behind the first; no room for a fourth
 
 
 async def test_degrade_mode_serves_overflow_on_the_cheaper_path(start_app: StartApp) -> None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from typer.testing import Result
 
 from tests.commands import retail
 from tests.conftest import ADMIN_TOKEN
@@ -18,15 +20,22 @@ from tests.serving import free_port
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def load(url: str, report: Path, *words: str | Path) -> tuple[Result, dict[str, Any]]:
+    """`retail load --url URL WORDS --json REPORT`, which must succeed; the report."""
+    result = retail(f"load --url {url}", *words, "--json", report)
+    assert result.exit_code == 0, result.output
+    return result, json.loads(report.read_text())
+
+
 def test_load_prints_the_summary_and_writes_report_and_charts(serve: Serve, tmp_path: Path) -> None:
     with serve(capacity=4, fulfilment_delay="0.05") as url:
-        result = retail(
-            f"load --url {url} --rate 20 --duration 0.5 --sku MUG-1 --sku TEE-M",
-            *("--json", tmp_path / "run.json", "--plot", tmp_path / "charts"),
+        result, data = load(
+            url,
+            tmp_path / "run.json",
+            "--rate 20 --duration 0.5 --sku MUG-1 --sku TEE-M --plot",
+            tmp_path / "charts",
             "--follow-timeout 60",  # only as long as the orders take; a busy machine is slow
         )
-        assert result.exit_code == 0, result.output
-        data = json.loads((tmp_path / "run.json").read_text())
         stored = httpx.get(f"{url}/orders", params={"customer_id": data["customer"]}).json()[
             "items"
         ]
@@ -47,13 +56,12 @@ def test_a_schedule_and_poisson_arrivals_from_the_command_line(
     serve: Serve, tmp_path: Path
 ) -> None:
     with serve(capacity=4, fulfilment_delay="0") as url:
-        result = retail(
-            f"load --url {url} --schedule step:10@0.3,30@0.2 --arrivals poisson --seed 4",
-            "--no-follow --no-progress --max-orders 8 --json",
+        _, data = load(
+            url,
             tmp_path / "run.json",
+            "--schedule step:10@0.3,30@0.2 --arrivals poisson --seed 4",
+            "--no-follow --no-progress --max-orders 8",
         )
-    assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "run.json").read_text())
     assert data["config"]["schedule"] == "10@0.3,30@0.2"
     assert data["config"]["arrivals"] == "poisson"
     assert 1 <= data["summary"]["orders"] <= 8
@@ -132,13 +140,11 @@ def test_demo_shows_one_order_at_a_time_against_three_at_once(tmp_path: Path) ->
 
 def test_a_too_small_connection_limit_shows_as_late_sends(serve: Serve, tmp_path: Path) -> None:
     with serve(capacity=100, fulfilment_delay="0") as url:
-        result = retail(
-            f"load --url {url} --rate 100 --duration 0.2 --connections 1",
-            "--no-follow --no-progress --json",
+        result, data = load(
+            url,
             tmp_path / "run.json",
+            "--rate 100 --duration 0.2 --connections 1 --no-follow --no-progress",
         )
-    assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "run.json").read_text())
     summary = data["summary"]
     assert summary["accepted"]["total"] == 20
     assert summary["late_for_connection"] > 0
