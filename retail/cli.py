@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from retail.config import Settings, SettingsError, load_settings
+from retail.cli_support import fail, settings_or_exit
 from retail.core.types import OverloadMode
 from retail.loadgen.cli import demo, load
 from retail.sim.cli import plan, simulate
@@ -28,28 +28,13 @@ app.add_typer(db_app, name="db")
 T = TypeVar("T")
 
 
-def _settings(**overrides: Any) -> Settings:
-    """Settings from the environment, `.env` and options; a mistake ends with a short message."""
-    try:
-        return load_settings(**overrides)
-    except SettingsError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    """One line on stderr, then the exit code: the shape of every CLI error."""
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _run_db(database_url: str, work: Callable[[], Awaitable[T]]) -> T:
     """Run database work; a problem a person can fix ends with one line, not a traceback."""
     from retail.cli_errors import explain, sqlite_file_problem
 
     problem = sqlite_file_problem(database_url)
     if problem is not None:
-        raise _fail(problem)
+        raise fail(problem)
 
     async def run() -> T:
         return await work()
@@ -60,7 +45,7 @@ def _run_db(database_url: str, work: Callable[[], Awaitable[T]]) -> T:
         message = explain(error, database_url)
         if message is None:
             raise
-        raise _fail(message) from None
+        raise fail(message) from None
 
 
 def _check_database(database_url: str) -> None:
@@ -69,7 +54,7 @@ def _check_database(database_url: str) -> None:
 
     problem = asyncio.run(check_database(database_url))
     if problem is not None:
-        raise _fail(problem)
+        raise fail(problem)
 
 
 @app.command()
@@ -102,7 +87,7 @@ def serve(
     from retail.web.protocol import guarded_protocol
     from retail.web.server import Server
 
-    settings = _settings(
+    settings = settings_or_exit(
         host=host,
         port=port,
         database_url=database_url,
@@ -153,7 +138,7 @@ def worker(
     from retail.runtime.logs import configure_logging
     from retail.runtime.services import running_services
 
-    settings = _settings(
+    settings = settings_or_exit(
         database_url=database_url,
         capacity=capacity,
         fulfilment_delay=fulfilment_delay,
@@ -197,7 +182,7 @@ def db_upgrade(
     """Migrate the schema up (to the newest revision by default)."""
     from retail.store.sql.migrations import migrate
 
-    url = _settings(database_url=database_url).database_url
+    url = settings_or_exit(database_url=database_url).database_url
 
     async def run() -> None:
         db = _engine(url)
@@ -218,7 +203,7 @@ def db_downgrade(
     """Migrate the schema down."""
     from retail.store.sql.migrations import migrate
 
-    url = _settings(database_url=database_url).database_url
+    url = settings_or_exit(database_url=database_url).database_url
 
     async def run() -> None:
         db = _engine(url)
@@ -238,7 +223,7 @@ def db_current(
     """Show the database's revision and the code's head revision."""
     from retail.store.sql.migrations import schema_status
 
-    url = _settings(database_url=database_url).database_url
+    url = settings_or_exit(database_url=database_url).database_url
 
     async def run() -> tuple[str | None, str | None]:
         db = _engine(url)
@@ -264,10 +249,10 @@ def db_reset(
     """
     from retail.store.sql.migrations import migrate
 
-    url = _settings(database_url=database_url).database_url
+    url = settings_or_exit(database_url=database_url).database_url
     if not yes:
         if not sys.stdin.isatty():
-            raise _fail("retail db reset drops every order and product: add --yes to confirm", 2)
+            raise fail("retail db reset drops every order and product: add --yes to confirm", 2)
         typer.confirm(f"Drop every table in {_display(url)}?", abort=True)
 
     async def run() -> None:

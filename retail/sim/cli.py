@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from retail.config import Settings, SettingsError, load_settings
+from retail.cli_support import fail, settings_or_exit
+from retail.config import Settings
 from retail.core.types import OverloadMode
 from retail.loadgen.schedule import Arrivals, Schedule, parse_schedule
 
@@ -46,20 +47,6 @@ SkipSteps = Annotated[str | None, typer.Option(help="[RETAIL_DEGRADE_SKIP_STEPS]
 DelayFactor = Annotated[float | None, typer.Option(help="[RETAIL_DEGRADE_DELAY_FACTOR]")]
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(2)
-
-
-def _settings(**overrides: Any) -> Settings:
-    """Settings from the environment, `.env` and options; a mistake ends with a short message."""
-    try:
-        return load_settings(**overrides)
-    except SettingsError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
-
-
 def _write_json(data: Any, target: str) -> None:
     text = json.dumps(data, indent=2) + "\n"
     if target == "-":
@@ -83,7 +70,7 @@ def _schedule(
             return Schedule.constant(rate, (orders + 10 * math.sqrt(orders) + 10) / rate)
         return Schedule.constant(rate, duration or DEFAULT_DURATION_S)
     except ValueError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error), 2) from None
 
 
 def simulate(
@@ -147,7 +134,7 @@ def simulate(
     from retail.sim.engine import simulate as run_simulation
     from retail.sim.report import render, summarize
 
-    settings = _settings(
+    settings = settings_or_exit(
         overload_mode=overload_mode,
         capacity=capacity,
         queue_limit=queue_limit,
@@ -222,7 +209,7 @@ def _sweep(
         multiples = [float(part) for part in factors.split(",") if part.strip()]
         mode_list = [OverloadMode(part.strip()) for part in modes.split(",") if part.strip()]
     except ValueError as error:
-        raise _fail(f"--sweep-factors / --sweep-modes: {error}") from None
+        raise fail(f"--sweep-factors / --sweep-modes: {error}", 2) from None
     pipeline = settings.pipeline()
     capacity_rate = settings.capacity / max(1e-9, pipeline.mean_s(ServiceLevel.FULL))
     table = Table(title=f"capacity rate {capacity_rate:.2f} orders/s", title_justify="left")
@@ -302,7 +289,7 @@ def plan(
     from retail.sim.planner import UNBOUNDED_QUEUE, Targets, make_plan
     from retail.sim.report import ms
 
-    settings = _settings(
+    settings = settings_or_exit(
         overload_mode=overload_mode,
         fulfilment_delay=fulfilment_delay,
         step_delays=step_delays,
@@ -321,7 +308,7 @@ def plan(
             seed=seed,
         )
     except ValueError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error), 2) from None
     console = Console(stderr=json_file == "-")
     best = result.recommended
     limit = "unbounded" if best.queue_limit >= UNBOUNDED_QUEUE else str(best.queue_limit)

@@ -140,11 +140,8 @@ def test_demo_shows_one_order_at_a_time_against_three_at_once(tmp_path: Path) ->
 
 def test_a_too_small_connection_limit_shows_as_late_sends(serve: Serve, tmp_path: Path) -> None:
     with serve(capacity=100, fulfilment_delay="0") as url:
-        result, data = load(
-            url,
-            tmp_path / "run.json",
-            "--rate 100 --duration 0.2 --connections 1 --no-follow --no-progress",
-        )
+        one_connection = "--rate 100 --duration 0.2 --connections 1 --no-follow --no-progress"
+        result, data = load(url, tmp_path / "run.json", one_connection)
     summary = data["summary"]
     assert summary["accepted"]["total"] == 20
     assert summary["late_for_connection"] > 0
