@@ -403,7 +403,7 @@ def latency_table(summary: Summary) -> Table:
             ms(p.p50_s),
             ms(p.p90_s),
             ms(p.p99_s),
-            ms(p.p999_s),
+            ms(p.p99_9_s),
             ms(p.max_s),
         )
     return table
