@@ -1,13 +1,29 @@
-"""What the service's commands share (`retail.cli`, `retail.sim.cli`): settings from
-the environment with options on top, and the one-line shape of every error."""
+"""What the service's commands share (`retail.cli`, `retail.sim.cli`): the options that
+set a setting, settings from the environment with options on top, and the one-line
+shape of every error."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from retail.config import Settings, SettingsError, load_settings
+from retail.core.types import OverloadMode
+
+# An option left out (None) leaves the setting to the environment and `.env`.
+DatabaseUrl = Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")]
+Capacity = Annotated[
+    int | None, typer.Option(help="Most orders in fulfilment at once [RETAIL_CAPACITY].")
+]
+Mode = Annotated[
+    OverloadMode | None,
+    typer.Option(help="What to do when all slots are busy [RETAIL_OVERLOAD_MODE]."),
+]
+QueueLimit = Annotated[int | None, typer.Option(help="[RETAIL_QUEUE_LIMIT]")]
+Delay = Annotated[
+    str | None, typer.Option(help="Seconds per order or a delay model [RETAIL_FULFILMENT_DELAY].")
+]
 
 
 def settings_or_exit(**overrides: Any) -> Settings:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from retail.cli_support import fail, settings_or_exit
+from retail.cli_support import Capacity, Delay, Mode, QueueLimit, fail, settings_or_exit
 from retail.config import Settings
 from retail.core.types import OverloadMode
 from retail.loadgen.schedule import Arrivals, Schedule, parse_schedule
@@ -27,18 +27,7 @@ SCHEDULE_HELP = (
 )
 JSON_HELP = "Write the figures as JSON to this file (- for standard output)."
 
-Mode = Annotated[
-    OverloadMode | None,
-    typer.Option(help="What to do when all slots are busy [RETAIL_OVERLOAD_MODE]."),
-]
-Capacity = Annotated[
-    int | None, typer.Option(help="Most orders in fulfilment at once [RETAIL_CAPACITY].")
-]
-QueueLimit = Annotated[int | None, typer.Option(help="[RETAIL_QUEUE_LIMIT]")]
 MaxQueueWait = Annotated[float | None, typer.Option(help="Seconds [RETAIL_MAX_QUEUE_WAIT_S].")]
-Delay = Annotated[
-    str | None, typer.Option(help="Seconds per order or a delay model [RETAIL_FULFILMENT_DELAY].")
-]
 StepDelays = Annotated[
     str | None, typer.Option(help="Per-step models, e.g. pick=exponential:1 [RETAIL_STEP_DELAYS].")
 ]
