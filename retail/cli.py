@@ -10,15 +10,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from retail.cli_support import (
-    Capacity,
-    DatabaseUrl,
-    Delay,
-    Mode,
-    QueueLimit,
-    fail,
-    settings_or_exit,
-)
+from retail.cli_support import Capacity, DatabaseUrl, Delay, Mode, QueueLimit
+from retail.cli_support import fail as _fail
+from retail.cli_support import settings_or_exit as _settings
 from retail.loadgen.cli import demo, load
 from retail.sim.cli import plan, simulate
 
@@ -41,7 +35,7 @@ def _run_db(database_url: str, work: Callable[[], Awaitable[T]]) -> T:
 
     problem = sqlite_file_problem(database_url)
     if problem is not None:
-        raise fail(problem)
+        raise _fail(problem)
 
     async def run() -> T:
         return await work()
@@ -52,7 +46,7 @@ def _run_db(database_url: str, work: Callable[[], Awaitable[T]]) -> T:
         message = explain(error, database_url)
         if message is None:
             raise
-        raise fail(message) from None
+        raise _fail(message) from None
 
 
 def _check_database(database_url: str) -> None:
@@ -61,7 +55,7 @@ def _check_database(database_url: str) -> None:
 
     problem = asyncio.run(check_database(database_url))
     if problem is not None:
-        raise fail(problem)
+        raise _fail(problem)
 
 
 @app.command()
@@ -86,7 +80,7 @@ def serve(
     from retail.web.protocol import guarded_protocol
     from retail.web.server import Server
 
-    settings = settings_or_exit(
+    settings = _settings(
         host=host,
         port=port,
         database_url=database_url,
@@ -132,7 +126,7 @@ def worker(
     from retail.runtime.logs import configure_logging
     from retail.runtime.services import running_services
 
-    settings = settings_or_exit(
+    settings = _settings(
         database_url=database_url,
         capacity=capacity,
         fulfilment_delay=fulfilment_delay,
@@ -176,7 +170,7 @@ def db_upgrade(
     """Migrate the schema up (to the newest revision by default)."""
     from retail.store.sql.migrations import migrate
 
-    url = settings_or_exit(database_url=database_url).database_url
+    url = _settings(database_url=database_url).database_url
 
     async def run() -> None:
         db = _engine(url)
@@ -197,7 +191,7 @@ def db_downgrade(
     """Migrate the schema down."""
     from retail.store.sql.migrations import migrate
 
-    url = settings_or_exit(database_url=database_url).database_url
+    url = _settings(database_url=database_url).database_url
 
     async def run() -> None:
         db = _engine(url)
@@ -217,7 +211,7 @@ def db_current(
     """Show the database's revision and the code's head revision."""
     from retail.store.sql.migrations import schema_status
 
-    url = settings_or_exit(database_url=database_url).database_url
+    url = _settings(database_url=database_url).database_url
 
     async def run() -> tuple[str | None, str | None]:
         db = _engine(url)
@@ -243,10 +237,10 @@ def db_reset(
     """
     from retail.store.sql.migrations import migrate
 
-    url = settings_or_exit(database_url=database_url).database_url
+    url = _settings(database_url=database_url).database_url
     if not yes:
         if not sys.stdin.isatty():
-            raise fail("retail db reset drops every order and product: add --yes to confirm", 2)
+            raise _fail("retail db reset drops every order and product: add --yes to confirm", 2)
         typer.confirm(f"Drop every table in {_display(url)}?", abort=True)
 
     async def run() -> None:

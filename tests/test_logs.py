@@ -145,21 +145,14 @@ def configured() -> Iterator[Callable[..., None]]:
     logging.getLogger("retail.http").setLevel(logging.NOTSET)
 
 
-async def logged_order(
-    running: Running, capsys: pytest.CaptureFixture[str], request_id: str
-) -> tuple[str, list[str]]:
-    """Place an order as request `request_id` and see it fulfilled: its id, the lines logged."""
-    response = await place(running.client, headers={"X-Request-ID": request_id})
-    order_id: str = response.json()["id"]
-    await fulfilled(running, order_id)
-    return order_id, capsys.readouterr().err.splitlines()
-
-
 async def test_text_lines(
     running: Running, configured: Callable[..., None], capsys: pytest.CaptureFixture[str]
 ) -> None:
     configured(LogFormat.TEXT, LogLevel.INFO)
-    order_id, lines = await logged_order(running, capsys, "text-1")
+    response = await place(running.client, headers={"X-Request-ID": "text-1"})
+    order_id = response.json()["id"]
+    await fulfilled(running, order_id)
+    lines = capsys.readouterr().err.splitlines()
     request = [line for line in lines if " retail.http: POST /orders 202 " in line]
     assert len(request) == 1
     assert request[0].endswith(f"order_id={order_id} request_id=text-1")
@@ -174,8 +167,10 @@ async def test_json_lines(
     running: Running, configured: Callable[..., None], capsys: pytest.CaptureFixture[str]
 ) -> None:
     configured(LogFormat.JSON, LogLevel.INFO)
-    order_id, lines = await logged_order(running, capsys, "json-1")
-    entries = [json.loads(line) for line in lines]
+    response = await place(running.client, headers={"X-Request-ID": "json-1"})
+    order_id = response.json()["id"]
+    await fulfilled(running, order_id)
+    entries = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     request = [e for e in entries if e["logger"] == "retail.http" and e["method"] == "POST"]
     assert len(request) == 1
     assert request[0]["request_id"] == "json-1"

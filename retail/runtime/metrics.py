@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from functools import partial
 
 from prometheus_client import (
     CollectorRegistry,
@@ -58,78 +57,97 @@ class Metrics:
         # No `_created` series: they double the series count and no query here needs them.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
-        # Every series lives in this app's registry; a gauge of a value each process
-        # keeps for itself shows the most recent process's value (one process: its own).
-        counter = partial(Counter, registry=self.registry)
-        histogram = partial(Histogram, registry=self.registry)
-        gauge = partial(Gauge, registry=self.registry, multiprocess_mode="livemostrecent")
-        self.admission_decisions = counter(
+        registry = self.registry
+        self.admission_decisions = Counter(
             "retail_admission_decisions",
             "Admission decisions for new orders, by overload mode, outcome and the order's "
             "priority (a refusal before the body is read counts as standard).",
             ["mode", "outcome", "priority"],
+            registry=registry,
         )
-        self.orders_in_flight = gauge(
+        self.orders_in_flight = Gauge(
             "retail_orders_in_flight",
             "Orders being fulfilled now (summed over processes).",
+            registry=registry,
             multiprocess_mode="livesum",
         )
-        self.orders_queued = gauge("retail_orders_queued", "Orders waiting for a fulfilment slot.")
-        self.queue_oldest_age = gauge(
+        self.orders_queued = Gauge(
+            "retail_orders_queued",
+            "Orders waiting for a fulfilment slot.",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.queue_oldest_age = Gauge(
             "retail_queue_oldest_age_seconds",
             "How long the oldest queued order has waited; 0 when none waits.",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
         )
-        self.queue_wait = histogram(
+        self.queue_wait = Histogram(
             "retail_order_queue_wait_seconds",
             "From an order's creation to the start of its fulfilment.",
+            registry=registry,
             buckets=WAIT_BUCKETS_S,
         )
-        self.fulfilment_duration = histogram(
+        self.fulfilment_duration = Histogram(
             "retail_order_fulfilment_duration_seconds",
             "From the start of an order's fulfilment to fulfilled or failed.",
+            registry=registry,
             buckets=ORDER_BUCKETS_S,
         )
-        self.step_duration = histogram(
+        self.step_duration = Histogram(
             "retail_fulfilment_step_duration_seconds",
             "Time one fulfilment step took, by step.",
             ["step"],
+            registry=registry,
             buckets=STEP_BUCKETS_S,
         )
-        self.orders_finished = counter(
+        self.orders_finished = Counter(
             "retail_orders_finished",
             "Orders that reached a terminal status, by status.",
             ["status"],
+            registry=registry,
         )
-        self.order_failures = counter(
-            "retail_order_failures", "Orders that failed, by reason.", ["reason"]
+        self.order_failures = Counter(
+            "retail_order_failures",
+            "Orders that failed, by reason.",
+            ["reason"],
+            registry=registry,
         )
-        self.http_requests = counter(
+        self.http_requests = Counter(
             "retail_http_requests",
             "HTTP requests answered, by method, route template and status.",
             ["method", "route", "status"],
+            registry=registry,
         )
-        self.http_duration = histogram(
+        self.http_duration = Histogram(
             "retail_http_request_duration_seconds",
             "Time to answer an HTTP request, by method and route template.",
             ["method", "route"],
+            registry=registry,
             buckets=HTTP_BUCKETS_S,
         )
 
-        self.fair_share_checks = counter(
+        self.fair_share_checks = Counter(
             "retail_fair_share_checks",
             "Fair-share checks of new orders, by outcome: alone (no other customer competes), "
             "within_share, over_share (refused with 429).",
             ["outcome"],
+            registry=registry,
         )
-        self.fair_share_customers = gauge(
+        self.fair_share_customers = Gauge(
             "retail_fair_share_customers",
             "Customers competing for places: holding some, or asked within the window.",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
         )
-        self.fair_share_top_refused = gauge(
+        self.fair_share_top_refused = Gauge(
             "retail_fair_share_top_refused",
             "Over-share refusals of the most refused recently active customers, by rank "
             "(1 = most refused); one series per rank, never per customer.",
             ["rank"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
         )
         self._fair_checks: dict[str, Counter] = {}
 
