@@ -11,11 +11,12 @@ from retail.core.capacity import (
     Load,
     Queue,
     Reject,
+    auto_level,
     decide,
     estimated_start_s,
     slot_free_times,
 )
-from retail.core.types import OverloadMode, ServiceLevel
+from retail.core.types import AutoLevel, OverloadMode, Priority, ServiceLevel
 
 FULL_S = 2.0
 DEGRADED_S = 0.8
@@ -56,7 +57,9 @@ def test_reject_retry_after_counts_the_orders_still_waiting() -> None:
     # Both slots busy for 1.5 s and 2.5 s; one order waits and takes the first slot,
     # so room for a new order comes when the second one frees: 2.5 s -> 3 s.
     decision = decide(limits(OverloadMode.REJECT), load(2, queued=1, remaining_s=(1.5, 2.5)))
-    assert decision == Reject(retry_after_s=3, reason="all 2 fulfilment slots are busy")
+    assert decision == Reject(
+        retry_after_s=3, reason="all 2 fulfilment slots are busy", retry_in_s=2.5
+    )
 
 
 def test_queue_accepts_up_to_the_queue_limit_with_position_and_estimate() -> None:
@@ -114,3 +117,47 @@ def test_estimates_never_go_backwards_as_the_queue_grows() -> None:
 def test_zero_service_time_starts_everyone_at_the_first_free_slot() -> None:
     snapshot = Load(2, 0, (0.3, 0.7), full_service_s=0.0, degraded_service_s=0.0)
     assert estimated_start_s(snapshot, 2, 5, 0.0) == 0.3
+
+
+# --- auto mode -------------------------------------------------------------------------
+
+
+def test_auto_levels_rise_with_the_predicted_wait_and_fall_only_well_under_the_target() -> None:
+    # Capacity 1, one order in flight with 2 s left: a new order waits 2 + n·2 s in
+    # full, 2 + n·0.8 s on the reduced path, with n orders waiting.
+    rules = limits(OverloadMode.AUTO, capacity=1, queue_limit=100, target_wait_s=6.0)
+    up = AutoLevel.QUEUE
+    rising = []
+    for queued in range(8):
+        up = auto_level(rules, load(1, queued), up)
+        rising.append(up)
+    q, d, r = AutoLevel.QUEUE, AutoLevel.DEGRADE, AutoLevel.REFUSE
+    # full 2, 4, 6 | 8, 10...: reduced 4.4, 5.2, 6.0 | 6.8
+    assert rising == [q, q, q, d, d, d, r, r]
+    falling = []
+    for queued in reversed(range(8)):
+        up = auto_level(rules, load(1, queued), up)
+        falling.append(up)
+    # Back under half the target (3 s) on the reduced path: 2.8 s at 1 waiting; in full:
+    # 2 s at none waiting.
+    assert falling == [r, r, r, r, r, r, d, q]
+
+
+def test_auto_decides_by_its_level_and_never_degrades_a_critical_order() -> None:
+    rules = limits(OverloadMode.AUTO, capacity=1, queue_limit=100, target_wait_s=6.0)
+    assert decide(rules, load(0)) == Admit(queue_position=1)
+    assert decide(rules, load(1, 2), level=AutoLevel.QUEUE) == Queue(
+        queue_position=3, estimated_start_s=6.0
+    )
+    busy = load(1, 3)
+    assert decide(rules, busy, level=AutoLevel.DEGRADE) == Degrade(
+        queue_position=4, estimated_start_s=2.0 + 3 * DEGRADED_S
+    )
+    refused = decide(rules, busy, level=AutoLevel.REFUSE)
+    assert isinstance(refused, Reject)
+    assert refused.cause == "wait_target"
+    # Refusing until the reduced path's wait (4.4 s) is back under 3 s.
+    assert refused.retry_in_s == pytest.approx(2.0 + 3 * DEGRADED_S - 3.0)
+    for level in AutoLevel:
+        critical = decide(rules, busy, priority=Priority.CRITICAL, level=level)
+        assert critical == Queue(queue_position=1, estimated_start_s=2.0)

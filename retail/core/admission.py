@@ -12,12 +12,22 @@ nothing else runs.
 Waiting orders are counted per priority (`waiting(priority)`), because a new order's
 start is estimated among the orders that start before it; the counters of decisions
 are kept per priority too (`by_priority`), their sums in `counters`.
+
+In `auto` mode `level` is the level in force (`capacity.auto_level`); it moves on
+every decision that reads the full load, and `on_level` hears each switch.
+
+Retry-After is spread (`_spread`): refusals given the same moment to come back are
+handed successive moments after it, one slot's turn apart (a slot frees every
+service time / capacity), wrapping round within a window proportional to the wait
+(a quarter of it, at least one second), so that a burst refused together does not
+come back together. Deterministic: the same refusals get the same values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +37,16 @@ from retail.core.dispatch import Dispatcher
 from retail.core.errors import CapacityExceeded, OverFairShare
 from retail.core.fairness import FairShare, OverShare
 from retail.core.pipeline import Pipeline
-from retail.core.types import OverloadMode, Priority, ServiceLevel
+from retail.core.types import AutoLevel, OverloadMode, Priority, ServiceLevel
 
 DecisionObserver = Callable[[OverloadMode, Priority, capacity.Decision], None]
+# `auto` mode switched level: (from, to, the predicted wait of a new standard order in
+# full and on the reduced path, seconds)
+LevelObserver = Callable[[AutoLevel, AutoLevel, float, float], None]
+
+SPREAD_FRACTION = 0.25  # Retry-After values of a burst spread over this share of the wait
+SPREAD_MIN_WINDOW_S = 1.0  # ... and over one second at least (Retry-After is whole seconds)
+SPREAD_STEPS = 8  # a window holds at least this many distinct moments
 
 
 @functools.lru_cache(maxsize=1024)
@@ -98,6 +115,7 @@ class Admission:
         *,
         on_decision: DecisionObserver | None = None,
         fairness: FairShare | None = None,
+        on_level: LevelObserver | None = None,
     ) -> None:
         self.limits = limits
         self.pipeline = pipeline
@@ -114,6 +132,9 @@ class Admission:
         # What the policy plans with; the delay models do not change while it runs.
         self._full_service_s = pipeline.mean_s(ServiceLevel.FULL)
         self._degraded_service_s = pipeline.mean_s(ServiceLevel.DEGRADED)
+        self.level = AutoLevel.QUEUE  # auto mode's level in force
+        self._on_level = on_level
+        self._promised = -math.inf  # the latest moment a refusal was told to come back at
 
     @property
     def queued(self) -> int:
@@ -153,29 +174,53 @@ class Admission:
 
     def _policy(
         self, now: float, priority: Priority, start_within_s: float | None = None
-    ) -> tuple[capacity.Decision, capacity.Load | None]:
-        """`capacity.decide` on the load now; the `Load` is built only when no slot is free."""
-        at_once = capacity.admit_at_once(
-            self.limits, len(self.dispatcher.running), self._ahead(priority), priority
-        )
-        if at_once is not None:
-            return at_once, None
+    ) -> tuple[capacity.Decision, capacity.Load | None, AutoLevel]:
+        """`capacity.decide` on the load now, and auto mode's level it was decided at; the
+        `Load` is built only when no slot is free (or auto mode is above its first level)."""
+        level = self.level
+        if level is AutoLevel.QUEUE:
+            at_once = capacity.admit_at_once(
+                self.limits, len(self.dispatcher.running), self._ahead(priority), priority
+            )
+            if at_once is not None:
+                return at_once, None, level
         load = self.load(now)
+        if self.limits.mode is OverloadMode.AUTO:
+            level = capacity.auto_level(self.limits, load, level)
         decision = capacity.decide(
-            self.limits, load, priority=priority, start_within_s=start_within_s
+            self.limits, load, priority=priority, start_within_s=start_within_s, level=level
         )
-        return decision, load
+        return decision, load, level
 
     def _decide(
         self, now: float, priority: Priority, start_within_s: float | None
     ) -> tuple[capacity.Decision, capacity.Load | None]:
-        decision, load = self._policy(now, priority, start_within_s)
+        decision, load, level = self._policy(now, priority, start_within_s)
+        self._set_level(level, load)
         if self._on_decision is not None:
             self._on_decision(self.limits.mode, priority, decision)
         if isinstance(decision, capacity.Reject):
             self._count_rejected(priority)
-            raise self._exceeded(decision, load, priority)
+            raise self._exceeded(decision, load, priority, now)
         return decision, load
+
+    def level_at(self, now: float) -> AutoLevel:
+        """Auto mode's level as the load stands now (it moves here too, not only when an
+        order arrives), so that views show it going back as the load falls."""
+        if self.limits.mode is OverloadMode.AUTO:
+            load = self.load(now)
+            self._set_level(capacity.auto_level(self.limits, load, self.level), load)
+        return self.level
+
+    def _set_level(self, level: AutoLevel, load: capacity.Load | None) -> None:
+        if level is self.level:
+            return
+        before, self.level = self.level, level
+        if self._on_level is not None:
+            full_s, degraded_s = (
+                capacity.auto_waits(load, self.limits.capacity) if load else (0.0, 0.0)
+            )
+            self._on_level(before, level, full_s, degraded_s)
 
     def refuse_early(self, now: float) -> None:
         """Raise `CapacityExceeded` if a new order would be refused now; take nothing.
@@ -184,13 +229,14 @@ class Admission:
         refuses only what would refuse a critical order without a deadline. An order
         that passes still has to be admitted (`admit`) once it is whole.
         """
-        decision, load = self._policy(now, Priority.CRITICAL)
+        decision, load, level = self._policy(now, Priority.CRITICAL)
+        self._set_level(level, load)
         if isinstance(decision, capacity.Reject):
             # Counted as the order it most likely is: its priority was never read.
             if self._on_decision is not None:
                 self._on_decision(self.limits.mode, Priority.STANDARD, decision)
             self._count_rejected(Priority.STANDARD)
-            raise self._exceeded(decision, load, None)
+            raise self._exceeded(decision, load, None, now)
 
     def admit(
         self,
@@ -306,23 +352,51 @@ class Admission:
 
     def update(self, **changes: Any) -> None:
         """New limits (mode, capacity, queue_limit, max_queue_wait_s, critical_reserve,
-        sheddable_max_wait_s) from now on."""
+        sheddable_max_wait_s, target_wait_s) from now on."""
         self.limits = dataclasses.replace(self.limits, **changes)
         self.dispatcher.capacity = self.limits.capacity
+        if self.limits.mode is not OverloadMode.AUTO:
+            self._set_level(AutoLevel.QUEUE, None)  # entering auto starts from its first level
+
+    def _spread(self, now: float, decision: capacity.Reject) -> int:
+        """The Retry-After for `decision` at `now`, spread after those given before it."""
+        wait_s = decision.retry_in_s
+        base = now + wait_s
+        window = max(SPREAD_MIN_WINDOW_S, SPREAD_FRACTION * wait_s)
+        mode = self.limits.mode
+        reduced = mode is OverloadMode.DEGRADE or (
+            mode is OverloadMode.AUTO and self.level is not AutoLevel.QUEUE
+        )
+        service_s = self._degraded_service_s if reduced else self._full_service_s
+        step = min(service_s / self.limits.capacity, window / SPREAD_STEPS) or (
+            window / SPREAD_STEPS
+        )
+        moment = base
+        if self._promised >= base:
+            moment = self._promised + step
+            if moment > base + window:
+                moment = base + (moment - base) % window
+        self._promised = moment
+        return capacity.retry_after_s(moment - now)
 
     def _exceeded(
-        self, decision: capacity.Reject, load: capacity.Load | None, priority: Priority | None
+        self,
+        decision: capacity.Reject,
+        load: capacity.Load | None,
+        priority: Priority | None,
+        now: float,
     ) -> CapacityExceeded:
         assert load is not None  # refused only when no slot is free: the full load was read
+        retry_s = self._spread(now, decision)
         # Who asked for more than the plain order is told which of it was refused.
         asked: dict[str, Any] = {}
         if priority is not None and priority is not Priority.STANDARD:
             asked["priority"] = priority.value
-        if decision.cause in ("reserved", "sheddable", "deadline"):
+        if decision.cause in ("reserved", "sheddable", "deadline", "wait_target"):
             asked["cause"] = decision.cause
         return CapacityExceeded(
-            _refusal_detail(decision.reason, decision.retry_after_s),
-            retry_after_s=decision.retry_after_s,
+            _refusal_detail(decision.reason, retry_s),
+            retry_after_s=retry_s,
             mode=self.limits.mode.value,
             capacity=self.limits.capacity,
             in_flight=load.in_flight,
