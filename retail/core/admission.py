@@ -16,11 +16,14 @@ are kept per priority too (`by_priority`), their sums in `counters`.
 In `auto` mode `level` is the level in force (`capacity.auto_level`); it moves on
 every decision that reads the full load, and `on_level` hears each switch.
 
-Retry-After is spread (`_spread`): refusals given the same moment to come back are
-handed successive moments after it, one slot's turn apart (a slot frees every
-service time / capacity), wrapping round within a window proportional to the wait
-(a quarter of it, at least one second), so that a burst refused together does not
-come back together. Deterministic: the same refusals get the same values.
+Retry-After is spread (`_spread`): the estimate of when room is back is moved by an
+offset within a window centred on it, proportional to the wait (a quarter of it, at
+least one second), and rounded down to whole seconds. Successive refusals take
+successive offsets of a golden-ratio sequence, which fills the window evenly however
+many there are: a burst refused together comes back spread over the window, and on
+average exactly at the estimate (rounding down after an even offset in [0, 1) is
+unbiased; rounding up would add half a second to every answer). Deterministic: the
+same refusals get the same values.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ LevelObserver = Callable[[AutoLevel, AutoLevel, float, float], None]
 
 SPREAD_FRACTION = 0.25  # Retry-After values of a burst spread over this share of the wait
 SPREAD_MIN_WINDOW_S = 1.0  # ... and over one second at least (Retry-After is whole seconds)
-SPREAD_STEPS = 8  # a window holds at least this many distinct moments
+GOLDEN_FRACTION = (math.sqrt(5) - 1) / 2  # successive offsets fill the window evenly
 
 
 @functools.lru_cache(maxsize=1024)
@@ -134,7 +137,7 @@ class Admission:
         self._degraded_service_s = pipeline.mean_s(ServiceLevel.DEGRADED)
         self.level = AutoLevel.QUEUE  # auto mode's level in force
         self._on_level = on_level
-        self._promised = -math.inf  # the latest moment a refusal was told to come back at
+        self._refusals = 0  # refusals so far: which offset the next Retry-After gets
 
     @property
     def queued(self) -> int:
@@ -358,26 +361,13 @@ class Admission:
         if self.limits.mode is not OverloadMode.AUTO:
             self._set_level(AutoLevel.QUEUE, None)  # entering auto starts from its first level
 
-    def _spread(self, now: float, decision: capacity.Reject) -> int:
-        """The Retry-After for `decision` at `now`, spread after those given before it."""
+    def _spread(self, decision: capacity.Reject) -> int:
+        """The Retry-After for `decision`: its estimate, dithered by the next offset."""
         wait_s = decision.retry_in_s
-        base = now + wait_s
         window = max(SPREAD_MIN_WINDOW_S, SPREAD_FRACTION * wait_s)
-        mode = self.limits.mode
-        reduced = mode is OverloadMode.DEGRADE or (
-            mode is OverloadMode.AUTO and self.level is not AutoLevel.QUEUE
-        )
-        service_s = self._degraded_service_s if reduced else self._full_service_s
-        step = min(service_s / self.limits.capacity, window / SPREAD_STEPS) or (
-            window / SPREAD_STEPS
-        )
-        moment = base
-        if self._promised >= base:
-            moment = self._promised + step
-            if moment > base + window:
-                moment = base + (moment - base) % window
-        self._promised = moment
-        return capacity.retry_after_s(moment - now)
+        self._refusals += 1
+        offset = window * ((self._refusals * GOLDEN_FRACTION) % 1.0) - (window - 1.0) / 2
+        return max(1, math.floor(wait_s + offset))
 
     def _exceeded(
         self,
@@ -387,7 +377,7 @@ class Admission:
         now: float,
     ) -> CapacityExceeded:
         assert load is not None  # refused only when no slot is free: the full load was read
-        retry_s = self._spread(now, decision)
+        retry_s = self._spread(decision)
         # Who asked for more than the plain order is told which of it was refused.
         asked: dict[str, Any] = {}
         if priority is not None and priority is not Priority.STANDARD:
