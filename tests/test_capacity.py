@@ -122,42 +122,57 @@ def test_zero_service_time_starts_everyone_at_the_first_free_slot() -> None:
 # --- auto mode -------------------------------------------------------------------------
 
 
+def waiting(remaining_s: float, queued: int, degraded: int = 0) -> Load:
+    """Capacity 1: one order in flight with `remaining_s` left, `queued` waiting."""
+    return Load(
+        in_flight=1,
+        queued=queued,
+        remaining_s=(remaining_s,),
+        full_service_s=FULL_S,
+        degraded_service_s=DEGRADED_S,
+        degraded_queued=degraded,
+    )
+
+
 def test_auto_levels_rise_with_the_predicted_wait_and_fall_only_well_under_the_target() -> None:
-    # Capacity 1, one order in flight with 2 s left: a new order waits 2 + n·2 s in
-    # full, 2 + n·0.8 s on the reduced path, with n orders waiting.
     rules = limits(OverloadMode.AUTO, capacity=1, queue_limit=100, target_wait_s=6.0)
-    up = AutoLevel.QUEUE
-    rising = []
-    for queued in range(8):
-        up = auto_level(rules, load(1, queued), up)
-        rising.append(up)
     q, d, r = AutoLevel.QUEUE, AutoLevel.DEGRADE, AutoLevel.REFUSE
-    # full 2, 4, 6 | 8, 10...: reduced 4.4, 5.2, 6.0 | 6.8
+    level = q
+    rising = []
+    for queued in range(8):  # in full: a new order would wait 2 + 2·n s
+        level = auto_level(rules, waiting(2.0, queued), level)
+        rising.append(level)
+    # Over 6 s from 3 waiting; on the reduced path 2 + 0.8·n s stays within it up to 5.
     assert rising == [q, q, q, d, d, d, r, r]
     falling = []
-    for queued in reversed(range(8)):
-        up = auto_level(rules, load(1, queued), up)
-        falling.append(up)
-    # Back under half the target (3 s) on the reduced path: 2.8 s at 1 waiting; in full:
-    # 2 s at none waiting.
+    for queued in reversed(range(8)):  # all on the reduced path now, 0.5 s left
+        level = auto_level(rules, waiting(0.5, queued, degraded=queued), level)
+        falling.append(level)
+    # Left only under a quarter of the target (1.5 s): 0.5 + 0.8 s with one waiting;
+    # to queue once even in full it would be so: none waiting.
     assert falling == [r, r, r, r, r, r, d, q]
 
 
 def test_auto_decides_by_its_level_and_never_degrades_a_critical_order() -> None:
     rules = limits(OverloadMode.AUTO, capacity=1, queue_limit=100, target_wait_s=6.0)
     assert decide(rules, load(0)) == Admit(queue_position=1)
-    assert decide(rules, load(1, 2), level=AutoLevel.QUEUE) == Queue(
+    assert decide(rules, waiting(2.0, 2), level=AutoLevel.QUEUE) == Queue(
         queue_position=3, estimated_start_s=6.0
     )
-    busy = load(1, 3)
+    # The orders ahead take their own level's time: three degraded ones, 0.8 s each.
+    busy = waiting(2.0, 3, degraded=3)
     assert decide(rules, busy, level=AutoLevel.DEGRADE) == Degrade(
-        queue_position=4, estimated_start_s=2.0 + 3 * DEGRADED_S
+        queue_position=4, estimated_start_s=pytest.approx(2.0 + 3 * DEGRADED_S)
     )
+    # Three in full ahead: 8 s, over the target whatever the level.
+    over = decide(rules, waiting(2.0, 3), level=AutoLevel.DEGRADE)
+    assert isinstance(over, Reject)
+    assert (over.cause, over.retry_in_s) == ("wait_target", pytest.approx(2.0))
     refused = decide(rules, busy, level=AutoLevel.REFUSE)
     assert isinstance(refused, Reject)
     assert refused.cause == "wait_target"
-    # Refusing until the reduced path's wait (4.4 s) is back under 3 s.
-    assert refused.retry_in_s == pytest.approx(2.0 + 3 * DEGRADED_S - 3.0)
+    # Refusing until the wait (4.4 s) is back under a quarter of the target (1.5 s).
+    assert refused.retry_in_s == pytest.approx(2.0 + 3 * DEGRADED_S - 1.5)
     for level in AutoLevel:
         critical = decide(rules, busy, priority=Priority.CRITICAL, level=level)
         assert critical == Queue(queue_position=1, estimated_start_s=2.0)

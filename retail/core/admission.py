@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,9 +44,8 @@ from retail.core.pipeline import Pipeline
 from retail.core.types import AutoLevel, OverloadMode, Priority, ServiceLevel
 
 DecisionObserver = Callable[[OverloadMode, Priority, capacity.Decision], None]
-# `auto` mode switched level: (from, to, the predicted wait of a new standard order in
-# full and on the reduced path, seconds)
-LevelObserver = Callable[[AutoLevel, AutoLevel, float, float], None]
+# `auto` mode switched level: (from, to, the predicted wait of a new standard order, s)
+LevelObserver = Callable[[AutoLevel, AutoLevel, float], None]
 
 SPREAD_FRACTION = 0.25  # Retry-After values of a burst spread over this share of the wait
 SPREAD_MIN_WINDOW_S = 1.0  # ... and over one second at least (Retry-After is whole seconds)
@@ -56,6 +56,53 @@ GOLDEN_FRACTION = (math.sqrt(5) - 1) / 2  # successive offsets fill the window e
 def _refusal_detail(reason: str, retry_after_s: int) -> str:
     # Cached: under overload the same few refusals are written over and over.
     return f"Order refused: {reason}. Retry in {retry_after_s} s."
+
+
+class _Levels:
+    """Waiting orders of one priority, in start order, as runs of full or degraded ones:
+    the orders ahead of a new one take their own level's time, not the level in force."""
+
+    __slots__ = ("degraded", "runs", "total")
+
+    def __init__(self) -> None:
+        self.runs: deque[list[Any]] = deque()  # [degraded, count]
+        self.total = 0
+        self.degraded = 0
+
+    def push(self, degraded: bool) -> None:
+        runs = self.runs
+        if runs and runs[-1][0] == degraded:
+            runs[-1][1] += 1
+        else:
+            runs.append([degraded, 1])
+        self.total += 1
+        self.degraded += degraded
+
+    def _drop(self, index: int) -> None:
+        runs = self.runs
+        if not runs:
+            return
+        run = runs[index]
+        run[1] -= 1
+        self.total -= 1
+        self.degraded -= run[0]
+        if not run[1]:
+            del runs[index]
+
+    def drop_first(self) -> None:
+        """The order that started first left (it started, or was cancelled or expired)."""
+        self._drop(0)
+
+    def drop_last(self) -> None:
+        """The order admitted last was not stored."""
+        self._drop(-1)
+
+    def resize(self, total: int) -> None:
+        """`total` wait now (counted elsewhere): the first have started; new ones are full."""
+        while self.total > total:
+            self.drop_first()
+        while self.total < total:
+            self.push(False)
 
 
 @dataclass
@@ -127,6 +174,8 @@ class Admission:
         # Waiting for a slot, admitted orders not yet stored included; by `Priority.rank`.
         self._waiting = [0] * len(Priority)
         self._unsettled = [0] * len(Priority)  # admitted, not yet stored or given back
+        # The same, by service level, in start order (`_waiting` is their total).
+        self._levels = [_Levels() for _ in Priority]
         self.changes = 0  # bumped on every local change, so a stale resync is dropped
         self.counters = Counters()  # every priority
         self.by_priority: dict[Priority, Counters] = {p: Counters() for p in Priority}
@@ -155,6 +204,7 @@ class Admission:
     def load(self, now: float) -> capacity.Load:
         remaining = self.dispatcher.remaining_s(now)
         waiting = self._waiting
+        levels = self._levels
         return capacity.Load(
             in_flight=len(remaining),
             queued=sum(waiting),
@@ -163,6 +213,8 @@ class Admission:
             degraded_service_s=self._degraded_service_s,
             critical_queued=waiting[Priority.CRITICAL.rank],
             sheddable_queued=waiting[Priority.SHEDDABLE.rank],
+            degraded_queued=levels[Priority.STANDARD.rank].degraded,
+            degraded_sheddable_queued=levels[Priority.SHEDDABLE.rank].degraded,
         )
 
     def _ahead(self, priority: Priority) -> int:
@@ -220,10 +272,8 @@ class Admission:
             return
         before, self.level = self.level, level
         if self._on_level is not None:
-            full_s, degraded_s = (
-                capacity.auto_waits(load, self.limits.capacity) if load else (0.0, 0.0)
-            )
-            self._on_level(before, level, full_s, degraded_s)
+            wait_s = capacity.auto_waits(load, self.limits.capacity).now_s if load else 0.0
+            self._on_level(before, level, wait_s)
 
     def refuse_early(self, now: float) -> None:
         """Raise `CapacityExceeded` if a new order would be refused now; take nothing.
@@ -262,6 +312,7 @@ class Admission:
         decision, _ = self._decide(now, priority, start_within_s)
         assert not isinstance(decision, capacity.Reject)
         self._waiting[priority.rank] += 1
+        self._levels[priority.rank].push(decision.service_level is ServiceLevel.DEGRADED)
         self._unsettled[priority.rank] += 1
         self.changes += 1
         self._count_accepted(decision, priority)
@@ -320,12 +371,15 @@ class Admission:
         rank = priority.rank
         self._unsettled[rank] -= 1
         self._waiting[rank] = max(0, self._waiting[rank] + queued)
+        if queued:
+            self._levels[rank].drop_last()
         self.changes += 1
 
     def left_queue(self, priority: Priority = Priority.STANDARD) -> None:
         """A waiting order started (a worker claimed it), was cancelled or expired."""
         rank = priority.rank
         self._waiting[rank] = max(0, self._waiting[rank] - 1)
+        self._levels[rank].drop_first()
         self.changes += 1
 
     def resync(self, stored_queued: int | Mapping[Priority, int], *, read_at_change: int) -> None:
@@ -345,6 +399,7 @@ class Admission:
         for priority in Priority:
             rank = priority.rank
             self._waiting[rank] = stored_queued.get(priority, 0) + self._unsettled[rank]
+            self._levels[rank].resize(self._waiting[rank])
 
     def estimated_start_s(self, now: float, queue_position: int, level: ServiceLevel) -> float:
         """Estimated seconds until the waiting order at `queue_position` (1-based, in start

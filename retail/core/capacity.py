@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from retail.core.types import AutoLevel, OverloadMode, Priority, ServiceLevel
 
-AUTO_EXIT_FRACTION = 0.5  # a level entered above the target is left below this share of it
+AUTO_EXIT_FRACTION = 0.25  # a level entered above the target is left below this share of it
 DEFAULT_TARGET_WAIT_S = 5.0
 
 
@@ -62,6 +62,9 @@ class Load:
     # (they start after all others); the rest are standard.
     critical_queued: int = 0
     sheddable_queued: int = 0
+    # Of `queued`: those on the reduced path (never critical), standard and sheddable.
+    degraded_queued: int = 0
+    degraded_sheddable_queued: int = 0
 
     def ahead_of(self, priority: Priority) -> int:
         """Waiting orders that start before a new order of `priority`."""
@@ -196,32 +199,57 @@ def _reject(wait_s: float, reason: str, cause: str) -> Reject:
     )
 
 
-def auto_waits(load: Load, capacity: int) -> tuple[float, float]:
-    """The predicted start of a new standard order: in full, and on the reduced path."""
+def ahead_service_s(load: Load, priority: Priority) -> float:
+    """The mean service time of the waiting orders that start before a new order of
+    `priority`, each at the level it was accepted on."""
+    ahead = load.ahead_of(priority)
+    if ahead <= 0 or priority is Priority.CRITICAL:
+        return load.full_service_s
+    degraded = load.degraded_queued
+    if priority is Priority.SHEDDABLE:
+        degraded += load.degraded_sheddable_queued
+    degraded = min(degraded, ahead)
+    return ((ahead - degraded) * load.full_service_s + degraded * load.degraded_service_s) / ahead
+
+
+@dataclass(frozen=True, slots=True)
+class AutoWaits:
+    """The predicted start of a new standard order, seconds from now."""
+
+    now_s: float  # behind the orders waiting now, each at its own level
+    full_s: float  # were they all in full
+    degraded_s: float  # were they all on the reduced path
+
+
+def auto_waits(load: Load, capacity: int) -> AutoWaits:
     index = load.ahead_of(Priority.STANDARD)
-    return (
-        estimated_start_s(load, capacity, index, load.full_service_s),
-        estimated_start_s(load, capacity, index, load.degraded_service_s),
+    return AutoWaits(
+        now_s=estimated_start_s(load, capacity, index, ahead_service_s(load, Priority.STANDARD)),
+        full_s=estimated_start_s(load, capacity, index, load.full_service_s),
+        degraded_s=estimated_start_s(load, capacity, index, load.degraded_service_s),
     )
 
 
 def auto_level(limits: Limits, load: Load, level: AutoLevel) -> AutoLevel:
-    """The level `auto` mode moves to from `level` at `load` (hysteresis included)."""
-    full_s, degraded_s = auto_waits(load, limits.capacity)
+    """The level `auto` mode moves to from `level` at `load` (hysteresis included).
+
+    Up: from queue when the predicted wait is over the target, to degrade if the reduced
+    path would meet it (were the waiting orders all on it), else to refuse; from degrade
+    to refuse when even that would not. Down, only well under the target (its
+    `AUTO_EXIT_FRACTION`): to queue when the wait would be so in full, from refuse to
+    degrade when the wait is so now.
+    """
+    waits = auto_waits(load, limits.capacity)
     target = limits.target_wait_s
     back = AUTO_EXIT_FRACTION * target
-    if full_s <= (target if level is AutoLevel.QUEUE else back):
+    if level is AutoLevel.QUEUE:
+        if waits.now_s <= target:
+            return AutoLevel.QUEUE
+    elif waits.full_s <= back:
         return AutoLevel.QUEUE
-    if degraded_s <= (back if level is AutoLevel.REFUSE else target):
-        return AutoLevel.DEGRADE
-    return AutoLevel.REFUSE
-
-
-def auto_refusal_s(limits: Limits, load: Load) -> float:
-    """Seconds until `auto` leaves its refusing level if nothing more is admitted: until
-    the reduced path's predicted wait is back under the exit share of the target."""
-    _, degraded_s = auto_waits(load, limits.capacity)
-    return degraded_s - AUTO_EXIT_FRACTION * limits.target_wait_s
+    if level is AutoLevel.REFUSE:
+        return AutoLevel.DEGRADE if waits.now_s <= back else AutoLevel.REFUSE
+    return AutoLevel.DEGRADE if waits.degraded_s <= target else AutoLevel.REFUSE
 
 
 def decide(
@@ -267,10 +295,12 @@ def decide(
     degrading = not critical and (
         limits.mode is OverloadMode.DEGRADE or (auto and level is not AutoLevel.QUEUE)
     )
-    reduced = limits.mode is OverloadMode.DEGRADE or (
-        auto and not critical and level is not AutoLevel.QUEUE
-    )
-    service_s = load.degraded_service_s if reduced else load.full_service_s
+    if auto:  # the orders ahead at their own levels
+        service_s = ahead_service_s(load, priority)
+    elif limits.mode is OverloadMode.DEGRADE:
+        service_s = load.degraded_service_s
+    else:
+        service_s = load.full_service_s
     queue_limit = max(0, limits.queue_limit - reserve)
     if load.queued >= queue_limit:
         # Room comes back when the order at the head of the excess starts.
@@ -290,21 +320,19 @@ def decide(
         )
     if auto and (start_s > limits.target_wait_s or (level is AutoLevel.REFUSE and not critical)):
         target = limits.target_wait_s
-        if critical:
-            wait_s = start_s - target
-            reason = f"the estimated wait {start_s:.1f} s is over the target {target:g} s"
-        else:
-            wait_s = auto_refusal_s(limits, load)
+        back = AUTO_EXIT_FRACTION * target
+        if level is AutoLevel.REFUSE and not critical:
+            # Taken again once the level is back down: the wait under `back`.
+            now_s = auto_waits(load, capacity).now_s
+            wait_s = now_s - back
             reason = (
                 f"the estimated wait went over the target {target:g} s even on the reduced "
-                f"path ({start_s:.1f} s now); orders are taken again once it is under "
-                f"{AUTO_EXIT_FRACTION * target:g} s"
+                f"path; orders are taken again once it is under {back:g} s ({now_s:.1f} s now)"
             )
-        return _reject(
-            wait_s,
-            reason,
-            "wait_target",
-        )
+        else:
+            wait_s = start_s - target
+            reason = f"the estimated wait {start_s:.1f} s is over the target {target:g} s"
+        return _reject(wait_s, reason, "wait_target")
     if priority is Priority.SHEDDABLE and start_s > limits.sheddable_max_wait_s:
         return _reject(
             start_s - limits.sheddable_max_wait_s,

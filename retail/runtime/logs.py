@@ -196,22 +196,20 @@ def log_transition(notice: OrderEvent) -> None:
     )
 
 
-def log_level_switch(before: AutoLevel, after: AutoLevel, full_s: float, degraded_s: float) -> None:
-    """One line each time `auto` mode changes level, with the predicted waits behind it."""
+def log_level_switch(before: AutoLevel, after: AutoLevel, wait_s: float) -> None:
+    """One line each time `auto` mode changes level, with the predicted wait behind it."""
     capacity_log.info(
-        "auto mode: %s -> %s (predicted wait %.2f s in full, %.2f s on the reduced path)",
+        "auto mode: %s -> %s (predicted wait %.2f s)",
         before.value,
         after.value,
-        full_s,
-        degraded_s,
+        wait_s,
         extra={
             "request_id": request_id.get(),
             "fields": {
                 "event": "auto_level",
                 "from_level": before.value,
                 "to_level": after.value,
-                "predicted_wait_s": round(full_s, 3),
-                "predicted_reduced_wait_s": round(degraded_s, 3),
+                "predicted_wait_s": round(wait_s, 3),
             },
         },
     )

@@ -46,8 +46,8 @@ class Services:
 def _level_observer(metrics: Metrics) -> LevelObserver:
     """An `auto` mode switch: logged, and shown in the `/metrics` gauge."""
 
-    def switched(before: AutoLevel, after: AutoLevel, full_s: float, reduced_s: float) -> None:
-        log_level_switch(before, after, full_s, reduced_s)
+    def switched(before: AutoLevel, after: AutoLevel, wait_s: float) -> None:
+        log_level_switch(before, after, wait_s)
         metrics.level_switched(after)
 
     return switched
