@@ -154,8 +154,9 @@ class Settings(BaseSettings):
         DEFAULT_TARGET_WAIT_S,
         gt=0,
         allow_inf_nan=False,
-        description="`auto` mode: queue while the predicted wait is within this, then the "
-        "reduced path while that meets it, then refuse.",
+        description="`auto` mode: orders queue while their predicted wait is within this; "
+        "past it they are refused until it is under a quarter of it, then take the reduced "
+        "path.",
     )
     fair_share: bool = Field(
         True, description="Share admission max-min fairly between competing customers (`429`)."

@@ -142,15 +142,20 @@ def test_auto_levels_rise_with_the_predicted_wait_and_fall_only_well_under_the_t
     for queued in range(8):  # in full: a new order would wait 2 + 2·n s
         level = auto_level(rules, waiting(2.0, queued), level)
         rising.append(level)
-    # Over 6 s from 3 waiting; on the reduced path 2 + 0.8·n s stays within it up to 5.
-    assert rising == [q, q, q, d, d, d, r, r]
+    # Over 6 s from 3 waiting: whatever its path, the next order would not start in time.
+    assert rising == [q, q, q, r, r, r, r, r]
     falling = []
     for queued in reversed(range(8)):  # all on the reduced path now, 0.5 s left
         level = auto_level(rules, waiting(0.5, queued, degraded=queued), level)
         falling.append(level)
-    # Left only under a quarter of the target (1.5 s): 0.5 + 0.8 s with one waiting;
-    # to queue once even in full it would be so: none waiting.
-    assert falling == [r, r, r, r, r, r, d, q]
+    # Left only under a quarter of the target (1.5 s): 0.5 + 0.8 s with one waiting,
+    # to the reduced path; to queue once the backlog is gone.
+    assert falling == [r, r, r, r, r, r, d, d]
+    assert auto_level(rules, load(1, remaining_s=(0.5,)), d) is d  # one still in flight
+    assert auto_level(rules, load(0), d) is q
+    # On the reduced path the wait may grow up to the target: 0.5 + 0.8·7 = 6.1 s is over.
+    assert auto_level(rules, waiting(0.5, 5, degraded=5), d) is d
+    assert auto_level(rules, waiting(0.5, 7, degraded=7), d) is r
 
 
 def test_auto_decides_by_its_level_and_never_degrades_a_critical_order() -> None:
@@ -164,10 +169,11 @@ def test_auto_decides_by_its_level_and_never_degrades_a_critical_order() -> None
     assert decide(rules, busy, level=AutoLevel.DEGRADE) == Degrade(
         queue_position=4, estimated_start_s=pytest.approx(2.0 + 3 * DEGRADED_S)
     )
-    # Three in full ahead: 8 s, over the target whatever the level.
+    # Three in full ahead: 8 s, over the target whatever the level; orders are taken
+    # again once the wait is under a quarter of the target.
     over = decide(rules, waiting(2.0, 3), level=AutoLevel.DEGRADE)
     assert isinstance(over, Reject)
-    assert (over.cause, over.retry_in_s) == ("wait_target", pytest.approx(2.0))
+    assert (over.cause, over.retry_in_s) == ("wait_target", pytest.approx(8.0 - 1.5))
     refused = decide(rules, busy, level=AutoLevel.REFUSE)
     assert isinstance(refused, Reject)
     assert refused.cause == "wait_target"

@@ -16,12 +16,14 @@ within `Limits.sheddable_max_wait_s`; the degraded path is never given to a crit
 order. A deadline (`start_within_s`) refuses an order whose estimated start is later.
 
 `auto` mode (`auto_level`, then `decide(..., level=...)`): an order that can start at
-once is admitted; otherwise the predicted wait of a new standard order picks a level:
-queue while it is within `Limits.target_wait_s`, the reduced path while only that
-meets the target, refuse past that. A level entered above the target is left only
-once the wait is back under `AUTO_EXIT_FRACTION` of it (hysteresis), so the level
-does not flap with every order. Critical orders are never degraded, and are queued
-while their own wait (behind critical orders only) meets the target.
+once is admitted; otherwise the predicted wait of a new standard order (the orders
+ahead each at their own level: `ahead_service_s`) picks a level: queue in full while
+it is within `Limits.target_wait_s`; past it, refuse until the wait is back under
+`AUTO_EXIT_FRACTION` of the target (hysteresis: the level does not flap with every
+order, and a refusing spell is long enough for a whole-second Retry-After to say
+when it ends); then the reduced path, while the wait stays within the target, back
+to queue once the backlog is gone. Critical orders are never degraded, and
+are queued while their own wait (behind critical orders only) meets the target.
 """
 
 from __future__ import annotations
@@ -218,7 +220,6 @@ class AutoWaits:
 
     now_s: float  # behind the orders waiting now, each at its own level
     full_s: float  # were they all in full
-    degraded_s: float  # were they all on the reduced path
 
 
 def auto_waits(load: Load, capacity: int) -> AutoWaits:
@@ -226,30 +227,28 @@ def auto_waits(load: Load, capacity: int) -> AutoWaits:
     return AutoWaits(
         now_s=estimated_start_s(load, capacity, index, ahead_service_s(load, Priority.STANDARD)),
         full_s=estimated_start_s(load, capacity, index, load.full_service_s),
-        degraded_s=estimated_start_s(load, capacity, index, load.degraded_service_s),
     )
 
 
 def auto_level(limits: Limits, load: Load, level: AutoLevel) -> AutoLevel:
     """The level `auto` mode moves to from `level` at `load` (hysteresis included).
 
-    Up: from queue when the predicted wait is over the target, to degrade if the reduced
-    path would meet it (were the waiting orders all on it), else to refuse; from degrade
-    to refuse when even that would not. Down, only well under the target (its
-    `AUTO_EXIT_FRACTION`): to queue when the wait would be so in full, from refuse to
-    degrade when the wait is so now.
+    Up: to refuse when the predicted wait is over the target (whatever the path, a new
+    order would not start within it). Down, only well under the target (its
+    `AUTO_EXIT_FRACTION`): from refuse to degrade, the reduced path, which keeps the
+    wait within the target where full service would not; from degrade to queue once
+    the backlog is gone (a slot is free and no order waits).
     """
     waits = auto_waits(load, limits.capacity)
     target = limits.target_wait_s
     back = AUTO_EXIT_FRACTION * target
-    if level is AutoLevel.QUEUE:
-        if waits.now_s <= target:
-            return AutoLevel.QUEUE
-    elif waits.full_s <= back:
-        return AutoLevel.QUEUE
     if level is AutoLevel.REFUSE:
         return AutoLevel.DEGRADE if waits.now_s <= back else AutoLevel.REFUSE
-    return AutoLevel.DEGRADE if waits.degraded_s <= target else AutoLevel.REFUSE
+    if waits.now_s > target:
+        return AutoLevel.REFUSE
+    if level is AutoLevel.DEGRADE and waits.full_s > 0.0:
+        return AutoLevel.DEGRADE
+    return AutoLevel.QUEUE
 
 
 def decide(
@@ -320,18 +319,18 @@ def decide(
         )
     if auto and (start_s > limits.target_wait_s or (level is AutoLevel.REFUSE and not critical)):
         target = limits.target_wait_s
-        back = AUTO_EXIT_FRACTION * target
-        if level is AutoLevel.REFUSE and not critical:
+        if critical:
+            wait_s = start_s - target
+            reason = f"the estimated wait {start_s:.1f} s is over the target {target:g} s"
+        else:
             # Taken again once the level is back down: the wait under `back`.
+            back = AUTO_EXIT_FRACTION * target
             now_s = auto_waits(load, capacity).now_s
             wait_s = now_s - back
             reason = (
-                f"the estimated wait went over the target {target:g} s even on the reduced "
-                f"path; orders are taken again once it is under {back:g} s ({now_s:.1f} s now)"
+                f"the estimated wait {now_s:.1f} s is over the target {target:g} s; orders "
+                f"are taken again once it is under {back:g} s"
             )
-        else:
-            wait_s = start_s - target
-            reason = f"the estimated wait {start_s:.1f} s is over the target {target:g} s"
         return _reject(wait_s, reason, "wait_target")
     if priority is Priority.SHEDDABLE and start_s > limits.sheddable_max_wait_s:
         return _reject(

@@ -187,7 +187,7 @@ class CapacityRead(BaseModel):
         description="A sheddable order is taken only if it can start within this."
     )
     target_wait_s: float = Field(
-        description="`auto` mode: the longest predicted wait it queues or degrades for."
+        description="`auto` mode: the longest predicted wait it accepts an order with."
     )
     level: AutoLevel = Field(
         description="What `auto` mode does now with an order that cannot start at once: "
