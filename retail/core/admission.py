@@ -47,6 +47,9 @@ DecisionObserver = Callable[[OverloadMode, Priority, capacity.Decision], None]
 # `auto` mode switched level: (from, to, the predicted wait of a new standard order, s)
 LevelObserver = Callable[[AutoLevel, AutoLevel, float], None]
 
+_CRITICAL, _STANDARD, _SHEDDABLE = (
+    p.rank for p in (Priority.CRITICAL, Priority.STANDARD, Priority.SHEDDABLE)
+)
 SPREAD_FRACTION = 0.25  # Retry-After values of a burst spread over this share of the wait
 SPREAD_MIN_WINDOW_S = 1.0  # ... and over one second at least (Retry-After is whole seconds)
 GOLDEN_FRACTION = (math.sqrt(5) - 1) / 2  # successive offsets fill the window evenly
@@ -211,10 +214,10 @@ class Admission:
             remaining_s=remaining,
             full_service_s=self._full_service_s,
             degraded_service_s=self._degraded_service_s,
-            critical_queued=waiting[Priority.CRITICAL.rank],
-            sheddable_queued=waiting[Priority.SHEDDABLE.rank],
-            degraded_queued=levels[Priority.STANDARD.rank].degraded,
-            degraded_sheddable_queued=levels[Priority.SHEDDABLE.rank].degraded,
+            critical_queued=waiting[_CRITICAL],
+            sheddable_queued=waiting[_SHEDDABLE],
+            degraded_queued=levels[_STANDARD].degraded,
+            degraded_sheddable_queued=levels[_SHEDDABLE].degraded,
         )
 
     def _ahead(self, priority: Priority) -> int:
@@ -251,7 +254,8 @@ class Admission:
         self, now: float, priority: Priority, start_within_s: float | None
     ) -> tuple[capacity.Decision, capacity.Load | None]:
         decision, load, level = self._policy(now, priority, start_within_s)
-        self._set_level(level, load)
+        if level is not self.level:
+            self._set_level(level, load)
         if self._on_decision is not None:
             self._on_decision(self.limits.mode, priority, decision)
         if isinstance(decision, capacity.Reject):
@@ -419,10 +423,14 @@ class Admission:
     def _spread(self, decision: capacity.Reject) -> int:
         """The Retry-After for `decision`: its estimate, dithered by the next offset."""
         wait_s = decision.retry_in_s
-        window = max(SPREAD_MIN_WINDOW_S, SPREAD_FRACTION * wait_s)
-        self._refusals += 1
-        offset = window * ((self._refusals * GOLDEN_FRACTION) % 1.0) - (window - 1.0) / 2
-        return max(1, math.floor(wait_s + offset))
+        window = SPREAD_FRACTION * wait_s
+        if window < SPREAD_MIN_WINDOW_S:
+            window = SPREAD_MIN_WINDOW_S
+        self._refusals = n = self._refusals + 1
+        # Never negative (the window's lower half is at most an eighth of the wait, or
+        # nothing), so int() rounds down.
+        value = int(wait_s + window * ((n * GOLDEN_FRACTION) % 1.0) - (window - 1.0) / 2)
+        return value if value > 1 else 1
 
     def _exceeded(
         self,
