@@ -102,10 +102,22 @@ class _Levels:
 
     def resize(self, total: int) -> None:
         """`total` wait now (counted elsewhere): the first have started; new ones are full."""
-        while self.total > total:
-            self.drop_first()
-        while self.total < total:
-            self.push(False)
+        runs = self.runs
+        while self.total > total and runs:
+            run = runs[0]
+            taken = min(run[1], self.total - total)
+            run[1] -= taken
+            self.total -= taken
+            if run[0]:
+                self.degraded -= taken
+            if not run[1]:
+                runs.popleft()
+        if self.total < total:
+            if runs and not runs[-1][0]:
+                runs[-1][1] += total - self.total
+            else:
+                runs.append([False, total - self.total])
+            self.total = total
 
 
 @dataclass
