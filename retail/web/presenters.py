@@ -33,6 +33,7 @@ def capacity_snapshot(services: Services) -> CapacityRead:
     admission = services.admission
     return CapacityRead(
         **asdict(admission.limits),
+        level=admission.level_at(services.clock.seconds()),
         in_flight=services.pool.in_flight,
         queued=admission.queued,
         full_service_s=round(services.pipeline.mean_s(ServiceLevel.FULL), SECONDS_DECIMALS),
