@@ -284,9 +284,12 @@ class Admission:
         per priority, or one number for orders that are all standard.
 
         `read_at_change` is `changes` when the count was read; if anything changed here
-        since, the count may be stale and is dropped (the next one will do).
+        since, the count may be stale and is dropped (the next one will do). It is dropped
+        too while an admitted order is being written: the store may count it already, and
+        it counts here until it is settled (counted twice, it would refuse orders the
+        service has room for until the next count).
         """
-        if read_at_change == self.changes:
+        if read_at_change == self.changes and not any(self._unsettled):
             self.restore(stored_queued)
 
     def restore(self, stored_queued: int | Mapping[Priority, int]) -> None:
