@@ -31,6 +31,11 @@ from retail.core.types import OverloadMode, Priority, ServiceLevel
 
 DecisionObserver = Callable[[OverloadMode, Priority, capacity.Decision], None]
 
+# Read once: an enum member looked up on its class goes through a slow attribute hook
+# (Python 3.11), and these are read for every order.
+_CRITICAL, _STANDARD = Priority.CRITICAL, Priority.STANDARD
+_CRITICAL_RANK, _SHEDDABLE_RANK = Priority.CRITICAL.rank, Priority.SHEDDABLE.rank
+
 
 @functools.lru_cache(maxsize=1024)
 def _refusal_detail(reason: str, retry_after_s: int) -> str:
@@ -58,7 +63,7 @@ class Counters:
                 self.degraded += step
 
 
-@dataclass
+@dataclass(slots=True)
 class Ticket:
     """A place taken by an admitted order; settle it once: `keep`, `release` or `withdraw`."""
 
@@ -144,11 +149,11 @@ class Admission:
     def _ahead(self, priority: Priority) -> int:
         """Waiting orders that start before a new order of `priority` (as `Load.ahead_of`)."""
         waiting = self._waiting
-        if priority is Priority.CRITICAL:
-            return waiting[Priority.CRITICAL.rank]
+        if priority is _CRITICAL:
+            return waiting[_CRITICAL_RANK]
         total = sum(waiting)
-        if priority is Priority.STANDARD:
-            return total - waiting[Priority.SHEDDABLE.rank]
+        if priority is _STANDARD:
+            return total - waiting[_SHEDDABLE_RANK]
         return total
 
     def _policy(

@@ -8,6 +8,7 @@ resumes an order after a crash recomputes exactly the same plan.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping
@@ -173,12 +174,8 @@ class Pipeline:
         elif drawn.exponential is not None:
             # `Exponential.sample` written out (the same draw, the same arithmetic).
             draw = rng.random
-            steps = tuple(
-                [
-                    _new_step(PlannedStep, (name, -_log(1.0 - draw()) / rate * factor))
-                    for name, rate in drawn.exponential
-                ]
-            )
+            delays = [-_log(1.0 - draw()) / rate * factor for rate in drawn.exponential]
+            steps = tuple(map(_new_step, _PLANNED_STEP, zip(drawn.names, delays, strict=True)))
         else:
             steps = tuple(
                 [
@@ -196,9 +193,10 @@ class Pipeline:
         if all(isinstance(model, Fixed) for _, model in models):
             fixed = tuple(PlannedStep(name, model.mean_s * factor) for name, model in models)
         elif all(isinstance(model, Exponential) and model.mean > 0 for _, model in models):
-            exponential = tuple((name, 1 / cast(Exponential, model).mean) for name, model in models)
+            exponential = tuple(1 / cast(Exponential, model).mean for _, model in models)
         return _Draws(
             factor=factor,
+            names=tuple(name for name, _ in models),
             samplers=tuple((name, model.sample) for name, model in models),
             skipped=self.skipped(level),
             fixed=fixed,
@@ -208,13 +206,15 @@ class Pipeline:
 
 _log = math.log
 _new_step = tuple.__new__  # `PlannedStep(name, delay_s)` without the call through its `__new__`
+_PLANNED_STEP = itertools.repeat(PlannedStep)  # the first argument of each `_new_step`
 
 
 class _Draws(NamedTuple):
     """What `Pipeline.plan` needs for one service level and line count, besides the draws."""
 
     factor: float
+    names: tuple[str, ...]  # of the steps, in order
     samplers: tuple[tuple[str, Callable[[random.Random], float]], ...]
     skipped: tuple[str, ...]
     fixed: tuple[PlannedStep, ...] | None  # every delay fixed: the steps are always these
-    exponential: tuple[tuple[str, float], ...] | None  # every delay exponential: 1 / mean each
+    exponential: tuple[float, ...] | None  # every delay exponential: 1 / mean of each step

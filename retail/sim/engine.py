@@ -32,6 +32,7 @@ import random
 import time
 from array import array
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from retail.core.admission import Admission
 from retail.core.capacity import Limits
@@ -115,6 +116,7 @@ def arrival_times(config: SimConfig) -> tuple[list[float], float]:
 
 
 SIM_CUSTOMER = "sim"
+_delay_s = itemgetter(1)  # of a `PlannedStep`
 
 
 def simulate(config: SimConfig) -> SimRun:
@@ -132,7 +134,9 @@ def simulate(config: SimConfig) -> SimRun:
 
     heap: list[tuple[float, int, int, float, int]] = []  # (t, kind, key, first due, attempt)
     push, pop = heapq.heappush, heapq.heappop
-    admit, left_queue, ended = admission.admit, admission.left_queue, admission.order_ended
+    admit, left_queue = admission.admit, admission.left_queue
+    # Without fair shares an order's end changes nothing in admission: no call needed.
+    ended = admission.order_ended if admission.fairness is not None else None
     plan_of, start, finish = pipeline.plan, dispatcher.start, dispatcher.finish
     running = dispatcher.running
     starts_add, waits_add = run.starts.append, run.waits.append
@@ -175,7 +179,8 @@ def simulate(config: SimConfig) -> SimRun:
 
         if kind == _END:
             finish(key)
-            ended(SIM_CUSTOMER)
+            if ended is not None:
+                ended(SIM_CUSTOMER)
             if attempt:  # payment declined
                 failed += 1
             else:
@@ -209,14 +214,12 @@ def simulate(config: SimConfig) -> SimRun:
             line.push((seq, first_due, now, level))
 
         # Free slots take the next waiting orders, first come first served.
-        while line and len(running) < dispatcher.capacity:
+        while len(running) < dispatcher.capacity and line:
             order, order_due, accepted_at, level = line.pop()
             left_queue()
             plan = plan_of(order_seq=order, line_count=line_count, level=level, rng=rng)
             steps = plan.steps
-            planned = 0.0
-            for _, delay_s in steps:
-                planned += delay_s
+            planned = sum(map(_delay_s, steps))
             start(order, now=now, planned_s=planned)
             starts_add(now)
             waits_add(now - accepted_at)

@@ -32,7 +32,7 @@ def test_the_dispatcher_knows_when_each_slot_frees() -> None:
     slots.start("a", now=0.0, planned_s=3.0)
     slots.start("b", now=1.0, planned_s=1.5)
     assert slots.free_slots == 0
-    assert slots.remaining_s(now=2.0) == (1.0, 0.5)
+    assert slots.remaining_s(now=2.0) == (0.5, 1.0)  # soonest first
     assert slots.next_free_s(now=2.0) == 0.5
     assert slots.remaining_s(now=10.0) == (0.0, 0.0)  # late, never negative
     assert slots.finish("b") is not None
