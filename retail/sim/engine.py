@@ -32,7 +32,6 @@ import random
 import time
 from array import array
 from dataclasses import dataclass, field
-from operator import itemgetter
 
 from retail.core.admission import Admission
 from retail.core.capacity import Limits
@@ -116,7 +115,6 @@ def arrival_times(config: SimConfig) -> tuple[list[float], float]:
 
 
 SIM_CUSTOMER = "sim"
-_delay_s = itemgetter(1)  # of a `PlannedStep`
 
 
 def simulate(config: SimConfig) -> SimRun:
@@ -218,15 +216,15 @@ def simulate(config: SimConfig) -> SimRun:
             order, order_due, accepted_at, level = line.pop()
             left_queue()
             plan = plan_of(order_seq=order, line_count=line_count, level=level, rng=rng)
-            steps = plan.steps
-            planned = sum(map(_delay_s, steps))
+            delays = plan.delays_s
+            planned = sum(delays)
             start(order, now=now, planned_s=planned)
             starts_add(now)
             waits_add(now - accepted_at)
             if plan.payment_declined:
                 # The order ends with the payment step, as in the worker pool.
                 until = 0.0
-                for name, delay_s in steps:
+                for name, delay_s in zip(plan.names, delays, strict=True):
                     until += delay_s
                     if name == PAYMENT_STEP:
                         break
