@@ -212,7 +212,7 @@ def simulate(config: SimConfig) -> SimRun:
             line.push((seq, first_due, now, level))
 
         # Free slots take the next waiting orders, first come first served.
-        while len(running) < dispatcher.capacity and line:
+        while line and len(running) < dispatcher.capacity:
             order, order_due, accepted_at, level = line.pop()
             left_queue()
             plan = plan_of(order_seq=order, line_count=line_count, level=level, rng=rng)
