@@ -132,9 +132,7 @@ def simulate(config: SimConfig) -> SimRun:
 
     heap: list[tuple[float, int, int, float, int]] = []  # (t, kind, key, first due, attempt)
     push, pop = heapq.heappush, heapq.heappop
-    admit, left_queue = admission.admit, admission.left_queue
-    # Without fair shares an order's end changes nothing in admission: no call needed.
-    ended = admission.order_ended if admission.fairness is not None else None
+    admit, left_queue, ended = admission.admit, admission.left_queue, admission.order_ended
     plan_of, start, finish = pipeline.plan, dispatcher.start, dispatcher.finish
     running = dispatcher.running
     starts_add, waits_add = run.starts.append, run.waits.append
@@ -177,8 +175,7 @@ def simulate(config: SimConfig) -> SimRun:
 
         if kind == _END:
             finish(key)
-            if ended is not None:
-                ended(SIM_CUSTOMER)
+            ended(SIM_CUSTOMER)
             if attempt:  # payment declined
                 failed += 1
             else:
