@@ -33,7 +33,7 @@ DecisionObserver = Callable[[OverloadMode, Priority, capacity.Decision], None]
 
 # Read once: an enum member looked up on its class goes through a slow attribute hook
 # (Python 3.11), and these are read for every order.
-_CRITICAL, _STANDARD = Priority.CRITICAL, Priority.STANDARD
+_CRITICAL_PRIORITY, _STANDARD_PRIORITY = Priority.CRITICAL, Priority.STANDARD
 _CRITICAL_RANK, _SHEDDABLE_RANK = Priority.CRITICAL.rank, Priority.SHEDDABLE.rank
 
 
@@ -149,10 +149,10 @@ class Admission:
     def _ahead(self, priority: Priority) -> int:
         """Waiting orders that start before a new order of `priority` (as `Load.ahead_of`)."""
         waiting = self._waiting
-        if priority is _CRITICAL:
+        if priority is _CRITICAL_PRIORITY:
             return waiting[_CRITICAL_RANK]
         total = sum(waiting)
-        if priority is _STANDARD:
+        if priority is _STANDARD_PRIORITY:
             return total - waiting[_SHEDDABLE_RANK]
         return total
 
