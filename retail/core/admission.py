@@ -54,6 +54,11 @@ SPREAD_FRACTION = 0.25  # Retry-After values of a burst spread over this share o
 SPREAD_MIN_WINDOW_S = 1.0  # ... and over one second at least (Retry-After is whole seconds)
 GOLDEN_FRACTION = (math.sqrt(5) - 1) / 2  # successive offsets fill the window evenly
 
+# Read once: an enum member looked up on its class goes through a slow attribute hook
+# (Python 3.11), and these are read for every order.
+_CRITICAL_PRIORITY, _STANDARD_PRIORITY = Priority.CRITICAL, Priority.STANDARD
+_CRITICAL_RANK, _SHEDDABLE_RANK = Priority.CRITICAL.rank, Priority.SHEDDABLE.rank
+
 
 @functools.lru_cache(maxsize=1024)
 def _refusal_detail(reason: str, retry_after_s: int) -> str:
@@ -140,7 +145,7 @@ class Counters:
                 self.degraded += step
 
 
-@dataclass
+@dataclass(slots=True)
 class Ticket:
     """A place taken by an admitted order; settle it once: `keep`, `release` or `withdraw`."""
 
@@ -235,11 +240,11 @@ class Admission:
     def _ahead(self, priority: Priority) -> int:
         """Waiting orders that start before a new order of `priority` (as `Load.ahead_of`)."""
         waiting = self._waiting
-        if priority is Priority.CRITICAL:
-            return waiting[Priority.CRITICAL.rank]
+        if priority is _CRITICAL_PRIORITY:
+            return waiting[_CRITICAL_RANK]
         total = sum(waiting)
-        if priority is Priority.STANDARD:
-            return total - waiting[Priority.SHEDDABLE.rank]
+        if priority is _STANDARD_PRIORITY:
+            return total - waiting[_SHEDDABLE_RANK]
         return total
 
     def _policy(
@@ -403,9 +408,12 @@ class Admission:
         per priority, or one number for orders that are all standard.
 
         `read_at_change` is `changes` when the count was read; if anything changed here
-        since, the count may be stale and is dropped (the next one will do).
+        since, the count may be stale and is dropped (the next one will do). It is dropped
+        too while an admitted order is being written: the store may count it already, and
+        it counts here until it is settled (counted twice, it would refuse orders the
+        service has room for until the next count).
         """
-        if read_at_change == self.changes:
+        if read_at_change == self.changes and not any(self._unsettled):
             self.restore(stored_queued)
 
     def restore(self, stored_queued: int | Mapping[Priority, int]) -> None:

@@ -120,7 +120,9 @@ Decision = Admit | Queue | Degrade | Reject
 
 def slot_free_times(load: Load, capacity: int) -> list[float]:
     """When each of the `capacity` slots is next free for a waiting order, soonest first."""
-    busy = sorted([r if r > 0.0 else 0.0 for r in load.remaining_s])
+    busy = sorted(load.remaining_s)  # the `Dispatcher` gives them sorted already: cheap
+    if busy and busy[0] < 0.0:  # late orders (the `Dispatcher` gives 0 for those)
+        busy = [r if r > 0.0 else 0.0 for r in busy]
     if len(busy) >= capacity:
         # Over capacity (it was lowered at run time): a slot frees only once enough finish.
         return busy[len(busy) - capacity :]
@@ -147,7 +149,8 @@ def estimated_start_s(load: Load, capacity: int, waiting_index: int, service_s: 
     while index > 0 and latest - free[0] > service_s:
         freed_again = free[0] + service_s
         heapq.heapreplace(free, freed_again)
-        latest = max(latest, freed_again)
+        if freed_again > latest:
+            latest = freed_again
         index -= 1
     rounds, slot = divmod(index, capacity)
     return sorted(free)[slot] + rounds * service_s

@@ -55,10 +55,9 @@ class Priority(enum.StrEnum):
     STANDARD = "standard"
     SHEDDABLE = "sheddable"
 
-    @property
-    def rank(self) -> int:
-        """0 starts first: the value stored with the order and sorted on."""
-        return _RANKS[self]
+    # 0 starts first: the value stored with the order and sorted on. A plain attribute of
+    # each member (set below), not a property: the policy reads it for every order.
+    rank: int
 
     @classmethod
     def of_rank(cls, rank: int) -> Priority:
@@ -66,4 +65,5 @@ class Priority(enum.StrEnum):
 
 
 _BY_RANK = tuple(Priority)
-_RANKS = {priority: rank for rank, priority in enumerate(_BY_RANK)}
+for _rank, _priority in enumerate(_BY_RANK):
+    _priority.rank = _rank

@@ -222,17 +222,15 @@ def simulate(config: SimConfig) -> SimRun:
             order, order_due, accepted_at, level = line.pop()
             left_queue()
             plan = plan_of(order_seq=order, line_count=line_count, level=level, rng=rng)
-            steps = plan.steps
-            planned = 0.0
-            for _, delay_s in steps:
-                planned += delay_s
+            delays = plan.delays_s
+            planned = sum(delays)
             start(order, now=now, planned_s=planned)
             starts_add(now)
             waits_add(now - accepted_at)
             if plan.payment_declined:
                 # The order ends with the payment step, as in the worker pool.
                 until = 0.0
-                for name, delay_s in steps:
+                for name, delay_s in zip(plan.names, delays, strict=True):
                     until += delay_s
                     if name == PAYMENT_STEP:
                         break
