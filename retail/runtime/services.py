@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from retail.config import Settings
 from retail.core.admission import Admission
 from retail.core.fairness import FairShare
+from retail.core.fleet import FleetView
 from retail.core.pipeline import Pipeline
 from retail.runtime.bus import EventBus
 from retail.runtime.clock import Clock
+from retail.runtime.fleet import Fleet, FleetAdmission, FleetTiming
 from retail.runtime.idempotency import Idempotency
 from retail.runtime.ingest import Ingest
 from retail.runtime.logs import log_transition
@@ -40,6 +42,7 @@ class Services:
     idempotency: Idempotency
     streams: StreamSlots
     metrics: Metrics
+    fleet: Fleet | None = None  # on a fleet (RETAIL_FLEET): admission plans with its load
 
 
 def sql_store(settings: Settings) -> SqlStore:
@@ -72,10 +75,27 @@ async def running_services(
         if fair_limits is not None:
             fairness = FairShare(fair_limits, on_outcome=metrics.fair_checked)
             fairness.rebuild(await store.count_active_by_customer())
-        admission = Admission(
-            settings.limits(), pipeline, on_decision=metrics.decided, fairness=fairness
-        )
+        admission: Admission
+        fleet_admission = None
+        if settings.fleet:
+            admission = fleet_admission = FleetAdmission(
+                FleetView(pipeline),
+                settings.limits(),
+                pipeline,
+                on_decision=metrics.decided,
+                fairness=fairness,
+            )
+        else:
+            admission = Admission(
+                settings.limits(), pipeline, on_decision=metrics.decided, fairness=fairness
+            )
         admission.restore(counts)
+        # On a fleet admission plans with every process's load; this process's workers
+        # keep their own slots (`--capacity`) and timetable.
+        pool_admission = admission
+        if fleet_admission is not None:
+            pool_admission = Admission(settings.limits(), pipeline)
+            pool_admission.restore(counts)
         bus = EventBus()
         bus.listen(log_transition)
         bus.listen(metrics.notice)
@@ -85,7 +105,7 @@ async def running_services(
             idempotency=idempotency,
             clock=clock,
             pipeline=pipeline,
-            admission=admission,
+            admission=pool_admission,
             bus=bus,
             lease_s=settings.lease_s,
             poll_interval_s=settings.poll_interval_s,
@@ -100,6 +120,23 @@ async def running_services(
             idempotency_ttl_s=settings.idempotency_ttl_s,
             on_committed=pool.notify,
         )
+        fleet = None
+        if fleet_admission is not None:
+            fleet = Fleet(
+                database_url=settings.database_url,
+                clock=clock,
+                admission=fleet_admission,
+                timing=FleetTiming(
+                    heartbeat_s=settings.heartbeat_s,
+                    dead_after_s=settings.worker_dead_after_s,
+                    reconcile_s=settings.fleet_reconcile_s,
+                ),
+                worker=(pool.owner, settings.capacity) if settings.workers_enabled else None,
+                on_work=pool.notify,
+                metrics=metrics,
+            )
+        if fleet is not None:
+            await fleet.start()  # the fleet's load is known before the first order
         await ingest.start()
         await pool.start()
         try:
@@ -115,11 +152,14 @@ async def running_services(
                 idempotency=idempotency,
                 streams=StreamSlots(settings.max_streams),
                 metrics=metrics,
+                fleet=fleet,
             )
         finally:
             bus.close()  # waiters answer and streams end now
             await ingest.stop()
             await pool.stop()
+            if fleet is not None:
+                await fleet.stop()
     finally:
         await store.close()
         metrics.process_exit()
