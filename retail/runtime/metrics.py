@@ -259,8 +259,9 @@ class Metrics:
         self.fleet_in_flight.set(in_flight)
         self.fleet_queued.set(queued)
         self.fleet_workers.set(len(workers))
-        self.fleet_worker_slots.clear()
-        self.fleet_worker_heartbeat_age.clear()
+        if multiprocess_dir() is None:  # (not kept per process: gone workers' series stay)
+            self.fleet_worker_slots.clear()
+            self.fleet_worker_heartbeat_age.clear()
         for worker, slots, age_s in workers:
             self.fleet_worker_slots.labels(worker).set(slots)
             self.fleet_worker_heartbeat_age.labels(worker).set(max(0.0, age_s))

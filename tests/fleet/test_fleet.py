@@ -4,6 +4,7 @@ sharing one capacity, one queue limit and one view of the load (real processes).
 from __future__ import annotations
 
 import itertools
+import re
 import signal
 import statistics
 import subprocess
@@ -337,3 +338,36 @@ def test_sqlite_refuses_a_fleet_with_a_clear_message(tmp_path: Path) -> None:
     assert failed.returncode == 2
     assert "RETAIL_FLEET=true needs PostgreSQL" in failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def test_serve_workers_runs_several_processes_on_one_port_with_metrics_of_all(
+    pg_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    command = [PYTHON, "-m", "retail", "serve", "--workers", "2", "--port", str(port)]
+    env = environment(pg_url, **fleet_settings(capacity=2, log_level="warning"))
+    with serving(command, port=port, env=env, cwd=tmp_path, log=tmp_path / "serve.log") as server:
+        fleet = Fleet([server.url])
+        # Two processes, each fulfilling with its own two slots: one fleet of four.
+        wait_until(lambda: fleet.capacity(0)["fleet"]["capacity"] == 4, SLACK_S * 3, "2 x 2")
+        assert len(fleet.capacity(0)["fleet"]["live_workers"]) == 2
+        for _ in range(30):  # new connections: the kernel spreads them over both
+            assert httpx.get(f"{server.url}/healthz", headers={"Connection": "close"}).is_success
+        # Any process's scrape counts the requests every process answered.
+        pattern = (
+            r'^retail_http_requests_total\{method="GET",route="/healthz",status="200"\} (\S+)$'
+        )
+        for _ in range(4):
+            scrape = httpx.get(f"{server.url}/metrics", headers={"Connection": "close"}).text
+            counted = sum(float(v) for v in re.findall(pattern, scrape, flags=re.MULTILINE))
+            assert counted >= 30
+        # Orders placed on either process are one fleet's: both are fulfilled.
+        placed = [fleet.place(0, f"c{n}") for n in range(2)]
+        assert all(response.status_code == 202 for response in placed)
+        for response in placed:
+            location = response.headers["location"]
+            wait_until(
+                lambda location=location: order(fleet, location)["status"] == "fulfilled",
+                SLACK_S * 2,
+                "fulfilled",
+            )
