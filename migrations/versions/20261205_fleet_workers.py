@@ -25,7 +25,7 @@ depends_on: str | Sequence[str] | None = None
 # A payload over PostgreSQL's 8000 bytes cannot be sent: ask the readers to re-read instead.
 NOTIFY_FUNCTIONS = (
     """
-CREATE FUNCTION retail_fleet_send(body jsonb) RETURNS void LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION retail_fleet_send(body jsonb) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     payload text := (body || jsonb_build_object(
         'x', pg_current_xact_id()::text,
@@ -38,7 +38,7 @@ BEGIN
 END $$;
 """,
     """
-CREATE FUNCTION retail_fleet_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION retail_fleet_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     counts jsonb;
     first bigint;
@@ -54,7 +54,7 @@ BEGIN
 END $$;
 """,
     """
-CREATE FUNCTION retail_fleet_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION retail_fleet_updated() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     started jsonb;
     moved jsonb;

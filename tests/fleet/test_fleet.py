@@ -371,3 +371,26 @@ def test_serve_workers_runs_several_processes_on_one_port_with_metrics_of_all(
                 SLACK_S * 2,
                 "fulfilled",
             )
+
+
+def test_db_reset_leaves_a_database_that_notifies_the_fleet(pg_url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from retail.store.sql.fleet import asyncpg_dsn
+
+    runner = CliRunner()
+    for _ in range(2):  # the second reset finds the first one's functions in place
+        result = runner.invoke(cli, ["db", "reset", "--yes", "--database-url", pg_url])
+        assert result.exit_code == 0, result.output
+
+    async def triggers() -> set[str]:
+        connection = await asyncpg.connect(asyncpg_dsn(pg_url))
+        try:
+            rows = await connection.fetch("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+        finally:
+            await connection.close()
+        return {row["tgname"] for row in rows}
+
+    assert {"retail_fleet_inserted", "retail_fleet_updated"} <= asyncio.run(triggers())
