@@ -47,14 +47,15 @@ class Staleness:
 
 @dataclass(frozen=True)
 class ScalingResult:
-    one: wrk.WrkResult
-    two: wrk.WrkResult
+    one: list[wrk.WrkResult]  # one API process, per round
+    two: list[wrk.WrkResult]  # two API processes, per round
     staleness: Staleness
 
     @property
     def ratio(self) -> float:
-        base = self.one.rate_of(202)
-        return self.two.rate_of(202) / base if base else 0.0
+        """Stored orders/s of two processes over one's, all rounds together."""
+        base = sum(r.rate_of(202) for r in self.one)
+        return sum(r.rate_of(202) for r in self.two) / base if base else 0.0
 
 
 def fleet_settings(database_url: str, **settings: object) -> dict[str, object]:
@@ -145,6 +146,8 @@ class _Sampler:
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> _Sampler:
+        self._stop = threading.Event()
+
         def run() -> None:
             with httpx.Client(timeout=5) as client:
                 while not self._stop.wait(SAMPLE_S):
@@ -210,39 +213,39 @@ def _converge_s(url: str, database_url: str, agreeing: int = 8) -> float:
 
 
 def scaling(
-    postgres_url: str, *, duration_s: float, connections: int, workdir: Path
+    postgres_url: str, *, duration_s: float, connections: int, workdir: Path, rounds: int = 2
 ) -> ScalingResult:
-    runs: dict[int, wrk.WrkResult] = {}
-    staleness = None
-    for count in (1, 2):
-        with (
-            servers.fresh_database(postgres_url, workdir) as database_url,
-            api_processes(
-                database_url,
-                count,
-                workdir,
-                workers_enabled="false",
-                overload_mode="queue",
-                queue_limit=ingest.QUEUE_LIMIT,
-            ) as server,
-        ):
+    """One process and two, each on its own fresh database, both up at once; wrk runs
+    alternate between them (1, 2, 1, 2, …) so the machine's noise falls on both."""
+    settings = {
+        "workers_enabled": "false",
+        "overload_mode": "queue",
+        "queue_limit": ingest.QUEUE_LIMIT,
+    }
+    with (
+        servers.fresh_database(postgres_url, workdir) as one_url,
+        servers.fresh_database(postgres_url, workdir) as two_url,
+        api_processes(one_url, 1, workdir, **settings) as one,
+        api_processes(two_url, 2, workdir, **settings) as two,
+    ):
+        for server in (one, two):
             ingest.put_product(server.url, ingest.SKU, ingest.STOCK)
             wrk.run(server.url, connections=connections, duration_s=ingest.WARMUP_S, sku=ingest.SKU)
-            if count == 1:
-                runs[count] = wrk.run(
-                    server.url, connections=connections, duration_s=duration_s, sku=ingest.SKU
+        runs: dict[int, list[wrk.WrkResult]] = {1: [], 2: []}
+        sampler = _Sampler(two.url)
+        for _ in range(rounds):
+            runs[1].append(
+                wrk.run(one.url, connections=connections, duration_s=duration_s, sku=ingest.SKU)
+            )
+            with sampler:
+                runs[2].append(
+                    wrk.run(two.url, connections=connections, duration_s=duration_s, sku=ingest.SKU)
                 )
-                continue
-            with _Sampler(server.url) as sampler:
-                runs[count] = wrk.run(
-                    server.url, connections=connections, duration_s=duration_s, sku=ingest.SKU
-                )
-            converge_s = _converge_s(server.url, database_url)
-            metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-            p50, notices = _histogram_ms(metrics, 0.5)
-            p99, _ = _histogram_ms(metrics, 0.99)
-            staleness = Staleness(sampler.max_delay_s * 1000, p50, p99, notices, converge_s)
-    assert staleness is not None
+        converge_s = _converge_s(two.url, two_url)
+        metrics = httpx.get(f"{two.url}/metrics", timeout=10).text
+    p50, notices = _histogram_ms(metrics, 0.5)
+    p99, _ = _histogram_ms(metrics, 0.99)
+    staleness = Staleness(sampler.max_delay_s * 1000, p50, p99, notices, converge_s)
     return ScalingResult(one=runs[1], two=runs[2], staleness=staleness)
 
 
@@ -286,17 +289,18 @@ def tables(
     connections: int,
     duration_s: float,
 ) -> str:
-    one, two = result.one, result.two
     scaling_table = table(
-        ["API processes", "stored orders/s", "p50 / p99 ms", "statuses"],
+        ["round", "API processes", "stored orders/s", "p50 / p99 ms", "statuses"],
         [
             [
+                str(index + 1),
                 str(n),
                 f"{r.rate_of(202):,.0f}",
                 f"{r.p50_ms:.1f} / {r.p99_ms:.1f}",
                 ", ".join(f"{k}: {v:,}" for k, v in sorted(r.statuses.items())),
             ]
-            for n, r in ((1, one), (2, two))
+            for index, pair in enumerate(zip(result.one, result.two, strict=True))
+            for n, r in zip((1, 2), pair, strict=True)
         ],
     )
     s = result.staleness
@@ -352,8 +356,8 @@ def tables(
                 f"target >= 0.95: {'met' if r.of_limit >= 0.95 else 'NOT met'}"
             )
     return (
-        f"## Fleet scaling on PostgreSQL: wrk, {connections} connections, {duration_s:g} s, "
-        f"API-only processes\n\n{scaling_table}\n\n"
+        f"## Fleet scaling on PostgreSQL: wrk, {connections} connections, {duration_s:g} s "
+        f"per run, API-only processes, runs alternating\n\n{scaling_table}\n\n"
         f"## Fleet view staleness, during the two-process run\n\n{stale_table}\n\n"
         f"## Fleet overload: 2 API processes, 2 workers x {config.capacity // 2} slots, "
         f"fixed {config.delay_s:g} s (limit {config.limit_rate:g} orders/s), "
