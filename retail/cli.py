@@ -142,7 +142,9 @@ def serve(
             "queue_limit": queue_limit,
             "fulfilment_delay": fulfilment_delay,
         }
-        raise typer.Exit(serve_processes(workers, overrides, access_log=access_log))
+        raise typer.Exit(
+            serve_processes(workers, overrides, port=settings.port, access_log=access_log)
+        )
     _check_database(settings.database_url)
     configure_logging(settings.log_format, settings.log_level, access_log=access_log)
     application = create_app(settings)

@@ -8,8 +8,10 @@ On PostgreSQL, statement triggers on `orders` send one notification per statemen
 the channel `retail_fleet` (see `retail.store.sql.fleet`): orders that entered the
 queue, and orders that started, moved to another worker, ended or left the queue. The
 notification goes out when its transaction commits, and carries the transaction's id,
-so a reader can tell whether a snapshot it took already counts it. SQLite, one
-process, gets the table only.
+so a reader can tell whether a snapshot it took already counts it. Only while some
+process of a fleet is in `workers` (API processes too, with no slots): a database
+without a fleet pays no notice and no notice lock at commit. SQLite, one process, gets
+the table only.
 """
 
 from collections.abc import Sequence
@@ -43,6 +45,10 @@ DECLARE
     counts jsonb;
     first bigint;
 BEGIN
+    -- No process of a fleet on this database: nobody to tell, no notice (and no lock).
+    IF NOT EXISTS (SELECT 1 FROM workers) THEN
+        RETURN NULL;
+    END IF;
     SELECT jsonb_agg(jsonb_build_array(p, n)), min(s) INTO counts, first FROM (
         SELECT priority AS p, count(*) AS n, min(seq) AS s FROM inserted
         WHERE status = 'queued' GROUP BY priority
@@ -61,6 +67,10 @@ DECLARE
     ended jsonb;
     left_queue jsonb;
 BEGIN
+    -- No process of a fleet on this database: nobody to tell, no notice (and no lock).
+    IF NOT EXISTS (SELECT 1 FROM workers) THEN
+        RETURN NULL;
+    END IF;
     SELECT
         jsonb_agg(jsonb_build_array(n.seq, n.priority, n.service_level, n.step_index,
                                     n.lease_owner))

@@ -9,10 +9,11 @@
   (plus the orders this process admitted and has not stored yet), so
   `RETAIL_QUEUE_LIMIT` is one limit for the fleet and a refusal reads no database.
 
-A process with workers announces them (`workers` table), beats every
-`RETAIL_HEARTBEAT_S`, and its workers are woken by the database's notice when orders
-are stored (the pool's poll is only a fallback). Every process reads the fleet whole
-every `RETAIL_FLEET_RECONCILE_S` and clears out workers silent for
+Every process of the fleet announces itself (`workers` table) with its workers' slots
+(0 for an API-only process) and beats every `RETAIL_HEARTBEAT_S`; workers are woken by
+the database's notice when orders are stored (the pool's poll is only a fallback).
+Every process reads the fleet whole every `RETAIL_FLEET_RECONCILE_S` and clears out
+workers silent for
 `RETAIL_WORKER_DEAD_AFTER_S`: their capacity leaves the fleet and their orders' leases
 end, so live workers resume them at once.
 """
@@ -102,7 +103,7 @@ class Fleet:
         clock: Clock,
         admission: FleetAdmission,
         timing: FleetTiming,
-        worker: tuple[str, int] | None = None,
+        member: tuple[str, int],
         on_work: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -111,7 +112,7 @@ class Fleet:
         self._admission = admission
         self.view = admission.view
         self.timing = timing
-        self._worker = worker  # (id, slots) when this process fulfils orders
+        self._member = member  # (id, slots): every process of a fleet beats, API-only with 0
         self._on_work = on_work
         self._metrics = metrics
         self._reread = asyncio.Event()
@@ -133,18 +134,17 @@ class Fleet:
         self._reread.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._worker is not None and self._channel.connected:
+        if self._channel.connected:
             try:
-                await self._channel.leave(self._worker[0])
+                await self._channel.leave(self._member[0])
             except Exception:
                 log.exception("fleet: leaving failed; the others clear this worker out")
         await self._channel.close()
 
     async def _open(self) -> None:
         await self._channel.connect(self._received)
-        if self._worker is not None:
-            await self._channel.announce(*self._worker)
-            self._last_heartbeat = self._clock.monotonic()
+        await self._channel.announce(*self._member)
+        self._last_heartbeat = self._clock.monotonic()
         await self._reconcile()
 
     async def _keep(self) -> None:
@@ -170,14 +170,12 @@ class Fleet:
                 await self._clock.wait(asyncio.Event(), RECONNECT_S)
 
     async def _beat(self) -> None:
-        if self._worker is None:
-            return
         if self._clock.monotonic() - self._last_heartbeat < self.timing.heartbeat_s:
             return
         self._last_heartbeat = self._clock.monotonic()
-        if not await self._channel.heartbeat(*self._worker):
-            log.warning("fleet: this worker had been given up for dead; announcing it again")
-            await self._channel.announce(*self._worker)
+        if not await self._channel.heartbeat(*self._member):
+            log.warning("fleet: this process had been given up for dead; announcing it again")
+            await self._channel.announce(*self._member)
 
     async def _clear_dead(self) -> None:
         dead = await self._channel.clear_dead(self.timing.dead_after_s, self._clock.now())

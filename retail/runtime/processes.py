@@ -24,9 +24,11 @@ from typing import Any
 from retail.runtime.metrics import MULTIPROCESS_DIR_ENV
 
 STOP_TIMEOUT_S = 30.0
+STARTUP_POLL_S = 0.2
+STARTUP_POLLS = 600  # two minutes
 
 
-def serve_processes(count: int, overrides: dict[str, Any], *, access_log: bool) -> int:
+def serve_processes(count: int, overrides: dict[str, Any], *, port: int, access_log: bool) -> int:
     """Run `count` `retail serve` processes until one ends or a stop is asked for.
 
     The schema is migrated before (by the caller): the processes do not migrate.
@@ -57,8 +59,12 @@ def serve_processes(count: int, overrides: dict[str, Any], *, access_log: bool) 
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for _ in range(count):
-            children.append(subprocess.Popen(command, env=env))
+        # The first alone until it answers: it seeds the catalogue of an empty database,
+        # which the others would race it for.
+        children.append(subprocess.Popen(command, env=env))
+        if _answers(children[0], overrides.get("host") or env.get("RETAIL_HOST"), port):
+            for _ in range(count - 1):
+                children.append(subprocess.Popen(command, env=env))
         code = _wait_any(children)
         if not stopping:
             stop(signal.SIGTERM, None)
@@ -84,3 +90,24 @@ def _wait_any(children: list[subprocess.Popen[bytes]]) -> int:
             if child.pid == pid:
                 child.returncode = os.waitstatus_to_exitcode(status)
                 return child.returncode
+
+
+def _answers(child: subprocess.Popen[bytes], host: str | None, port: int) -> bool:
+    """Wait until `child` answers `/healthz` (True) or ends (False)."""
+    import httpx
+
+    if not host or host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/healthz"
+    for _ in range(STARTUP_POLLS):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        try:
+            child.wait(STARTUP_POLL_S)
+            return False  # it ended
+        except subprocess.TimeoutExpired:
+            continue
+    return child.poll() is None

@@ -131,7 +131,7 @@ async def running_services(
                     dead_after_s=settings.worker_dead_after_s,
                     reconcile_s=settings.fleet_reconcile_s,
                 ),
-                worker=(pool.owner, settings.capacity) if settings.workers_enabled else None,
+                member=(pool.owner, settings.capacity if settings.workers_enabled else 0),
                 on_work=pool.notify,
                 metrics=metrics,
             )

@@ -70,7 +70,8 @@ class FleetChannel:
     # --- workers ---------------------------------------------------------------------------
 
     async def announce(self, worker_id: str, slots: int) -> None:
-        """This process fulfils orders with `slots` at once (again, after a stall)."""
+        """This process is in the fleet and fulfils `slots` orders at once (0: API only);
+        again after a stall."""
         async with self._connection.transaction():
             await self._connection.execute(
                 f"INSERT INTO workers (id, slots, started_at, heartbeat_at) "
@@ -126,8 +127,8 @@ class FleetChannel:
                 f"SELECT pg_current_snapshot()::text AS snapshot, {UTC_NOW} AS read_at"
             )
             workers = await connection.fetch(
-                "SELECT id, slots, started_at, heartbeat_at FROM workers "
-                f"WHERE heartbeat_at >= {UTC_NOW} - make_interval(secs => $1) ORDER BY id",
+                "SELECT id, slots, started_at, heartbeat_at FROM workers WHERE slots > 0 "
+                f"AND heartbeat_at >= {UTC_NOW} - make_interval(secs => $1) ORDER BY id",
                 dead_after_s,
             )
             processing = await connection.fetch(
