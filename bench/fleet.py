@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from bench import ingest, overload, servers, wrk
-from bench.report import table
+from bench.report import overload_runs_table, table
 
 SAMPLE_S = 0.25
 CONVERGE_TIMEOUT_S = 30.0
@@ -319,32 +319,7 @@ def tables(
             ],
         ],
     )
-    rows = []
-    for r in runs:
-        limit = r.limit_rate
-        rows.append(
-            [
-                r.mode,
-                f"{r.multiple:g}x ({r.rate:g}/s)",
-                f"{r.sent} / {r.accepted} / {r.refused} / {r.errors}",
-                f"{r.fulfilled_rate:.2f}",
-                "-" if limit is None else f"{limit:.2f}",
-                "-" if r.of_limit is None else f"{r.of_limit:.3f}",
-                f"{r.replay_rate:.2f}" if r.mode == "reject" else "-",
-            ]
-        )
-    overload_table = table(
-        [
-            "mode",
-            "offered",
-            "sent / accepted / refused / errors",
-            "fulfilled/s",
-            "limit/s",
-            "of limit",
-            "replayed loss system/s",
-        ],
-        rows,
-    )
+    overload_table = overload_runs_table(runs)
     verdicts = [
         f"- two API processes over one: {result.ratio:.2f}, target >= 1.3: "
         f"{'met' if result.ratio >= 1.3 else 'NOT met'}"

@@ -76,9 +76,8 @@ def ingest_table(results: Sequence[IngestResult], connections: int, duration_s: 
     )
 
 
-def overload_tables(
-    runs: Sequence[OverloadResult], saturation: SaturationResult, config: OverloadConfig
-) -> str:
+def overload_runs_table(runs: Sequence[OverloadResult]) -> str:
+    """One row per open-loop run: what was sent, fulfilled, refused, how fast, memory."""
     rows = []
     for r in runs:
         limit = r.limit_rate
@@ -95,10 +94,10 @@ def overload_tables(
                 _ms(r.refusal_ms),
                 _ms(r.refusal_sent_ms),
                 _ms(r.accept_ms),
-                f"{r.rss_kib[2] / 1024:.0f} ({rss_growth(r):.2f})",
+                f"{r.rss_kib[2] / 1024:.0f} ({rss_growth(r):.2f})" if r.rss_kib[2] else "-",
             ]
         )
-    main = table(
+    return table(
         [
             "mode",
             "offered",
@@ -115,6 +114,12 @@ def overload_tables(
         ],
         rows,
     )
+
+
+def overload_tables(
+    runs: Sequence[OverloadResult], saturation: SaturationResult, config: OverloadConfig
+) -> str:
+    main = overload_runs_table(runs)
     notes = []
     for r in runs:
         if r.of_limit is not None:

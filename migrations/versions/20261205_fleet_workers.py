@@ -46,9 +46,7 @@ DECLARE
     first bigint;
 BEGIN
     -- No process of a fleet on this database: nobody to tell, no notice (and no lock).
-    IF NOT EXISTS (SELECT 1 FROM workers) THEN
-        RETURN NULL;
-    END IF;
+    IF NOT EXISTS (SELECT 1 FROM workers) THEN RETURN NULL; END IF;
     SELECT jsonb_agg(jsonb_build_array(p, n)), min(s) INTO counts, first FROM (
         SELECT priority AS p, count(*) AS n, min(seq) AS s FROM inserted
         WHERE status = 'queued' GROUP BY priority
@@ -67,10 +65,7 @@ DECLARE
     ended jsonb;
     left_queue jsonb;
 BEGIN
-    -- No process of a fleet on this database: nobody to tell, no notice (and no lock).
-    IF NOT EXISTS (SELECT 1 FROM workers) THEN
-        RETURN NULL;
-    END IF;
+    IF NOT EXISTS (SELECT 1 FROM workers) THEN RETURN NULL; END IF;  -- no fleet
     SELECT
         jsonb_agg(jsonb_build_array(n.seq, n.priority, n.service_level, n.step_index,
                                     n.lease_owner))
