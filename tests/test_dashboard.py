@@ -163,6 +163,12 @@ def test_the_dashboard_shows_orders_flowing_and_switches_the_mode(
             "rejections not counted per priority",
         )
 
+        # Auto mode shows the level it is at, with what it means.
+        choose_mode("auto", TOKEN)
+        until(lambda: text("mode") == "auto: queue", "the page does not show auto's level")
+        assert text("mode-hint").startswith("auto, now queueing")
+        assert httpx.get(server.url + "/capacity").json()["level"] == "queue"
+
         # A page opened now starts from the server's history: counts since the server
         # started, and charts that are not empty.
         driver.get(server.url + "/")

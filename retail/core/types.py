@@ -11,6 +11,15 @@ class OverloadMode(enum.StrEnum):
     QUEUE = "queue"
     REJECT = "reject"
     DEGRADE = "degrade"
+    AUTO = "auto"  # queue, degrade or refuse by the predicted wait (`AutoLevel`)
+
+
+class AutoLevel(enum.StrEnum):
+    """What `auto` mode does now with an order that cannot start at once."""
+
+    QUEUE = "queue"  # the predicted wait is within the target: wait in full
+    DEGRADE = "degrade"  # only the reduced path meets the target: take it
+    REFUSE = "refuse"  # not even the reduced path meets it: 503
 
 
 class OrderStatus(enum.StrEnum):

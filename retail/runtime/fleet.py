@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from retail.core import capacity
-from retail.core.admission import Admission, DecisionObserver
+from retail.core.admission import Admission, DecisionObserver, LevelObserver
 from retail.core.fairness import FairShare
 from retail.core.fleet import FleetView, FleetWorker
 from retail.core.pipeline import Pipeline
@@ -61,9 +61,15 @@ class FleetAdmission(Admission):
         *,
         on_decision: DecisionObserver | None = None,
         fairness: FairShare | None = None,
+        on_level: LevelObserver | None = None,
     ) -> None:
         super().__init__(
-            limits, pipeline, view.dispatcher, on_decision=on_decision, fairness=fairness
+            limits,
+            pipeline,
+            view.dispatcher,
+            on_decision=on_decision,
+            fairness=fairness,
+            on_level=on_level,
         )
         self.view = view
 

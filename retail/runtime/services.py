@@ -8,16 +8,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from retail.config import Settings
-from retail.core.admission import Admission
+from retail.core.admission import Admission, LevelObserver
 from retail.core.fairness import FairShare
 from retail.core.fleet import FleetView
 from retail.core.pipeline import Pipeline
+from retail.core.types import AutoLevel
 from retail.runtime.bus import EventBus
 from retail.runtime.clock import Clock
 from retail.runtime.fleet import Fleet, FleetAdmission, FleetTiming
 from retail.runtime.idempotency import Idempotency
 from retail.runtime.ingest import Ingest
-from retail.runtime.logs import log_transition
+from retail.runtime.logs import log_level_switch, log_transition
 from retail.runtime.metrics import Metrics
 from retail.runtime.pool import WorkerPool
 from retail.runtime.streams import StreamSlots
@@ -43,6 +44,16 @@ class Services:
     streams: StreamSlots
     metrics: Metrics
     fleet: Fleet | None = None  # on a fleet (RETAIL_FLEET): admission plans with its load
+
+
+def _level_observer(metrics: Metrics) -> LevelObserver:
+    """An `auto` mode switch: logged, and shown in the `/metrics` gauge."""
+
+    def switched(before: AutoLevel, after: AutoLevel, wait_s: float) -> None:
+        log_level_switch(before, after, wait_s)
+        metrics.level_switched(after)
+
+    return switched
 
 
 def sql_store(settings: Settings) -> SqlStore:
@@ -84,10 +95,15 @@ async def running_services(
                 pipeline,
                 on_decision=metrics.decided,
                 fairness=fairness,
+                on_level=_level_observer(metrics),
             )
         else:
             admission = Admission(
-                settings.limits(), pipeline, on_decision=metrics.decided, fairness=fairness
+                settings.limits(),
+                pipeline,
+                on_decision=metrics.decided,
+                fairness=fairness,
+                on_level=_level_observer(metrics),
             )
         admission.restore(counts)
         # On a fleet admission plans with every process's load; this process's workers

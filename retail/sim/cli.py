@@ -44,6 +44,9 @@ StepDelays = Annotated[
 Decline = Annotated[float | None, typer.Option(help="[RETAIL_PAYMENT_DECLINE_PROBABILITY]")]
 SkipSteps = Annotated[str | None, typer.Option(help="[RETAIL_DEGRADE_SKIP_STEPS]")]
 DelayFactor = Annotated[float | None, typer.Option(help="[RETAIL_DEGRADE_DELAY_FACTOR]")]
+TargetWait = Annotated[
+    float | None, typer.Option(help="Seconds, for --overload-mode auto [RETAIL_TARGET_WAIT_S].")
+]
 
 
 def _fail(message: str) -> typer.Exit:
@@ -96,6 +99,7 @@ def simulate(
     payment_decline_probability: Decline = None,
     degrade_skip_steps: SkipSteps = None,
     degrade_delay_factor: DelayFactor = None,
+    target_wait: TargetWait = None,
     rate: Annotated[
         float, typer.Option(min=0, help="Orders per second (a constant rate).")
     ] = DEFAULT_RATE,
@@ -157,6 +161,7 @@ def simulate(
         payment_decline_probability=payment_decline_probability,
         degrade_skip_steps=degrade_skip_steps,
         degrade_delay_factor=degrade_delay_factor,
+        target_wait_s=target_wait,
     )
     console = Console(stderr=json_file == "-")
     run_seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)

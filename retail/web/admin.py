@@ -36,6 +36,8 @@ async def put_capacity(update: CapacityUpdate, services: ServicesDep) -> Capacit
         changes["critical_reserve"] = update.critical_reserve
     if update.sheddable_max_wait_s is not None:
         changes["sheddable_max_wait_s"] = update.sheddable_max_wait_s
+    if update.target_wait_s is not None:
+        changes["target_wait_s"] = update.target_wait_s
     services.admission.update(**changes)
     services.pool.notify()
     return capacity_snapshot(services)

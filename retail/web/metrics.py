@@ -56,6 +56,7 @@ async def metrics(services: ServicesDep, request: Request) -> Response:
             queued=fleet.queued,
             workers=[(w.id, w.slots, w.heartbeat_age_s) for w in fleet.live_workers],
         )
+    services.admission.level_at(services.clock.seconds())  # the level gauge, current
     fairness = services.admission.fairness
     if fairness is not None:
         services.metrics.refresh_fairness(

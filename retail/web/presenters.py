@@ -40,6 +40,8 @@ def capacity_snapshot(services: Services) -> CapacityRead:
         max_queue_wait_s=limits.max_queue_wait_s,
         critical_reserve=limits.critical_reserve,
         sheddable_max_wait_s=limits.sheddable_max_wait_s,
+        target_wait_s=limits.target_wait_s,
+        level=admission.level_at(services.clock.seconds()),
         in_flight=admission.dispatcher.in_flight,
         queued=admission.queued,
         full_service_s=round(services.pipeline.mean_s(ServiceLevel.FULL), SECONDS_DECIMALS),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import re
 import signal
-import statistics
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -321,7 +320,11 @@ def test_a_worker_starts_a_new_order_on_the_notice_not_by_polling(
             placed = order(fleet, location)
             started = next(e for e in events(fleet, location) if e["kind"] == "started")
             waits.append((at(started["at"]) - at(placed["created_at"])).total_seconds())
-        assert statistics.median(waits) < 0.05, waits
+        # Each started long before a poll could have found it (the poll is a minute away);
+        # on an idle machine within a few milliseconds (the best of five shows the path's
+        # own time, whatever else the machine runs).
+        assert max(waits) < 2.0, waits
+        assert min(waits) < 0.05, waits
 
 
 def test_sqlite_refuses_a_fleet_with_a_clear_message(tmp_path: Path) -> None:
