@@ -27,9 +27,10 @@ from tests.serving import PYTHON, environment, free_port, serving
 HEARTBEAT_S = 0.2
 DEAD_AFTER_S = 1.5
 RECONCILE_S = 0.25
-# How stale an API process's view may be: a notice's delivery (milliseconds), or one
-# reconcile interval when a notice is lost. Generous on a busy machine.
-STALENESS_S = RECONCILE_S + 0.5
+# How stale an API process's view may be: a notice's delivery (milliseconds; over 100 ms
+# seen on this shared machine under load), or one reconcile interval when a notice is
+# lost. Generous: the suite runs beside other servers on two cores.
+STALENESS_S = RECONCILE_S + 1.0
 SLACK_S = 10.0  # a busy machine may take this long to start a process or beat
 
 
