@@ -7,7 +7,9 @@ fleet's load; they share one secret key (order tokens and list cursors work on a
 them) and one `PROMETHEUS_MULTIPROC_DIR`, so `/metrics` on any of them sums all.
 
 This process only supervises: SIGTERM or Ctrl+C stops them all; if one ends, the
-others are stopped too and its exit code is returned.
+others are stopped too and its exit code is returned. If the supervisor itself is
+killed (`kill -9`), Linux sends each process SIGTERM (`PR_SET_PDEATHSIG`): none is
+left behind holding the port.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def serve_processes(count: int, overrides: dict[str, Any], *, port: int, access_
     if not access_log:
         command.append("--no-access-log")
     children: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, env=env, preexec_fn=_end_with_parent)
+
     stopping = False
 
     def stop(_signum: int, _frame: Any) -> None:
@@ -61,10 +67,10 @@ def serve_processes(count: int, overrides: dict[str, Any], *, port: int, access_
     try:
         # The first alone until it answers: it seeds the catalogue of an empty database,
         # which the others would race it for.
-        children.append(subprocess.Popen(command, env=env))
+        children.append(start())
         if _answers(children[0], overrides.get("host") or env.get("RETAIL_HOST"), port):
             for _ in range(count - 1):
-                children.append(subprocess.Popen(command, env=env))
+                children.append(start())
         code = _wait_any(children)
         if not stopping:
             stop(signal.SIGTERM, None)
@@ -111,3 +117,12 @@ def _answers(child: subprocess.Popen[bytes], host: str | None, port: int) -> boo
         except subprocess.TimeoutExpired:
             continue
     return child.poll() is None
+
+
+def _end_with_parent() -> None:
+    """In the child, before it runs: SIGTERM when the supervisor dies (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

@@ -4,6 +4,7 @@ sharing one capacity, one queue limit and one view of the load (real processes).
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import signal
 import subprocess
@@ -375,6 +376,19 @@ def test_serve_workers_runs_several_processes_on_one_port_with_metrics_of_all(
                 SLACK_S * 2,
                 "fulfilled",
             )
+        # The supervisor killed outright leaves no process behind on the port.
+        pids = [int(w["id"].split("-")[-2]) for w in fleet.capacity(0)["fleet"]["live_workers"]]
+        server.process.kill()
+        server.process.wait()
+        wait_until(lambda: not any(alive(pid) for pid in pids), SLACK_S * 3, "children end")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
 
 
 def test_db_reset_leaves_a_database_that_notifies_the_fleet(pg_url: str) -> None:
