@@ -1,4 +1,4 @@
-"""`python -m bench [ingest|overload|simulate|all]`: run the benchmarks, print markdown tables.
+"""`python -m bench [ingest|overload|simulate|fleet|all]`: run benchmarks, print tables.
 
     uv run python -m bench all --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, overload, report
+from bench import fleet, ingest, overload, report
 from bench import simulate as sim_bench
 
 
@@ -37,7 +37,10 @@ def _machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "what", nargs="?", choices=("ingest", "overload", "simulate", "all"), default="all"
+        "what",
+        nargs="?",
+        choices=("ingest", "overload", "simulate", "fleet", "all"),
+        default="all",
     )
     parser.add_argument(
         "--postgres",
@@ -115,6 +118,31 @@ def main(argv: list[str] | None = None) -> int:
         print(report.overload_tables(runs, saturation, config), flush=True)
         raw["overload"] = [asdict(r) for r in runs]
         raw["saturation"] = asdict(saturation)
+
+    if args.what == "fleet" or (args.what == "all" and args.postgres):
+        if not args.postgres:
+            parser.error("fleet needs --postgres URL")
+        config = overload.OverloadConfig(
+            capacity=args.capacity,
+            delay_s=args.delay,
+            duration_s=args.overload_duration,
+            multiples=(2.0,),
+            modes=("queue", "reject"),
+        )
+        scaled = fleet.scaling(
+            args.postgres, duration_s=args.duration, connections=args.connections, workdir=workdir
+        )
+        fleet_runs = fleet.overload_runs(args.postgres, config, workdir=workdir)
+        print(
+            fleet.tables(
+                scaled, fleet_runs, config, connections=args.connections, duration_s=args.duration
+            ),
+            flush=True,
+        )
+        raw["fleet"] = {
+            "scaling": asdict(scaled),
+            "overload": [asdict(r) for r in fleet_runs],
+        }
 
     if args.what == "simulate":
         results = [

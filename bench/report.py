@@ -112,9 +112,8 @@ def _retry_after(error: dict[str, Any]) -> str:
     return f"{error['median']:.0%} ({error['within_target']:.0%}, {error['early']:.0%})"
 
 
-def overload_tables(
-    runs: Sequence[OverloadResult], saturation: SaturationResult, config: OverloadConfig
-) -> str:
+def overload_runs_table(runs: Sequence[OverloadResult]) -> str:
+    """One row per open-loop run: what was sent, fulfilled, refused, how fast, memory."""
     rows = []
     for r in runs:
         limit = r.limit_rate
@@ -133,10 +132,10 @@ def overload_tables(
                 _ms(r.accept_ms),
                 _ms(r.wait_ms),
                 _retry_after(r.retry_after_error),
-                f"{r.rss_kib[2] / 1024:.0f} ({rss_growth(r):.2f})",
+                f"{r.rss_kib[2] / 1024:.0f} ({rss_growth(r):.2f})" if r.rss_kib[2] else "-",
             ]
         )
-    main = table(
+    return table(
         [
             "mode",
             "offered",
@@ -155,6 +154,12 @@ def overload_tables(
         ],
         rows,
     )
+
+
+def overload_tables(
+    runs: Sequence[OverloadResult], saturation: SaturationResult, config: OverloadConfig
+) -> str:
+    main = overload_runs_table(runs)
     notes = []
     for r in runs:
         if r.of_limit is not None:
