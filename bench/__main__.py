@@ -1,4 +1,4 @@
-"""`python -m bench [ingest|overload|simulate|all]`: run the benchmarks, print markdown tables.
+"""`python -m bench [ingest|overload|fulfilment|simulate|all]`: benchmarks as markdown tables.
 
     uv run python -m bench all --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, overload, report
+from bench import fulfilment, ingest, overload, report
 from bench import simulate as sim_bench
 
 
@@ -37,12 +37,16 @@ def _machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "what", nargs="?", choices=("ingest", "overload", "simulate", "all"), default="all"
+        "what",
+        nargs="?",
+        choices=("ingest", "overload", "fulfilment", "simulate", "all"),
+        default="all",
     )
     parser.add_argument(
         "--postgres",
         metavar="URL",
-        help="also run ingest on PostgreSQL (any database of the server; a fresh one is made)",
+        help="also run ingest and fulfilment on PostgreSQL (any database of the server; "
+        "a fresh one is made)",
     )
     parser.add_argument("--duration", type=float, default=12.0, help="wrk seconds per run")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
@@ -101,6 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         print(report.overload_tables(runs, saturation, config), flush=True)
         raw["overload"] = [asdict(r) for r in runs]
         raw["saturation"] = asdict(saturation)
+
+    if args.what in ("fulfilment", "all"):
+        fulfilment_config = fulfilment.FulfilmentConfig(duration_s=args.overload_duration)
+        fulfilled, refusals = fulfilment.run(
+            fulfilment_config, postgres_url=args.postgres, workdir=workdir
+        )
+        print(report.fulfilment_tables(fulfilled, refusals, fulfilment_config), flush=True)
+        raw["fulfilment"] = [asdict(r) for r in fulfilled]
+        raw["fulfilment_refusals"] = asdict(refusals)
 
     if args.what == "simulate":
         results = [

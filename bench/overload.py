@@ -221,16 +221,25 @@ def open_loop(
     return data["started_epoch"], [Sent(**order) for order in data["orders"]]
 
 
-def run_one(workdir: Path, mode: str, multiple: float, config: OverloadConfig) -> OverloadResult:
+def run_one(
+    workdir: Path,
+    mode: str,
+    multiple: float,
+    config: OverloadConfig,
+    *,
+    postgres_url: str | None = None,
+) -> OverloadResult:
+    """One open-loop run against a fresh server (SQLite, or PostgreSQL with `postgres_url`)."""
     rate = multiple * config.limit_rate
     port = servers.free_port()
+    name = f"{mode}-{multiple:g}{'-pg' if postgres_url else ''}"
     with (
-        servers.fresh_database(None, workdir) as database_url,
+        servers.fresh_database(postgres_url, workdir) as database_url,
         servers.serving(
             servers.retail_serve_command(port),
             port=port,
             env=servers.environment(**serve_settings(database_url, mode, config)),
-            log=workdir / f"serve-{mode}-{multiple:g}.log",
+            log=workdir / f"serve-{name}.log",
         ) as server,
     ):
         ingest.put_product(server.url, SKU, STOCK)
@@ -241,7 +250,7 @@ def run_one(workdir: Path, mode: str, multiple: float, config: OverloadConfig) -
                 rate=rate,
                 duration_s=config.duration_s,
                 seed=config.seed,
-                out=workdir / f"openloop-{mode}-{multiple:g}.json",
+                out=workdir / f"openloop-{name}.json",
             )
             window_end = t0 + config.duration_s
             time.sleep(max(0.0, window_end + SETTLE_S - time.time()))
