@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from retail.core.events import OrderEvent
@@ -41,8 +42,16 @@ class _Pending:
 
 
 class Completer:
-    def __init__(self, *, store: Store, clock: Clock, lease_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        lease_s: float,
+        on_written: Callable[[int], None] = lambda transitions: None,
+    ) -> None:
         self._store = store
+        self._on_written = on_written
         self._clock = clock
         self._lease_s = lease_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -86,6 +95,7 @@ class Completer:
                 )
                 self.batches += 1
                 self.written += len(batch)
+                self._on_written(len(batch))
                 for pending, result in zip(batch, results, strict=True):
                     if not pending.future.done():
                         if isinstance(result, LeaseLost):

@@ -37,6 +37,7 @@ MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ORDER_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 STEP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+WRITE_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 OUTCOMES: dict[type, str] = {
@@ -101,6 +102,12 @@ class Metrics:
             ["step"],
             registry=registry,
             buckets=STEP_BUCKETS_S,
+        )
+        self.fulfilment_writes = Histogram(
+            "retail_fulfilment_write_batch_size",
+            "Step transitions the workers wrote per transaction (their group commit).",
+            registry=registry,
+            buckets=WRITE_BATCH_BUCKETS,
         )
         self.orders_finished = Counter(
             "retail_orders_finished",
@@ -176,6 +183,10 @@ class Metrics:
 
     def step_done(self, step: str, seconds: float) -> None:
         self.step_duration.labels(step).observe(max(0.0, seconds))
+
+    def fulfilment_written(self, transitions: int) -> None:
+        """The workers' writer committed `transitions` step transitions in one transaction."""
+        self.fulfilment_writes.observe(transitions)
 
     def order_done(self, fulfilment_s: float) -> None:
         """A worker brought an order to fulfilled or failed, `fulfilment_s` after it started."""

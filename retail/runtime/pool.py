@@ -73,7 +73,9 @@ class WorkerPool:
         self._last_resync = -math.inf
         self._last_expiry = -math.inf
         self._dispatcher = admission.dispatcher
-        self._completer = Completer(store=store, clock=clock, lease_s=lease_s)
+        self._completer = Completer(
+            store=store, clock=clock, lease_s=lease_s, on_written=self._metrics.fulfilment_written
+        )
 
     @property
     def in_flight(self) -> int:
