@@ -31,6 +31,10 @@ from retail.store.base import LeaseLost, Store, Transition
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 512
+# Batches written at once. PostgreSQL runs them side by side (an order has one transition
+# in flight at most, so two batches never hold the same order); on SQLite the ones that
+# wait together share the writer thread's next commit.
+WRITERS = 4
 
 
 @dataclass(eq=False)
@@ -55,22 +59,26 @@ class Completer:
         self._clock = clock
         self._lease_s = lease_s
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0  # transactions written
         self.written = 0  # transitions in them
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="retail-completer")
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"retail-completer-{n}")
+                for n in range(WRITERS)
+            ]
 
     async def stop(self) -> None:
         """Write what is already waiting, then stop."""
-        if self._task is None:
+        if not self._tasks:
             return
         await self._queue.join()
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        self._task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
 
     async def write(self, change: Transition) -> list[OrderEvent]:
         """Queue the transition for the next batch; its events once it is durable.
@@ -78,7 +86,7 @@ class Completer:
         `LeaseLost` if its claim no longer holds the order (nothing written). The write
         happens whether or not the caller still awaits it.
         """
-        if self._task is None:
+        if not self._tasks:
             raise RuntimeError("the completer is not running")
         pending = _Pending(change)
         self._queue.put_nowait(pending)
