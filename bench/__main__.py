@@ -5,7 +5,7 @@
 Every server runs on 127.0.0.1 on a free port with a fresh database (SQLite file in a
 temporary folder; with `--postgres`, a `retail_bench_*` database created on that
 server and dropped afterwards). Load is bounded: wrk runs for `--duration` seconds,
-the open-loop runs for `--overload-duration` seconds each. `all` takes about 6 minutes.
+the open-loop runs for `--overload-duration` seconds each. `all` takes about 8 minutes.
 """
 
 from __future__ import annotations
