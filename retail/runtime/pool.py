@@ -1,8 +1,10 @@
 """The worker pool: claims orders from the store and runs their steps.
 
 One dispatcher task claims orders in start order (by priority, then first come
-first served) while the `Dispatcher` (the core's in-flight timetable, shared with
-admission) has a free slot, and starts one named task per order. Once per poll
+first served), as many at once as the `Dispatcher` (the core's in-flight timetable,
+shared with admission) has free slots, in one transaction, and starts one named task
+per order. Each order's step boundaries and its end go through the `Completer`, which
+writes the transitions of all orders waiting at that moment in one transaction. Once per poll
 interval it ends the waiting orders whose start deadline has passed (`expired`,
 their stock back); a claim never takes one, so no slot is spent on it. Capacity
 `1` is the synchronous server (one order at a time); capacity `N` fulfils up to N
