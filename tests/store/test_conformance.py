@@ -634,6 +634,33 @@ async def test_claim_many_takes_orders_in_start_order_in_one_go(store: Store) ->
     assert await store.claim_many(owner="C", now=later, lease_s=5, limit=10) == []
 
 
+async def test_step_boundaries_in_one_batch_each_move_their_own_order(store: Store) -> None:
+    await product(store, "MUG-1", stock=10)
+    await placed(store, *(order(("MUG-1", 1)) for _ in range(3)))
+    first, second, third = await store.claim_many(owner="A", now=NOW, lease_s=5, limit=3)
+    results = await store.transition(
+        [
+            Transition(first, ("reserve", 1, 0.1), ("pay", 10.0)),
+            Transition(second, starting=("reserve", 1.0)),
+            Transition(third, ("pick", 4, 0.3)),
+        ],
+        now=NOW,
+        lease_s=5,
+    )
+    assert [[e.kind for e in r] for r in results if not isinstance(r, LeaseLost)] == [
+        ["step_completed", "step_started"],
+        ["step_started"],
+        ["step_completed"],
+    ]
+    steps = [(await store.get_order(c.order_id)).step_index for c in (first, second, third)]
+    assert steps == [1, 0, 4]
+    # Each lease runs past its own planned step: 5 s, 6 s and 15 s from the write.
+    soon = await store.claim_many(owner="B", now=NOW + timedelta(seconds=5.5), lease_s=60, limit=3)
+    assert [(c.order_id, c.step_index) for c in soon] == [(third.order_id, 4)]
+    later = await store.claim_many(owner="B", now=NOW + timedelta(seconds=6), lease_s=60, limit=3)
+    assert [(c.order_id, c.step_index) for c in later] == [(second.order_id, 0)]
+
+
 async def test_a_batch_of_transitions_is_fenced_claim_by_claim(store: Store) -> None:
     await product(store, "MUG-1", stock=10)
     taken_over, stepping, fulfilling, failing = await placed(
