@@ -231,15 +231,24 @@ def open_loop(
     return data["started_epoch"], [Sent(**order) for order in data["orders"]]
 
 
-def run_one(workdir: Path, mode: str, multiple: float, config: OverloadConfig) -> OverloadResult:
+def run_one(
+    workdir: Path,
+    mode: str,
+    multiple: float,
+    config: OverloadConfig,
+    *,
+    postgres_url: str | None = None,
+) -> OverloadResult:
+    """One open-loop run against a fresh server (SQLite, or PostgreSQL with `postgres_url`)."""
     port = servers.free_port()
+    name = f"{mode}-{multiple:g}{'-pg' if postgres_url else ''}"
     with (
-        servers.fresh_database(None, workdir) as database_url,
+        servers.fresh_database(postgres_url, workdir) as database_url,
         servers.serving(
             servers.retail_serve_command(port),
             port=port,
             env=servers.environment(**serve_settings(database_url, mode, config)),
-            log=workdir / f"serve-{mode}-{multiple:g}.log",
+            log=workdir / f"serve-{name}.log",
         ) as server,
     ):
         return measure(server.url, database_url, server.pid, workdir, mode, multiple, config)

@@ -13,6 +13,7 @@ import typer
 from retail.cli_support import Capacity, DatabaseUrl, Delay, Mode, QueueLimit
 from retail.cli_support import fail as _fail
 from retail.cli_support import settings_or_exit as _settings
+from retail.config import Settings
 from retail.loadgen.cli import demo, load
 from retail.sim.cli import plan, simulate
 

@@ -112,6 +112,16 @@ class Metrics:
             registry=registry,
             buckets=STEP_BUCKETS_S,
         )
+        self.fulfilment_writes = Counter(
+            "retail_fulfilment_writes",
+            "Transactions in which the workers wrote step transitions (their group commit).",
+            registry=registry,
+        )
+        self.fulfilment_transitions = Counter(
+            "retail_fulfilment_transitions_written",
+            "Step transitions (step boundaries and ends) the workers wrote.",
+            registry=registry,
+        )
         self.orders_finished = Counter(
             "retail_orders_finished",
             "Orders that reached a terminal status, by status.",
@@ -218,6 +228,11 @@ class Metrics:
 
     def step_done(self, step: str, seconds: float) -> None:
         self.step_duration.labels(step).observe(max(0.0, seconds))
+
+    def fulfilment_written(self, transitions: int) -> None:
+        """The workers' writer committed `transitions` step transitions in one transaction."""
+        self.fulfilment_writes.inc()
+        self.fulfilment_transitions.inc(transitions)
 
     def order_done(self, fulfilment_s: float) -> None:
         """A worker brought an order to fulfilled or failed, `fulfilment_s` after it started."""
