@@ -8,9 +8,10 @@ Every check drives the service's own policy objects (`retail.sim.engine`), in th
    `SimRun.services`); every order's wait must equal the simulator's to float precision.
    In reject mode a loss-system recursion must accept and refuse exactly the same orders.
    This catches any fault of the policy (start order, slot count, who is refused) at once.
-2. The draws. The mean inter-arrival time, and the first two moments of the service
-   time, are within four standard errors of what the settings ask (about 0.3 % of the
-   mean at 100,000 orders): wrong delay rates or shapes fail here.
+2. The draws. The mean inter-arrival time, the first two moments of the service time
+   and the correlation of successive service times are within four standard errors of
+   what the settings ask (a standard error of a mean is about 0.3 % at 100,000 orders):
+   wrong delay rates or shapes fail here.
 3. The mean wait against Erlang C or Pollaczek-Khinchine within 2 %, by control
    variates. The raw mean wait of a queue at high load converges slowly (neighbouring
    waits are strongly correlated): three standard errors are 4-27 % of the mean even at
@@ -21,13 +22,15 @@ Every check drives the service's own policy objects (`retail.sim.engine`), in th
 
        W = mean(w_sim) - 1/2 (mean(w_-) - E[w_-]) - 1/2 (mean(w_+) - E[w_+])
 
-   is unbiased for the simulated queue's mean wait whatever d, and three of its standard
-   errors (batch means over the run) are 0.01-2 % of the mean at 100,000 orders (the most
-   at utilisation 0.9), which the test asserts too. It leans on the theory only through the neighbours' means, and on the
-   simulator through `w_sim` with weight one: waits off by some share move it by that
-   share. (Why the draws are checked separately: a wrong rate shifts the neighbours with
-   the simulated queue, which the estimator would largely absorb.) The raw mean is still
-   checked against the larger of 2 % and three standard errors.
+   is unbiased for the simulated queue's mean wait whatever d (up to the start from an
+   empty queue, which the neighbours share), and three of its standard errors (batch
+   means over the run) are 0.01-2 % of the mean at 100,000 orders (the most at
+   utilisation 0.9), which the test asserts too. It leans on theory only through the
+   neighbours' means, and on the simulator through `w_sim` with weight one: waits off by
+   some share move it by that share. (Why the draws are checked separately: a wrong rate
+   shifts the neighbours with the simulated queue, which the estimator would largely
+   absorb.) The raw mean is still checked against the larger of 2 % and three standard
+   errors.
 """
 
 from __future__ import annotations
@@ -131,8 +134,8 @@ def check_mechanics(run: SimRun, servers: int) -> None:
 def check_draws(run: SimRun, rate: float, mean_s: float, second_moment_s2: float) -> None:
     """Inter-arrival times and service times have the moments the settings ask for."""
     n = len(run.services)
-    gaps = run.accepted_at[-1] / (n - 1)  # mean gap; exponential: sd = mean
-    assert abs(gaps - 1 / rate) <= 4 * (1 / rate) / math.sqrt(n), (gaps, 1 / rate)
+    gaps = (run.accepted_at[-1] - run.accepted_at[0]) / (n - 1)  # exponential: sd = mean
+    assert abs(gaps - 1 / rate) <= 4 * (1 / rate) / math.sqrt(n - 1), (gaps, 1 / rate)
     mean = statistics.fmean(run.services)
     squares = [s * s for s in run.services]
     spread = statistics.stdev(run.services)
@@ -140,6 +143,9 @@ def check_draws(run: SimRun, rate: float, mean_s: float, second_moment_s2: float
     second = statistics.fmean(squares)
     spread2 = statistics.stdev(squares)
     assert abs(second - second_moment_s2) <= max(4 * spread2 / math.sqrt(n), 1e-9), second
+    if spread > 0:  # one draw does not lean on the one before
+        lag1 = statistics.correlation(run.services[:-1], run.services[1:])
+        assert abs(lag1) <= 4 / math.sqrt(n), lag1
 
 
 def controlled_mean_wait(
