@@ -85,9 +85,11 @@ class SimRun:
     wall_seconds: float = 0.0
     first_fulfilled_s: float | None = None
     last_fulfilled_s: float | None = None
-    # per started order: when it started and how long it waited (from the accepted attempt)
+    # per started order: when it started, how long it waited (from the accepted attempt)
+    # and the time its plan held the slot (the service time it drew)
     starts: array[float] = field(default_factory=lambda: array("d"))
     waits: array[float] = field(default_factory=lambda: array("d"))
+    services: array[float] = field(default_factory=lambda: array("d"))
     # per fulfilled order: when it ended and its time in the system (from its first due time)
     ends: array[float] = field(default_factory=lambda: array("d"))
     sojourns: array[float] = field(default_factory=lambda: array("d"))
@@ -139,7 +141,7 @@ def simulate(config: SimConfig) -> SimRun:
     admit, left_queue, ended = admission.admit, admission.left_queue, admission.order_ended
     plan_of, start, finish = pipeline.plan, dispatcher.start, dispatcher.finish
     running = dispatcher.running
-    starts_add, waits_add = run.starts.append, run.waits.append
+    starts_add, waits_add, services_add = run.starts.append, run.waits.append, run.services.append
     ends_add, sojourns_add = run.ends.append, run.sojourns.append
     refused_add = run.refused_at.append
     refusal_add, retry_after_add = run.refusal_at.append, run.refusal_retry_after.append
@@ -234,8 +236,10 @@ def simulate(config: SimConfig) -> SimRun:
                     until += delay_s
                     if name == PAYMENT_STEP:
                         break
+                services_add(until)
                 push(heap, (now + until, _END, order, order_due, 1))
             else:
+                services_add(planned)
                 push(heap, (now + planned, _END, order, order_due, 0))
 
     run.orders = count
