@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from retail.loadgen.mix import DEFAULT_RETRY_BUDGET
 from retail.loadgen.schedule import Arrivals
 
 if TYPE_CHECKING:
@@ -171,13 +172,38 @@ def load(
         bool, typer.Option(help="Send a unique Idempotency-Key with every order.")
     ] = False,
     retries: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             help="Retry 503, 429, 409 (Idempotency-Key in use) and connection failures up "
-            "to N times, waiting as Retry-After says (exponential backoff without it).",
+            "to N times, waiting as Retry-After says (exponential backoff without it) "
+            "[default: 0; 3 with --retry].",
+            show_default=False,
         ),
-    ] = 0,
+    ] = None,
+    mix: Annotated[
+        str | None,
+        typer.Option(
+            help="Share of orders per priority, e.g. critical=0.2,standard=0.5,sheddable=0.3 "
+            "(adds up to 1; drawn per order from --seed). Default: no priority sent.",
+        ),
+    ] = None,
+    start_within: Annotated[
+        float | None,
+        typer.Option(help="Send every order with this deadline (start_within_s, seconds)."),
+    ] = None,
+    retry: Annotated[
+        bool,
+        typer.Option(
+            "--retry",
+            help="Retry refused orders after their Retry-After plus up to 50 % jitter, "
+            "within the retry budget (--retry-budget), up to --retries times.",
+        ),
+    ] = False,
+    retry_budget: Annotated[
+        float,
+        typer.Option(min=0, help="With --retry: retries at most this share of the orders sent."),
+    ] = DEFAULT_RETRY_BUDGET,
     follow: Annotated[
         bool, typer.Option(help="Follow accepted orders to their end (needed for goodput).")
     ] = True,
@@ -236,6 +262,7 @@ def load(
     """
     from rich.console import Console
 
+    from retail.loadgen.mix import DEFAULT_RETRIES_PER_ORDER, Mix, parse_start_within
     from retail.loadgen.runner import LoadConfig
     from retail.loadgen.schedule import Schedule, parse_schedule
     from retail.loadgen.thresholds import parse_threshold
@@ -269,9 +296,13 @@ def load(
             skus=tuple(sku or ("MUG-1",)),
             quantity=quantity,
             idempotency_keys=idempotency_keys,
-            retries=retries,
+            retries=(DEFAULT_RETRIES_PER_ORDER if retry else 0) if retries is None else retries,
             follow=follow or sweep,
             follow_timeout_s=follow_timeout,
+            mix=None if mix is None else Mix.parse(mix),
+            start_within_s=parse_start_within(start_within),
+            retry=retry,
+            retry_budget=retry_budget,
         )
     except ValueError as error:
         raise _fail(str(error)) from None
