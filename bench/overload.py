@@ -179,6 +179,7 @@ class Sent:
     status: int | None
     location: str | None
     error: str | None
+    priority: str | None = None
 
     @property
     def latency_s(self) -> float | None:
@@ -198,9 +199,12 @@ def _values(values: list[float | None]) -> list[float]:
 
 
 def open_loop(
-    url: str, *, rate: float, duration_s: float, seed: int, out: Path
+    url: str, *, rate: float, duration_s: float, seed: int, out: Path, extra: tuple[str, ...] = ()
 ) -> tuple[float, list[Sent]]:
-    """Run `bench.openloop` in its own process; (wall clock at due time 0, orders)."""
+    """Run `bench.openloop` in its own process; (wall clock at due time 0, orders).
+
+    `extra`: more options for it (`--mix`, `--schedule`; `duration_s` must still cover
+    the schedule, it bounds the wait)."""
     subprocess.run(
         [
             servers.PYTHON,
@@ -212,6 +216,7 @@ def open_loop(
             f"--seed={seed}",
             f"--sku={SKU}",
             f"--out={out}",
+            *extra,
         ],
         cwd=servers.ROOT,
         check=True,

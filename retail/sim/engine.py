@@ -93,6 +93,7 @@ class PriorityCounts:
     expired: int = 0
     fulfilled: int = 0
     waits: array[float] = field(default_factory=lambda: array("d"))
+    ends: array[float] = field(default_factory=lambda: array("d"))  # of fulfilled orders
     sojourns: array[float] = field(default_factory=lambda: array("d"))
 
 
@@ -252,6 +253,7 @@ def simulate(config: SimConfig) -> SimRun:
                 sojourns_add(now - first_due)
                 counts = per[seq_rank[key]]
                 counts.fulfilled += 1
+                counts.ends.append(now)
                 counts.sojourns.append(now - first_due)
         else:
             rank = ranks[key] if ranks is not None else standard
