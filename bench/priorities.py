@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from bench import ingest, overload, servers
 from bench.report import table
@@ -55,6 +58,7 @@ RECOVERY_RATE = 0.5  # multiple of the capacity rate after the overload
 NORMAL_WAIT_D = 0.1  # a wait of at most 0.1 D is "normal" at half the capacity rate
 RECOVERY_TARGET_S = 2.0
 QUEUE_LIMIT = 100
+WARM_UP_SETTLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ class PriorityResult:
     refusal_ms: tuple[float, float] | None  # p50, p99 from due
     refusal_sent_ms: tuple[float, float] | None  # p50, p99 from send
     limit_rate: float
+    service_s: float  # live: mean started -> finished of fulfilled orders served in full
+    load_average: float  # of the machine, when the run started
 
 
 def _p99(values: Sequence[float]) -> float | None:
@@ -155,8 +161,11 @@ def _figures(
     )
 
 
-async def _stored(database_url: str) -> list[tuple[str, str, float, float | None, float | None]]:
-    """(priority, status, created_at, started_at, finished_at) of every order, epoch s."""
+async def _stored(
+    database_url: str,
+) -> list[tuple[str, str, float, float | None, float | None, str]]:
+    """(priority, status, created_at, started_at, finished_at, service level) of every
+    order, times in epoch seconds."""
     from sqlalchemy import select
 
     from retail.core.types import Priority
@@ -174,6 +183,7 @@ async def _stored(database_url: str) -> list[tuple[str, str, float, float | None
                         Order.created_at,
                         Order.started_at,
                         Order.finished_at,
+                        Order.service_level,
                     )
                 )
             ).all()
@@ -186,8 +196,9 @@ async def _stored(database_url: str) -> list[tuple[str, str, float, float | None
             created.timestamp(),
             None if started is None else started.timestamp(),
             None if finished is None else finished.timestamp(),
+            level,
         )
-        for rank, status, created, started, finished in rows
+        for rank, status, created, started, finished, level in rows
     ]
 
 
@@ -255,9 +266,20 @@ def simulated(mode: str, multiple: float, config: PriorityConfig) -> Figures:
     )
 
 
+def _warm_up(url: str, config: PriorityConfig) -> None:
+    """One order per slot, fulfilled before the run: the first claims and writes of a
+    fresh process are slower than the rest, and the simulator has no cold start."""
+    body = {"customer_id": "warm-up", "items": [{"sku": overload.SKU, "quantity": 1}]}
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for _ in range(config.capacity):
+            client.post("/orders", json=body).raise_for_status()
+    time.sleep(2 * config.delay_s + WARM_UP_SETTLE_S)
+
+
 def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -> PriorityResult:
     rate = multiple * config.limit_rate
     schedule = config.schedule(multiple)
+    load_average = os.getloadavg()[0]
     port = servers.free_port()
     with (
         servers.fresh_database(None, workdir) as database_url,
@@ -269,6 +291,7 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         ) as server,
     ):
         ingest.put_product(server.url, overload.SKU, overload.STOCK)
+        _warm_up(server.url, config)
         t0, sent = overload.open_loop(
             server.url,
             rate=rate,
@@ -280,6 +303,7 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         # Let the queue drain and the last orders finish (the run ends at half load).
         time.sleep(max(0.0, t0 + schedule.duration_s + 2 * config.delay_s - time.time()))
         stored = asyncio.run(_stored(database_url))
+    stored = [row for row in stored if row[2] >= t0]  # the warm-up's orders left out
     during = [o for o in sent if o.due_s < config.overload_s]
     live = _figures(
         orders=[
@@ -288,17 +312,22 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         ],
         started=[
             (priority, created - t0, started - created)
-            for priority, _, created, started, _ in stored
+            for priority, _, created, started, _, _ in stored
             if started is not None
         ],
         finished=[
             (priority, finished - t0)
-            for priority, status, _, _, finished in stored
+            for priority, status, _, _, finished, _ in stored
             if status == "fulfilled" and finished is not None
         ],
         config=config,
     )
     refused = [o for o in during if o.status == 503]
+    full = [
+        finished - started
+        for _, status, _, started, finished, level in stored
+        if status == "fulfilled" and level == "full" and started is not None and finished
+    ]
     sim = simulated(mode, multiple, config)
     return PriorityResult(
         mode=mode,
@@ -312,6 +341,8 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         refusal_ms=overload.percentiles_ms(overload._values([o.latency_s for o in refused])),
         refusal_sent_ms=overload.percentiles_ms(overload._values([o.from_send_s for o in refused])),
         limit_rate=config.limit_rate,
+        service_s=sum(full) / len(full) if full else math.nan,
+        load_average=load_average,
     )
 
 
@@ -382,11 +413,12 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
         targets_rows.append(
             [
                 r.mode,
-                f"{r.multiple:g}x ({r.rate:.0f}/s)",
+                f"{r.multiple:g}x ({r.rate:.0f}/s), load {r.load_average:.1f}",
                 _pct(live.critical_accepted),
                 _s(live.critical_p99_wait_s),
                 _s(live.p99_wait_s),
                 f"{live.fulfilled_rate:.2f} ({live.fulfilled_rate / limit:.3f} C/D)",
+                f"{r.service_s:.3f}",
                 " / ".join(f"{live.goodput_by_priority[n]:.2f}" for n in PRIORITIES),
                 "-" if r.refusal_ms is None else f"{r.refusal_ms[1]:.1f}",
                 "-" if r.refusal_sent_ms is None else f"{r.refusal_sent_ms[1]:.1f}",
@@ -402,6 +434,7 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
             "critical p99 wait s",
             "p99 wait s",
             "fulfilled/s",
+            "mean service s",
             "goodput/s crit / std / shed",
             "refusal p99 ms (from due)",
             "(from send)",

@@ -180,6 +180,7 @@ def simulate(config: SimConfig) -> SimRun:
     budget = RetryBudget(config.retry_budget) if config.retry_budget is not None else None
     jitter_rng = random.Random(f"retail-sim-retry:{config.seed}")
     expired = 0
+    stale = 0  # expired orders still in `line` (taken out when they reach its head)
 
     # (t, kind, key, first due, attempt); for an arrival or retry the key is the order's
     # index, for an end the order's seq.
@@ -223,7 +224,7 @@ def simulate(config: SimConfig) -> SimRun:
                 budget.sent()
 
         while next_sample <= now:
-            timeline.append(Sample(next_sample, len(running), len(line)))
+            timeline.append(Sample(next_sample, len(running), len(line) - stale))
             next_sample += interval
             if len(timeline) >= MAX_TIMELINE_POINTS:
                 del timeline[1::2]
@@ -235,6 +236,7 @@ def simulate(config: SimConfig) -> SimRun:
                 seq_state[key] = _EXPIRED
                 rank = seq_rank[key]
                 expired += 1
+                stale += 1
                 per[rank].expired += 1
                 left_queue(by_rank[rank])
                 ended(SIM_CUSTOMER)
@@ -294,6 +296,7 @@ def simulate(config: SimConfig) -> SimRun:
             order, order_due, accepted_at, level, rank = line.pop()
             if within is not None:
                 if seq_state[order] == _EXPIRED:  # left already, at its deadline
+                    stale -= 1
                     continue
                 seq_state[order] = _STARTED
             left_queue(by_rank[rank])
@@ -330,6 +333,6 @@ def simulate(config: SimConfig) -> SimRun:
     run.sim_seconds = now
     run.first_fulfilled_s = first_fulfilled
     run.last_fulfilled_s = last_fulfilled if first_fulfilled is not None else None
-    timeline.append(Sample(now, len(running), len(line)))
+    timeline.append(Sample(now, len(running), len(line) - stale))
     run.wall_seconds = time.perf_counter() - wall_start
     return run

@@ -140,6 +140,7 @@ def plot_priority_sweep(points: Sequence[dict[str, Any]], capacity_rate: float, 
     axes = figure.subplots(1, len(modes), sharey=True, squeeze=False)[0]
     priorities = list(dict.fromkeys(name for p in points for name in p["by_priority"]))
     top = max(p["offered_rate"] for p in points)
+    highest = max(max(p["throughput_per_s"] for p in points), capacity_rate)
     for ax, mode in zip(axes, modes, strict=True):
         mine = [p for p in points if p["settings"]["overload_mode"] == mode]
         offered = [p["offered_rate"] for p in mine]
@@ -162,7 +163,7 @@ def plot_priority_sweep(points: Sequence[dict[str, Any]], capacity_rate: float, 
         ax.axhline(capacity_rate, color="grey", linestyle=":", linewidth=1)
         ax.axvline(capacity_rate, color="grey", linestyle=":", linewidth=1)
         ax.set_xlim(0, top * 1.02)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, highest * 1.08)
         ax.set_title(f"{mode} mode")
         ax.set_xlabel("offered load (orders/s); dotted: capacity rate")
         ax.grid(alpha=0.3)
@@ -172,7 +173,7 @@ def plot_priority_sweep(points: Sequence[dict[str, Any]], capacity_rate: float, 
     settings, arrivals = first["settings"], first["arrivals"]
     figure.suptitle(
         f"retail simulate: goodput per priority; capacity {settings['capacity']}, queue limit "
-        f"{settings['queue_limit']}, {settings['full_service_s']:g} s per order; "
-        f"mix {arrivals['mix']}"
+        f"{settings['queue_limit']}, {settings['full_service_s']:g} s per order\n"
+        f"mix {arrivals['mix']}; critical reserve {settings.get('critical_reserve', 0)}"
     )
     return save_figure(figure, path)
