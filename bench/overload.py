@@ -33,8 +33,11 @@ import math
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import httpx
 
@@ -226,19 +229,31 @@ def open_loop(
     return data["started_epoch"], [Sent(**order) for order in data["orders"]]
 
 
-def run_one(workdir: Path, mode: str, multiple: float, config: OverloadConfig) -> OverloadResult:
-    rate = multiple * config.limit_rate
+@contextmanager
+def stocked_server(
+    workdir: Path, log_name: str, settings: dict[str, object]
+) -> Iterator[tuple[str, servers.Server]]:
+    """`retail serve` with `settings` on a fresh SQLite database, `SKU` in stock:
+    (the database's URL, the server)."""
     port = servers.free_port()
     with (
         servers.fresh_database(None, workdir) as database_url,
         servers.serving(
             servers.retail_serve_command(port),
             port=port,
-            env=servers.environment(**serve_settings(database_url, mode, config)),
-            log=workdir / f"serve-{mode}-{multiple:g}.log",
+            env=servers.environment(**{**settings, "database_url": database_url}),
+            log=workdir / log_name,
         ) as server,
     ):
         ingest.put_product(server.url, SKU, STOCK)
+        yield database_url, server
+
+
+def run_one(workdir: Path, mode: str, multiple: float, config: OverloadConfig) -> OverloadResult:
+    rate = multiple * config.limit_rate
+    with stocked_server(
+        workdir, f"serve-{mode}-{multiple:g}.log", serve_settings("", mode, config)
+    ) as (database_url, server):
         memory = servers.MemorySampler(server.pid).start()
         try:
             t0, orders = open_loop(
@@ -285,16 +300,36 @@ def run_one(workdir: Path, mode: str, multiple: float, config: OverloadConfig) -
     )
 
 
-def run(
-    config: OverloadConfig | None = None, *, workdir: Path | None = None
-) -> list[OverloadResult]:
-    config = config or OverloadConfig()
+class Scenarios(Protocol):
+    """Runs of every mode at every multiple of the capacity rate."""
+
+    @property
+    def multiples(self) -> tuple[float, ...]: ...
+
+    @property
+    def modes(self) -> tuple[str, ...]: ...
+
+
+C = TypeVar("C", bound=Scenarios)
+R = TypeVar("R")
+
+
+def each_scenario(
+    run_one: Callable[[Path, str, float, C], R], config: C, workdir: Path | None
+) -> list[R]:
+    """`run_one` for each multiple (in order) and each mode, in one work directory."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="retail-bench-"))
     return [
         run_one(workdir, mode, multiple, config)
         for multiple in config.multiples
         for mode in config.modes
     ]
+
+
+def run(
+    config: OverloadConfig | None = None, *, workdir: Path | None = None
+) -> list[OverloadResult]:
+    return each_scenario(run_one, config or OverloadConfig(), workdir)
 
 
 def saturation(

@@ -4,14 +4,14 @@ A real server (`retail serve`, one process, SQLite, fair shares off so that the
 simulator's one-customer model applies) with capacity `C = 8`, a fixed fulfilment time
 `D = 1 s` and a critical reserve, takes open-loop Poisson arrivals (`bench.openloop`,
 seeded) with a mix of 20 % critical, 50 % standard and 30 % sheddable orders:
-`overload_s` at a multiple of the capacity rate `C / D`, then `recovery_s` at half of
+`duration_s` at a multiple of the capacity rate `C / D`, then `recovery_s` at half of
 it. The database then says when each order was stored, started and finished.
 
-Figures (the overload phase: orders due before `overload_s`):
+Figures (the overload phase: orders due before `duration_s`):
 
 - critical accepted: the share of critical orders answered `202`;
 - p99 wait: `started_at - created_at` of the orders that started, per priority;
-- fulfilled/s: orders whose `finished_at` lies in `[t0 + 2 D, t0 + overload_s]`, over
+- fulfilled/s: orders whose `finished_at` lies in `[t0 + 2 D, t0 + duration_s]`, over
   that window (as `bench.overload` counts it), and per priority;
 - refusal p99: due time to `503` (the client's view, open loop), and send to `503`;
 - recovery: the queue has drained at `drained`, the moment the last order accepted in
@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import ingest, overload, servers
+from bench import overload
 from bench.report import table
 from retail.core.capacity import Limits
 from retail.core.pipeline import Pipeline
@@ -62,23 +61,16 @@ WARM_UP_SETTLE_S = 1.0
 
 
 @dataclass(frozen=True)
-class PriorityConfig:
-    capacity: int = 8
-    delay_s: float = 1.0
-    overload_s: float = 20.0
-    recovery_s: float = 30.0
-    multiples: tuple[float, ...] = (4.0, 8.0)
-    modes: tuple[str, ...] = MODES
-    seed: int = 20261126
-    mix: str = MIX
+class PriorityConfig(overload.OverloadConfig):
+    """`duration_s` is the overload phase; `recovery_s` at half the capacity rate follows."""
 
-    @property
-    def limit_rate(self) -> float:
-        return self.capacity / self.delay_s
+    multiples: tuple[float, ...] = (4.0, 8.0)
+    recovery_s: float = 30.0
+    mix: str = MIX
 
     def schedule(self, multiple: float) -> Schedule:
         return Schedule.of(
-            (multiple * self.limit_rate, multiple * self.limit_rate, self.overload_s),
+            (multiple * self.limit_rate, multiple * self.limit_rate, self.duration_s),
             (RECOVERY_RATE * self.limit_rate, RECOVERY_RATE * self.limit_rate, self.recovery_s),
         )
 
@@ -140,10 +132,10 @@ def _figures(
     finished: Sequence[tuple[str, float]],  # (priority, finished at), from t0
     config: PriorityConfig,
 ) -> Figures:
-    window = (2 * config.delay_s, config.overload_s)
+    window = (2 * config.delay_s, config.duration_s)
     window_s = window[1] - window[0]
     in_window = [p for p, at in finished if window[0] <= at <= window[1]]
-    during = [(p, wait) for p, at, wait in started if at < config.overload_s]
+    during = [(p, wait) for p, at, wait in started if at < config.duration_s]
     accepted_share = {}
     for name in PRIORITIES:
         mine = [ok for p, ok in orders if p == name]
@@ -156,7 +148,7 @@ def _figures(
         goodput_by_priority={n: in_window.count(n) / window_s for n in PRIORITIES},
         accepted_by_priority=accepted_share,
         recovery_s=_recovery(
-            [(at, wait) for _, at, wait in started], config.overload_s, config.delay_s
+            [(at, wait) for _, at, wait in started], config.duration_s, config.delay_s
         ),
     )
 
@@ -204,9 +196,7 @@ async def _stored(
 
 def _settings(mode: str, config: PriorityConfig) -> dict[str, object]:
     return {
-        **overload.serve_settings(
-            "", mode, overload.OverloadConfig(config.capacity, config.delay_s)
-        ),
+        **overload.serve_settings("", mode, config),
         "critical_reserve": RESERVE[mode],
         "queue_limit": QUEUE_LIMIT,
         "fair_share": "false",
@@ -237,9 +227,9 @@ def simulated(mode: str, multiple: float, config: PriorityConfig) -> Figures:
         )
 
     rate = multiple * config.limit_rate
-    phase = run(Schedule.constant(rate, config.overload_s))
+    phase = run(Schedule.constant(rate, config.duration_s))
     whole = run(config.schedule(multiple))
-    window = (2 * config.delay_s, config.overload_s)
+    window = (2 * config.delay_s, config.duration_s)
     window_s = window[1] - window[0]
     goodput = {
         p.value: sum(1 for at in whole.by_priority[p.rank].ends if window[0] <= at <= window[1])
@@ -260,7 +250,7 @@ def simulated(mode: str, multiple: float, config: PriorityConfig) -> Figures:
         accepted_by_priority=shares,
         recovery_s=_recovery(
             [(start - wait, wait) for start, wait in zip(whole.starts, whole.waits, strict=True)],
-            config.overload_s,
+            config.duration_s,
             config.delay_s,
         ),
     )
@@ -280,17 +270,9 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
     rate = multiple * config.limit_rate
     schedule = config.schedule(multiple)
     load_average = os.getloadavg()[0]
-    port = servers.free_port()
-    with (
-        servers.fresh_database(None, workdir) as database_url,
-        servers.serving(
-            servers.retail_serve_command(port),
-            port=port,
-            env=servers.environment(**{**_settings(mode, config), "database_url": database_url}),
-            log=workdir / f"serve-priorities-{mode}-{multiple:g}.log",
-        ) as server,
-    ):
-        ingest.put_product(server.url, overload.SKU, overload.STOCK)
+    with overload.stocked_server(
+        workdir, f"serve-priorities-{mode}-{multiple:g}.log", _settings(mode, config)
+    ) as (database_url, server):
         _warm_up(server.url, config)
         t0, sent = overload.open_loop(
             server.url,
@@ -304,7 +286,7 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         time.sleep(max(0.0, t0 + schedule.duration_s + 2 * config.delay_s - time.time()))
         stored = asyncio.run(_stored(database_url))
     stored = [row for row in stored if row[2] >= t0]  # the warm-up's orders left out
-    during = [o for o in sent if o.due_s < config.overload_s]
+    during = [o for o in sent if o.due_s < config.duration_s]
     live = _figures(
         orders=[
             (o.priority or "standard", o.status is not None and 200 <= o.status < 300)
@@ -349,13 +331,7 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
 def run(
     config: PriorityConfig | None = None, *, workdir: Path | None = None
 ) -> list[PriorityResult]:
-    config = config or PriorityConfig()
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="retail-bench-"))
-    return [
-        run_one(workdir, mode, multiple, config)
-        for multiple in config.multiples
-        for mode in config.modes
-    ]
+    return overload.each_scenario(run_one, config or PriorityConfig(), workdir)
 
 
 # --- the tables ---------------------------------------------------------------------
@@ -385,7 +361,7 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
     limit = config.limit_rate
     head = (
         f"### Priorities: C={config.capacity}, D={config.delay_s:g} s, mix {config.mix}, "
-        f"{config.overload_s:g} s of overload then {config.recovery_s:g} s at "
+        f"{config.duration_s:g} s of overload then {config.recovery_s:g} s at "
         f"{RECOVERY_RATE:g}x; critical reserve {RESERVE} (places; slots in reject mode); "
         f"queue limit {QUEUE_LIMIT}; fair shares off\n"
     )

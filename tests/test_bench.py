@@ -146,7 +146,7 @@ def test_overload_at_tiny_scale(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_priorities_at_tiny_scale(tmp_path: Path) -> None:
     config = priorities.PriorityConfig(
-        capacity=2, delay_s=0.2, overload_s=1.5, recovery_s=1.0, multiples=(4.0,), modes=("queue",)
+        capacity=2, delay_s=0.2, duration_s=1.5, recovery_s=1.0, multiples=(4.0,), modes=("queue",)
     )
     [result] = priorities.run(config, workdir=tmp_path)
     assert result.sent > 0 and result.errors == 0

@@ -83,6 +83,7 @@ seconds; `*_at` fields are Unix epoch seconds of the server's timestamps; `t_s`,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -118,18 +119,11 @@ class PrioritySummary:
         return self.refused / self.orders if self.orders else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "orders": self.orders,
-            "accepted": self.accepted,
-            "degraded": self.degraded,
-            "refused": self.refused,
-            "refused_share": self.refused_share,
-            "expired": self.expired,
-            "fulfilled": self.fulfilled,
-            "goodput_per_s": self.goodput_per_s,
-            "queue_wait": self.queue_wait.to_json(),
-            "latency_refused": self.latency_refused.to_json(),
-        }
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["refused_share"] = self.refused_share
+        data["queue_wait"] = self.queue_wait.to_json()
+        data["latency_refused"] = self.latency_refused.to_json()
+        return data
 
 
 @dataclass(frozen=True)

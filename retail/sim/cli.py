@@ -16,8 +16,14 @@ import typer
 
 from retail.config import Settings, SettingsError, load_settings
 from retail.core.types import OverloadMode
-from retail.loadgen.mix import DEFAULT_RETRIES_PER_ORDER, DEFAULT_RETRY_BUDGET, PRIORITIES, Mix
-from retail.loadgen.mix import parse_start_within as _parse_start_within
+from retail.loadgen.cli import (
+    MixOption,
+    RetryBudgetOption,
+    RetryOption,
+    StartWithinOption,
+    client_settings,
+)
+from retail.loadgen.mix import DEFAULT_RETRY_BUDGET, PRIORITIES
 from retail.loadgen.schedule import Arrivals, Schedule, parse_schedule
 
 DEFAULT_RATE = 10.0
@@ -50,16 +56,6 @@ CriticalReserve = Annotated[
     int | None,
     typer.Option(help="Room only critical orders may take [RETAIL_CRITICAL_RESERVE]."),
 ]
-MIX_HELP = (
-    "Share of orders per priority, as for `retail load`: e.g. "
-    "critical=0.2,standard=0.5,sheddable=0.3 (adds up to 1; default: all standard)."
-)
-START_WITHIN_HELP = "Every order is worth fulfilling only if it starts within S seconds."
-RETRY_HELP = (
-    "A refused order comes back after its Retry-After plus up to 50 % jitter, within the "
-    "retry budget, up to --retries times (3 by default)."
-)
-RETRY_BUDGET_HELP = "With --retry: retries may add at most this share of the orders sent."
 
 
 def _fail(message: str) -> typer.Exit:
@@ -95,15 +91,13 @@ def _clients(
     retry_budget: float,
 ) -> dict[str, Any]:
     """What the simulated clients send and how they retry (`SimConfig` fields)."""
-    try:
-        return {
-            "mix": None if mix is None else Mix.parse(mix),
-            "start_within_s": _parse_start_within(start_within),
-            "retries": (DEFAULT_RETRIES_PER_ORDER if retry else 0) if retries is None else retries,
-            "retry_budget": retry_budget if retry else None,
-        }
-    except ValueError as error:
-        raise _fail(str(error)) from None
+    sent_mix, deadline, retries_per_order = client_settings(mix, start_within, retries, retry=retry)
+    return {
+        "mix": sent_mix,
+        "start_within_s": deadline,
+        "retries": retries_per_order,
+        "retry_budget": retry_budget if retry else None,
+    }
 
 
 def _schedule(
@@ -156,12 +150,10 @@ def simulate(
             "(without --retry: exactly after it, with no budget).",
         ),
     ] = None,
-    mix: Annotated[str | None, typer.Option(help=MIX_HELP)] = None,
-    start_within: Annotated[float | None, typer.Option(help=START_WITHIN_HELP)] = None,
-    retry: Annotated[bool, typer.Option("--retry", help=RETRY_HELP)] = False,
-    retry_budget: Annotated[float, typer.Option(min=0, help=RETRY_BUDGET_HELP)] = (
-        DEFAULT_RETRY_BUDGET
-    ),
+    mix: MixOption = None,
+    start_within: StartWithinOption = None,
+    retry: RetryOption = False,
+    retry_budget: RetryBudgetOption = DEFAULT_RETRY_BUDGET,
     critical_reserve: CriticalReserve = None,
     sweep: Annotated[
         bool,

@@ -86,13 +86,15 @@ class Sample:
 
 @dataclass
 class PriorityCounts:
+    """One priority's orders: what admission decided, then how they ended."""
+
     orders: int = 0
-    accepted: int = 0
+    accepted: int = 0  # degraded ones included
     degraded: int = 0
-    refused: int = 0
+    refused: int = 0  # on their last attempt
+    waits: array[float] = field(default_factory=lambda: array("d"))  # of started orders
     expired: int = 0
     fulfilled: int = 0
-    waits: array[float] = field(default_factory=lambda: array("d"))
     ends: array[float] = field(default_factory=lambda: array("d"))  # of fulfilled orders
     sojourns: array[float] = field(default_factory=lambda: array("d"))
 
