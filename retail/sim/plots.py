@@ -14,6 +14,7 @@ from matplotlib.ticker import FuncFormatter
 from retail.loadgen.plots import (
     FAILED_COLOUR,
     MODE_COLOURS,
+    PRIORITY_COLOURS,
     WAIT_COLOUR,
     WORK_COLOUR,
     save_figure,
@@ -59,6 +60,16 @@ def plot_run(run: SimRun, path: Path) -> Path:
         rates_ax.plot(
             mids, _per_second(run.refused_at, edges), color=FAILED_COLOUR, label="refused/s"
         )
+    if run.config.mix is not None:
+        for priority, counts in zip(PRIORITY_COLOURS, run.by_priority, strict=True):
+            if counts.orders:
+                rates_ax.plot(
+                    mids,
+                    _per_second(counts.ends, edges),
+                    color=PRIORITY_COLOURS[priority],
+                    linewidth=1,
+                    label=f"{priority} fulfilled/s",
+                )
     rates_ax.set_ylabel("orders/s")
     rates_ax.set_ylim(bottom=0)
     rates_ax.legend(loc="upper right", fontsize=8)
@@ -127,9 +138,6 @@ def plot_sweep(points: Sequence[dict[str, Any]], capacity_rate: float, path: Pat
         f"{first['full_service_s']:g} s per order ({capacity_rate:.2f} orders/s)"
     )
     return save_figure(figure, path)
-
-
-PRIORITY_COLOURS = {"critical": "#c0392b", "standard": "#2f6db5", "sheddable": "#9aa5b1"}
 
 
 def plot_priority_sweep(points: Sequence[dict[str, Any]], capacity_rate: float, path: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from retail.cli import app
 from retail.loadgen.mix import PRIORITIES, Mix, RetryBudget
+from retail.loadgen.plots import plot_run
 from retail.loadgen.report import summarize
 from retail.loadgen.runner import LoadConfig, run_load
 from retail.loadgen.schedule import Schedule
@@ -70,7 +72,9 @@ async def test_every_order_is_sent_with_its_priority_and_deadline(start_app: Sta
     assert sum(row.fulfilled for row in rows.values()) == summary.fulfilled
 
 
-async def test_refusals_and_waits_are_counted_per_priority(start_app: StartApp) -> None:
+async def test_refusals_and_waits_are_counted_per_priority(
+    start_app: StartApp, tmp_path: Path
+) -> None:
     """One slot held by a long order: sheddable orders are refused (they would wait),
     critical and standard ones queue; the service's own counters agree."""
     running = await start_app(capacity=1, fulfilment_delay="0.1", queue_limit=100)
@@ -104,6 +108,9 @@ async def test_refusals_and_waits_are_counted_per_priority(start_app: StartApp) 
     report = summary.to_json()["by_priority"]
     assert report["sheddable"]["refused"] == sheddable.refused
     assert report["critical"]["queue_wait"]["count"] == rows["critical"].fulfilled
+    charts = plot_run(run, tmp_path)
+    assert [chart.name for chart in charts][-1] == "priorities.png"
+    assert charts[-1].stat().st_size > 10_000
 
 
 def _refusing(sent: list[dict[str, object]], *, retry_after: str = "2") -> httpx.MockTransport:

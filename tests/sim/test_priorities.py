@@ -145,10 +145,13 @@ def test_simulate_reports_per_priority(tmp_path: Path) -> None:
         "--start-within",
         "5",
         "--retry",
+        "--plot",
+        str(tmp_path / "run.png"),
         json_file=tmp_path / "run.json",
     )
     assert result.exit_code == 0, result.output
     assert "by priority" in result.output and "sheddable" in result.output
+    assert (tmp_path / "run.png").stat().st_size > 10_000
     data = json.loads((tmp_path / "run.json").read_text())
     assert set(data["by_priority"]) == {"critical", "standard", "sheddable"}
     assert data["arrivals"]["mix"] == "critical=0.2,standard=0.5,sheddable=0.3"
