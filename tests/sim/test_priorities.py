@@ -114,7 +114,9 @@ def test_retries_stay_within_the_budget() -> None:
     assert unbudgeted["retries_denied"] == 0
 
 
-def _simulate(*args: str, json_file: Path | None = None) -> Any:
+def _simulate(*args: str, into: Path | None = None) -> Any:
+    """`retail simulate` at 4x the capacity rate; with `into`, with the mix and writing
+    `out.json` and `chart.png` there."""
     options = [
         "simulate",
         "--capacity",
@@ -131,28 +133,18 @@ def _simulate(*args: str, json_file: Path | None = None) -> Any:
         "4",
         *args,
     ]
-    if json_file is not None:
-        options += ["--json", str(json_file)]
+    if into is not None:
+        options += ["--mix", MIX.describe(), "--json", str(into / "out.json")]
+        options += ["--plot", str(into / "chart.png")]
     return CliRunner().invoke(app, options, env=WIDE)
 
 
 def test_simulate_reports_per_priority(tmp_path: Path) -> None:
-    result = _simulate(
-        "--mix",
-        "critical=0.2,standard=0.5,sheddable=0.3",
-        "--critical-reserve",
-        "16",
-        "--start-within",
-        "5",
-        "--retry",
-        "--plot",
-        str(tmp_path / "run.png"),
-        json_file=tmp_path / "run.json",
-    )
+    result = _simulate("--critical-reserve", "16", "--start-within", "5", "--retry", into=tmp_path)
     assert result.exit_code == 0, result.output
     assert "by priority" in result.output and "sheddable" in result.output
-    assert (tmp_path / "run.png").stat().st_size > 10_000
-    data = json.loads((tmp_path / "run.json").read_text())
+    assert (tmp_path / "chart.png").stat().st_size > 10_000
+    data = json.loads((tmp_path / "out.json").read_text())
     assert set(data["by_priority"]) == {"critical", "standard", "sheddable"}
     assert data["arrivals"]["mix"] == "critical=0.2,standard=0.5,sheddable=0.3"
     assert data["arrivals"]["retry_budget"] == 0.1
@@ -178,19 +170,10 @@ def test_simulate_refuses_a_wrong_mix_or_deadline(args: list[str], message: str)
 
 def test_a_sweep_with_a_mix_plots_goodput_per_priority(tmp_path: Path) -> None:
     result = _simulate(
-        "--sweep",
-        "--sweep-factors",
-        "1,4",
-        "--sweep-modes",
-        "queue,reject",
-        "--mix",
-        "critical=0.2,standard=0.5,sheddable=0.3",
-        "--plot",
-        str(tmp_path / "sweep.png"),
-        json_file=tmp_path / "sweep.json",
+        "--sweep", "--sweep-factors", "1,4", "--sweep-modes", "queue,reject", into=tmp_path
     )
     assert result.exit_code == 0, result.output
     assert "critical goodput/s" in result.output
-    assert (tmp_path / "sweep.png").stat().st_size > 10_000
-    points = json.loads((tmp_path / "sweep.json").read_text())["points"]
+    assert (tmp_path / "chart.png").stat().st_size > 10_000
+    points = json.loads((tmp_path / "out.json").read_text())["points"]
     assert len(points) == 4 and all("critical" in p["by_priority"] for p in points)
