@@ -259,7 +259,11 @@ def simulated(mode: str, multiple: float, config: PriorityConfig) -> Figures:
 def _warm_up(url: str, config: PriorityConfig) -> None:
     """One order per slot, fulfilled before the run: the first claims and writes of a
     fresh process are slower than the rest, and the simulator has no cold start."""
-    body = {"customer_id": "warm-up", "items": [{"sku": overload.SKU, "quantity": 1}]}
+    body = {
+        "customer_id": "warm-up",
+        "priority": "critical",  # a critical order may take any slot, reserved ones too
+        "items": [{"sku": overload.SKU, "quantity": 1}],
+    }
     with httpx.Client(base_url=url, timeout=10) as client:
         for _ in range(config.capacity):
             client.post("/orders", json=body).raise_for_status()
