@@ -14,9 +14,9 @@ Figures (the overload phase: orders due before `duration_s`):
 - fulfilled/s: orders whose `finished_at` lies in `[t0 + 2 D, t0 + duration_s]`, over
   that window (as `bench.overload` counts it), and per priority;
 - refusal p99: due time to `503` (the client's view, open loop), and send to `503`;
-- recovery: the queue has drained at `drained`, the moment the last order accepted in
-  the overload phase started; `recovery_s` is from then to the arrival of the last
-  order that still waited more than 0.1 D (0 when none did): the target is 2 s.
+- recovery: the queue has drained at the first moment after the overload when no
+  order waits; `recovery_s` is from then to the arrival of the last order that still
+  waited more than 0.1 D (0 when none did): the target is 2 s.
 
 The same scenario runs through `retail simulate` (the same due times and priorities,
 from the same seed) and its figures are printed beside the live ones, with their
@@ -116,11 +116,16 @@ def _recovery(
     accepted: Sequence[tuple[float, float]], overload_s: float, delay_s: float
 ) -> float | None:
     """From (accepted at, wait) of started orders (seconds from t0): seconds from the
-    queue draining to the arrival of the last order that waited longer than normal."""
-    during = [at + wait for at, wait in accepted if at < overload_s]
-    if not during:
-        return None
-    drained = max(during)
+    queue draining (the first moment after the overload when no order waits) to the
+    arrival of the last order that still waited longer than normal (0.1 D)."""
+    spans = sorted((at, at + wait) for at, wait in accepted if wait > 0)
+    drained = overload_s
+    for begin, end in spans:
+        if begin > drained:
+            break  # nothing waits from `drained` to `begin`
+        drained = max(drained, end)
+    if not any(at >= drained for at, _ in accepted):
+        return None  # the queue never drained while orders arrived
     late = [at for at, wait in accepted if at >= drained and wait > NORMAL_WAIT_D * delay_s]
     return max(0.0, max(late) - drained) if late else 0.0
 

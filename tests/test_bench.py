@@ -160,8 +160,9 @@ def test_priorities_at_tiny_scale(tmp_path: Path) -> None:
 
 
 def test_recovery_counts_from_the_queue_draining() -> None:
-    # (accepted at, wait): the last order of the overload starts at 12 s (drained);
-    # after it one order still waits 0.5 s, arriving at 13 s; then waits are short.
-    accepted = [(1.0, 2.0), (9.0, 3.0), (11.0, 0.0), (13.0, 0.5), (15.0, 0.05)]
+    # (accepted at, wait): orders wait until 12 s; the queue is empty from 12 s to 12.5 s
+    # (drained); one order arriving at 13 s still waits 0.5 s; then waits are short.
+    accepted = [(1.0, 2.0), (9.0, 3.0), (11.0, 0.5), (12.5, 0.0), (13.0, 0.5), (15.0, 0.05)]
     assert priorities._recovery(accepted, overload_s=10.0, delay_s=1.0) == pytest.approx(1.0)
-    assert priorities._recovery([(12.0, 0.0)], overload_s=10.0, delay_s=1.0) is None
+    # never drained while orders came: no figure
+    assert priorities._recovery([(9.0, 5.0), (12.0, 3.0)], overload_s=10.0, delay_s=1.0) is None
