@@ -47,6 +47,7 @@ class Record:
     location: str | None = None
     error: str | None = None
     priority: str | None = None
+    retry_after: str | None = None
 
 
 def request_bytes(host: str, sku: str, index: int, priority: str | None = None) -> bytes:
@@ -141,6 +142,7 @@ async def run(
             status, headers = await read_response(reader)
             record.answered_s = time.perf_counter() - start
             record.status, record.location = status, headers.get("location")
+            record.retry_after = headers.get("retry-after")
             if headers.get("connection", "").lower() == "close":
                 connections.drop(writer)
             else:

@@ -49,7 +49,7 @@ from retail.loadgen.schedule import Arrivals, Schedule
 from retail.sim.engine import SimConfig, SimRun, simulate
 
 MIX = "critical=0.2,standard=0.5,sheddable=0.3"
-MODES = ("queue", "reject", "degrade")
+MODES = ("queue", "reject", "degrade", "auto")
 # Room held for critical orders: queue places in queue, degrade and auto modes; in reject
 # mode slots (of 8), where a reserve of 16 would leave standard orders nothing.
 RESERVE = {"queue": 16, "degrade": 16, "auto": 16, "reject": 2}
@@ -163,29 +163,18 @@ async def _stored(
 ) -> list[tuple[str, str, float, float | None, float | None, str]]:
     """(priority, status, created_at, started_at, finished_at, service level) of every
     order, times in epoch seconds."""
-    from sqlalchemy import select
-
     from retail.core.types import Priority
-    from retail.store.sql.engine import Database
     from retail.store.sql.models import Order
 
-    db = Database(database_url)
-    try:
-        async with db.read() as session:
-            rows = (
-                await session.execute(
-                    select(
-                        Order.priority,
-                        Order.status,
-                        Order.created_at,
-                        Order.started_at,
-                        Order.finished_at,
-                        Order.service_level,
-                    )
-                )
-            ).all()
-    finally:
-        await db.dispose()
+    rows = await overload.order_rows(
+        database_url,
+        Order.priority,
+        Order.status,
+        Order.created_at,
+        Order.started_at,
+        Order.finished_at,
+        Order.service_level,
+    )
     return [
         (
             Priority.of_rank(rank).value,
@@ -222,6 +211,7 @@ def simulated(mode: str, multiple: float, config: PriorityConfig) -> Figures:
                     capacity=config.capacity,
                     queue_limit=QUEUE_LIMIT,
                     critical_reserve=RESERVE[mode],
+                    target_wait_s=config.target_wait_s,
                 ),
                 pipeline=Pipeline.build(fulfilment_delay=str(settings["fulfilment_delay"])),
                 schedule=schedule,
@@ -374,6 +364,7 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
         f"{RECOVERY_RATE:g}x; critical reserve {RESERVE} (places; slots in reject mode); "
         f"queue limit {QUEUE_LIMIT}; fair shares off\n"
     )
+    queue_at = {r.multiple: r.live for r in results if r.mode == "queue"}
     targets_rows = []
     for r in results:
         live = r.live
@@ -387,6 +378,13 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
             )
             if r.mode in ("queue", "auto"):
                 checks.append(f">= 0.97 C/D: {_ok(live.fulfilled_rate >= 0.97 * limit)}")
+            queue = queue_at.get(r.multiple)
+            if r.mode == "auto" and queue is not None:
+                no_worse = (live.p99_wait_s or 0) <= (queue.p99_wait_s or 0)
+                checks.append(
+                    f"p99 wait <= queue's at no less goodput: "
+                    f"{_ok(no_worse and live.fulfilled_rate >= queue.fulfilled_rate)}"
+                )
         else:
             p99 = r.refusal_ms[1] if r.refusal_ms else None
             checks.append(

@@ -428,10 +428,7 @@ def overview_table(summary: Summary, *, title: str | None = None) -> Table:
         "offered",
         f"{summary.orders} orders in {summary.duration_s:g} s = {_rate(summary.offered_rate)}",
     )
-    table.add_row(
-        "accepted",
-        f"{summary.accepted} (full {summary.accepted_full}, degraded {summary.accepted_degraded})",
-    )
+    table.add_row("accepted", accepted_text(summary))
     refused = f"{summary.refused}" + (
         f" ({_by(summary.refused_by_problem)})" if summary.refused_by_problem else ""
     )
@@ -456,12 +453,7 @@ def overview_table(summary: Summary, *, title: str | None = None) -> Table:
         late += "  [yellow]the client was busy: lower the rate[/yellow]"
     table.add_row("late sends", late)
     if summary.followed:
-        table.add_row(
-            "fulfilled",
-            f"{summary.fulfilled} (failed {summary.failed}, cancelled {summary.cancelled}, "
-            + (f"expired {summary.expired}, " if summary.expired else "")
-            + f"unfinished {summary.unfinished})",
-        )
+        table.add_row("fulfilled", fulfilled_text(summary))
         good = f"{_rate(summary.goodput_per_s)} fulfilled"
         if summary.limit_per_s is not None:
             good += f" (the service's limit: {_rate(summary.limit_per_s)})"
@@ -494,7 +486,7 @@ def latency_table(summary: Summary) -> Table:
             ms(p.p50_s),
             ms(p.p90_s),
             ms(p.p99_s),
-            ms(p.p999_s),
+            ms(p.p99_9_s),
             ms(p.max_s),
         )
     return table
@@ -531,6 +523,22 @@ def priority_table(summary: Summary) -> Table:
             ms(row.latency_refused.p99_s),
         )
     return table
+
+
+def accepted_text(summary: Summary) -> str:
+    """`12 (full 10, degraded 2)`."""
+    return (
+        f"{summary.accepted} (full {summary.accepted_full}, degraded {summary.accepted_degraded})"
+    )
+
+
+def fulfilled_text(summary: Summary) -> str:
+    """`10 (failed 1, cancelled 0, unfinished 1)` (and `expired N, ` when orders expired)."""
+    return (
+        f"{summary.fulfilled} (failed {summary.failed}, cancelled {summary.cancelled}, "
+        + (f"expired {summary.expired}, " if summary.expired else "")
+        + f"unfinished {summary.unfinished})"
+    )
 
 
 def describe_run(run: LoadRun) -> str:

@@ -124,6 +124,10 @@ class SimRun:
     ends: array[float] = field(default_factory=lambda: array("d"))
     sojourns: array[float] = field(default_factory=lambda: array("d"))
     refused_at: array[float] = field(default_factory=lambda: array("d"))
+    # every 503 (retried ones too): when, and the Retry-After it gave; every accepted attempt
+    refusal_at: array[float] = field(default_factory=lambda: array("d"))
+    refusal_retry_after: array[float] = field(default_factory=lambda: array("d"))
+    accepted_at: array[float] = field(default_factory=lambda: array("d"))
     timeline: list[Sample] = field(default_factory=list)
     expired: int = 0  # accepted, never started: the start deadline passed in the queue
     retries_denied: int = 0  # retries the retry budget did not allow
@@ -194,6 +198,8 @@ def simulate(config: SimConfig) -> SimRun:
     starts_add, waits_add = run.starts.append, run.waits.append
     ends_add, sojourns_add = run.ends.append, run.sojourns.append
     refused_add = run.refused_at.append
+    refusal_add, retry_after_add = run.refusal_at.append, run.refusal_retry_after.append
+    accepted_add = run.accepted_at.append
     degraded = ServiceLevel.DEGRADED
 
     interval = max(window_s, 1e-9) / TIMELINE_POINTS
@@ -269,6 +275,8 @@ def simulate(config: SimConfig) -> SimRun:
                 ticket = admit(now, SIM_CUSTOMER, priority=priority, start_within_s=within)
             except CapacityExceeded as refusal:
                 refusals += 1
+                refusal_add(now)
+                retry_after_add(refusal.retry_after_s)
                 if attempt < retries and (budget is None or budget.spend()):
                     delay = float(refusal.retry_after_s)
                     if budget is not None:
@@ -282,6 +290,7 @@ def simulate(config: SimConfig) -> SimRun:
             ticket.keep()
             accepted += 1
             counts.accepted += 1
+            accepted_add(now)
             level = ticket.decision.service_level
             if level is degraded:
                 degraded_count += 1
@@ -304,17 +313,15 @@ def simulate(config: SimConfig) -> SimRun:
             left_queue(by_rank[rank])
             per[rank].waits.append(now - accepted_at)
             plan = plan_of(order_seq=order, line_count=line_count, level=level, rng=rng)
-            steps = plan.steps
-            planned = 0.0
-            for _, delay_s in steps:
-                planned += delay_s
+            delays = plan.delays_s
+            planned = sum(delays)
             start(order, now=now, planned_s=planned)
             starts_add(now)
             waits_add(now - accepted_at)
             if plan.payment_declined:
                 # The order ends with the payment step, as in the worker pool.
                 until = 0.0
-                for name, delay_s in steps:
+                for name, delay_s in zip(plan.names, delays, strict=True):
                     until += delay_s
                     if name == PAYMENT_STEP:
                         break
