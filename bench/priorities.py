@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import overload
+from bench import ingest, overload
 from bench.report import table
 from retail.core.capacity import Limits
 from retail.core.pipeline import Pipeline
@@ -269,9 +269,10 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
     rate = multiple * config.limit_rate
     schedule = config.schedule(multiple)
     load_average = os.getloadavg()[0]
-    with overload.stocked_server(
+    with overload.fresh_server(
         workdir, f"serve-priorities-{mode}-{multiple:g}.log", _settings(mode, config)
     ) as (database_url, server):
+        ingest.put_product(server.url, overload.SKU, overload.STOCK)
         _warm_up(server.url, config)
         t0, sent = overload.open_loop(
             server.url,
