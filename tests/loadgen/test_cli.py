@@ -139,11 +139,12 @@ def test_demo_shows_one_order_at_a_time_against_three_at_once(tmp_path: Path) ->
 
 
 def test_a_too_small_connection_limit_shows_as_late_sends(serve: Serve, tmp_path: Path) -> None:
+    # 2,000 orders/s on one connection: one due every 0.5 ms, less than any round trip
     with serve(capacity=100, fulfilment_delay="0") as url:
-        one_connection = "--rate 100 --duration 0.2 --connections 1 --no-follow --no-progress"
+        one_connection = "--rate 2000 --duration 0.05 --connections 1 --no-follow --no-progress"
         result, data = load(url, tmp_path / "run.json", one_connection)
     summary = data["summary"]
-    assert summary["accepted"]["total"] == 20
+    assert summary["accepted"]["total"] == 100
     assert summary["late_for_connection"] > 0
     assert summary["late_sends"] >= summary["late_for_connection"]
     # the time spent waiting for the connection is part of each order's latency
