@@ -98,7 +98,7 @@ async def running_services(
             clock=clock,
             bus=bus,
             idempotency_ttl_s=settings.idempotency_ttl_s,
-            on_committed=pool.notify,
+            on_committed=pool.work_arrived,
         )
         await ingest.start()
         await pool.start()
