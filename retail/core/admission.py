@@ -184,6 +184,13 @@ class Admission:
         refuses only what would refuse a critical order without a deadline. An order
         that passes still has to be admitted (`admit`) once it is whole.
         """
+        limits = self.limits
+        if (
+            limits.mode is not OverloadMode.REJECT
+            and limits.max_queue_wait_s is None
+            and sum(self._waiting) < limits.queue_limit
+        ):
+            return  # room in the queue: only `admit` can refuse (priority, deadline)
         decision, load = self._policy(now, Priority.CRITICAL)
         if isinstance(decision, capacity.Reject):
             # Counted as the order it most likely is: its priority was never read.
