@@ -49,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--overload-duration", type=float, default=20.0, help="seconds per open-loop run"
     )
+    parser.add_argument(
+        "--overload-modes", default=",".join(overload.MODES), help="overload: modes to run"
+    )
+    parser.add_argument(
+        "--overload-multiples", default="2,4", help="overload: offered load / capacity rate"
+    )
+    parser.add_argument(
+        "--target-wait", type=float, default=5.0, help="overload: auto mode's target wait (s)"
+    )
     parser.add_argument("--capacity", type=int, default=8, help="overload: capacity C")
     parser.add_argument(
         "--delay", type=float, default=1.0, help="overload: fixed fulfilment time D (s)"
@@ -95,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.what in ("overload", "all"):
         config = overload.OverloadConfig(
-            capacity=args.capacity, delay_s=args.delay, duration_s=args.overload_duration
+            capacity=args.capacity,
+            delay_s=args.delay,
+            duration_s=args.overload_duration,
+            modes=tuple(m for m in args.overload_modes.split(",") if m),
+            multiples=tuple(float(m) for m in args.overload_multiples.split(",") if m),
+            target_wait_s=args.target_wait,
         )
         runs = overload.run(config, workdir=workdir)
         saturations = [

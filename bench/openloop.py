@@ -40,6 +40,7 @@ class Record:
     status: int | None = None
     location: str | None = None
     error: str | None = None
+    retry_after: str | None = None
 
 
 def request_bytes(host: str, sku: str, index: int) -> bytes:
@@ -119,6 +120,7 @@ async def run(
             status, headers = await read_response(reader)
             record.answered_s = time.perf_counter() - start
             record.status, record.location = status, headers.get("location")
+            record.retry_after = headers.get("retry-after")
             if headers.get("connection", "").lower() == "close":
                 connections.drop(writer)
             else:

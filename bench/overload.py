@@ -35,12 +35,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from bench import erlang, ingest, servers, wrk
+from retail.sim.report import retry_after_error
 
-MODES = ("queue", "reject", "degrade")
+MODES = ("queue", "reject", "degrade", "auto")
 SKU = ingest.SKU
 STOCK = 1_000_000
 SETTLE_S = 0.5  # after the window: let finishes stamped inside it commit
@@ -55,6 +57,7 @@ class OverloadConfig:
     multiples: tuple[float, ...] = (2.0, 4.0)
     modes: tuple[str, ...] = MODES
     seed: int = 20261126
+    target_wait_s: float = 5.0  # auto mode's RETAIL_TARGET_WAIT_S
 
     @property
     def limit_rate(self) -> float:
@@ -81,6 +84,10 @@ class OverloadResult:
     replay_rate: float  # ideal loss system on these arrivals, same window
     rss_kib: tuple[int, int, int]  # at 25 % of the run, at its end, peak (VmHWM)
     service_s: float  # mean started -> finished of fulfilled full-service orders
+    wait_ms: tuple[float, float] | None  # p50, p99 created -> started of fulfilled orders
+    # `retail.sim.report.retry_after_error` of the 503s: how far each Retry-After was
+    # from the time until an order sent after it was first accepted
+    retry_after_error: dict[str, Any]
 
     @property
     def fulfilled_rate(self) -> float:
@@ -145,11 +152,13 @@ def serve_settings(database_url: str, mode: str, config: OverloadConfig) -> dict
         "admin_token": servers.ADMIN_TOKEN,
         "seed_demo_catalogue": "false",
         "shutdown_timeout_s": 1,
+        "target_wait_s": config.target_wait_s,
     }
 
 
-async def _fulfilled(database_url: str) -> list[tuple[float, float, str]]:
-    """(started_at, finished_at, service level) of every fulfilled order, epoch seconds."""
+async def _fulfilled(database_url: str) -> list[tuple[float, float, str, float]]:
+    """(started_at, finished_at, service level, created_at) of every fulfilled order,
+    epoch seconds."""
     from sqlalchemy import select
 
     from retail.core.types import OrderStatus
@@ -161,16 +170,16 @@ async def _fulfilled(database_url: str) -> list[tuple[float, float, str]]:
         async with db.read() as session:
             rows = (
                 await session.execute(
-                    select(Order.started_at, Order.finished_at, Order.service_level).where(
-                        Order.status == OrderStatus.FULFILLED.value
-                    )
+                    select(
+                        Order.started_at, Order.finished_at, Order.service_level, Order.created_at
+                    ).where(Order.status == OrderStatus.FULFILLED.value)
                 )
             ).all()
     finally:
         await db.dispose()
     return [
-        (started.timestamp(), finished.timestamp(), level)
-        for started, finished, level in rows
+        (started.timestamp(), finished.timestamp(), level, created.timestamp())
+        for started, finished, level, created in rows
         if started is not None and finished is not None
     ]
 
@@ -185,6 +194,7 @@ class Sent:
     status: int | None
     location: str | None
     error: str | None
+    retry_after: str | None = None
 
     @property
     def latency_s(self) -> float | None:
@@ -257,8 +267,9 @@ def run_one(workdir: Path, mode: str, multiple: float, config: OverloadConfig) -
     warmup_s = WARMUP_SERVICE_TIMES * config.delay_s
     window = (t0 + warmup_s, t0 + config.duration_s)
     window_s = window[1] - window[0]
-    in_window = sum(1 for _, finished, _ in fulfilled if window[0] <= finished <= window[1])
-    full = [finished - started for started, finished, level in fulfilled if level == "full"]
+    in_window = sum(1 for _, finished, _, _ in fulfilled if window[0] <= finished <= window[1])
+    full = [finished - started for started, finished, level, _ in fulfilled if level == "full"]
+    waits = [started - created for started, _, _, created in fulfilled]
     replay = erlang.loss_system_finishes([o.due_s for o in orders], config.capacity, config.delay_s)
     replay_in_window = sum(1 for moment in replay if warmup_s <= moment <= config.duration_s)
     answered = [o for o in orders if o.status is not None]
@@ -283,7 +294,21 @@ def run_one(workdir: Path, mode: str, multiple: float, config: OverloadConfig) -
         replay_rate=replay_in_window / window_s,
         rss_kib=(memory.rss_at(0.25), memory.rss_at(1.0), memory.peak_kib),
         service_s=sum(full) / len(full) if full else 0.0,
+        wait_ms=percentiles_ms(waits),
+        retry_after_error=retry_after_accuracy(orders),
     )
+
+
+def retry_after_accuracy(orders: list[Sent]) -> dict[str, Any]:
+    """`retail.sim.report.retry_after_error` on a live run: each 503 and each 202 at the
+    moment its request was sent (admission decides as a request arrives)."""
+    refusals = [
+        (o.sent_s, float(o.retry_after))
+        for o in orders
+        if o.status == 503 and o.sent_s is not None and o.retry_after is not None
+    ]
+    admitted = sorted(o.sent_s for o in orders if o.status == 202 and o.sent_s is not None)
+    return retry_after_error(refusals, admitted)
 
 
 def run(

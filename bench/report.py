@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from bench.ingest import IngestResult
 from bench.overload import (
@@ -86,6 +87,41 @@ def ingest_table(results: Sequence[IngestResult], connections: int, duration_s: 
     )
 
 
+def auto_notes(runs: Sequence[OverloadResult]) -> list[str]:
+    """Auto mode against queue mode at the same load, and every mode's Retry-After error."""
+    notes = []
+    by = {(r.mode, r.multiple): r for r in runs}
+    for r in runs:
+        queue = by.get(("queue", r.multiple))
+        if r.mode != "auto" or queue is None or not r.wait_ms or not queue.wait_ms:
+            continue
+        capacity_rate = r.capacity / r.delay_s
+        notes.append(
+            f"- auto at {r.multiple:g}x: wait p99 {r.wait_ms[1] / 1000:.2f} s vs queue's "
+            f"{queue.wait_ms[1] / 1000:.2f} s ({_target(r.wait_ms[1] <= queue.wait_ms[1])}), "
+            f"fulfilled/s {r.fulfilled_rate:.2f} vs queue's {queue.fulfilled_rate:.2f} "
+            f"({_target(r.fulfilled_rate >= queue.fulfilled_rate)}), "
+            f"{r.fulfilled_rate / capacity_rate:.3f} of C/D (target >= 0.97: "
+            f"{_target(r.fulfilled_rate >= 0.97 * capacity_rate)})"
+        )
+    for r in runs:
+        error = r.retry_after_error
+        if error.get("count"):
+            notes.append(
+                f"- Retry-After, {r.mode} at {r.multiple:g}x: median error {error['median']:.0%} "
+                f"over {error['count']} refusals (given {error['median_retry_after_s']:g} s, "
+                f"first acceptance after {error['median_first_admitted_s']:.2f} s, medians; "
+                f"target <= 25 %: {_target(error['median'] <= 0.25)})"
+            )
+    return notes
+
+
+def _retry_after(error: dict[str, Any]) -> str:
+    if not error.get("count"):
+        return "-"
+    return f"{error['median']:.0%} ({error['within_target']:.0%}, {error['early']:.0%})"
+
+
 def overload_tables(
     runs: Sequence[OverloadResult],
     saturations: Sequence[SaturationResult],
@@ -107,6 +143,8 @@ def overload_tables(
                 _ms(r.refusal_ms),
                 _ms(r.refusal_sent_ms),
                 _ms(r.accept_ms),
+                _ms(r.wait_ms),
+                _retry_after(r.retry_after_error),
                 f"{r.rss_kib[2] / 1024:.0f} ({rss_growth(r):.2f})",
             ]
         )
@@ -123,6 +161,8 @@ def overload_tables(
             "503 p50 / p99 ms from due",
             "from send",
             "202 p50 / p99 ms from due",
+            "wait p50 / p99 ms",
+            "Retry-After error: median (within 25 %, early)",
             "peak RSS MiB (end/25 %)",
         ],
         rows,
@@ -146,6 +186,7 @@ def overload_tables(
             f"- degrade over queue at {multiple:g}x: {ratio:.2f}, target >= 1.3: "
             f"{_target(ratio >= 1.3)}"
         )
+    notes += auto_notes(runs)
     rows = []
     for s in saturations:
         rows += [

@@ -1,4 +1,4 @@
-"""Closed-loop load with wrk: POST /orders from `bench/post_orders.lua`, parsed results."""
+"""Closed-loop load with wrk: POST /orders from `examples/wrk_post_order.lua`, parsed results."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-SCRIPT = Path(__file__).with_name("post_orders.lua")
+SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "wrk_post_order.lua"
 MARKER = "BENCH-JSON "
 
 
@@ -86,11 +86,17 @@ def run(
     """Run wrk against `url`; with `ids_dir`, every 202's Location is written there."""
     if not url.startswith(("http://127.0.0.1", "http://localhost")):
         raise ValueError("the benchmarks only ever load 127.0.0.1")
-    env = {**os.environ, "BENCH_SKU": sku, "BENCH_KEYS": "1" if idempotency_keys else "0"}
-    env.pop("BENCH_IDS_DIR", None)
+    env = {
+        **os.environ,
+        "WRK_SKU": sku,
+        "WRK_QUANTITY": "1",
+        "WRK_KEYS": "1" if idempotency_keys else "0",
+        "WRK_REPORT": "json",
+    }
+    env.pop("WRK_IDS_DIR", None)
     if ids_dir is not None:
         ids_dir.mkdir(parents=True, exist_ok=True)
-        env["BENCH_IDS_DIR"] = str(ids_dir)
+        env["WRK_IDS_DIR"] = str(ids_dir)
     done = subprocess.run(
         command(url, connections=connections, duration_s=duration_s, threads=threads),
         env=env,

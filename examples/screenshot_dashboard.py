@@ -15,31 +15,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from retail.loadgen.process import ServerFailed, free_port, serving
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DEMO_TOKEN = "demo-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -56,31 +48,23 @@ def demo_server(workdir: Path) -> Iterator[str]:
         "RETAIL_FULFILMENT_SEED": "7",
     }
     command = [sys.executable, "-m", "uvicorn", "retail.main:app", "--port", str(port)]
-    with (workdir / "server.log").open("wb") as log:
-        process = subprocess.Popen(command, env=env, cwd=workdir, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
+    log = workdir / "server.log"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not start: see " + str(workdir / "server.log"))
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with serving(command, port=port, env=env, cwd=workdir, log=log) as server:
+            yield server.url
+    except ServerFailed as failure:
+        raise SystemExit(f"the server did not start ({failure}): see {log}") from None
 
 
-def browser(width: int = 1440, height: int = 1250) -> webdriver.Chrome:
+def browser(
+    width: int = 1440,
+    height: int = 1250,
+    chromium: Path = CHROMIUM,
+    chromedriver: Path = CHROMEDRIVER,
+) -> webdriver.Chrome:
+    """Headless Chromium showing `width` x `height` pixels of the page."""
     options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
+    options.binary_location = str(chromium)
     for argument in (
         "--headless=new",
         "--no-sandbox",
@@ -89,7 +73,7 @@ def browser(width: int = 1440, height: int = 1250) -> webdriver.Chrome:
         f"--window-size={width},{height}",
     ):
         options.add_argument(argument)
-    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(chromedriver)), options=options)
 
 
 def burst(driver: webdriver.Chrome, size: int) -> None:

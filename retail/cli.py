@@ -10,8 +10,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from retail.config import Settings, SettingsError, load_settings
-from retail.core.types import OverloadMode
+from retail.cli_support import Capacity, DatabaseUrl, Delay, Mode, QueueLimit
+from retail.cli_support import fail as _fail
+from retail.cli_support import settings_or_exit as _settings
 from retail.loadgen.cli import demo, load
 from retail.sim.cli import plan, simulate
 
@@ -26,21 +27,6 @@ db_app = typer.Typer(
 app.add_typer(db_app, name="db")
 
 T = TypeVar("T")
-
-
-def _settings(**overrides: Any) -> Settings:
-    """Settings from the environment, `.env` and options; a mistake ends with a short message."""
-    try:
-        return load_settings(**overrides)
-    except SettingsError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    """One line on stderr, then the exit code: the shape of every CLI error."""
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def _run_db(database_url: str, work: Callable[[], Awaitable[T]]) -> T:
@@ -76,19 +62,11 @@ def _check_database(database_url: str) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address [RETAIL_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Port [RETAIL_PORT].")] = None,
-    database_url: Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")] = None,
-    capacity: Annotated[
-        int | None, typer.Option(help="Most orders in fulfilment at once [RETAIL_CAPACITY].")
-    ] = None,
-    overload_mode: Annotated[
-        OverloadMode | None,
-        typer.Option(help="What to do when all slots are busy [RETAIL_OVERLOAD_MODE]."),
-    ] = None,
-    queue_limit: Annotated[int | None, typer.Option(help="[RETAIL_QUEUE_LIMIT]")] = None,
-    fulfilment_delay: Annotated[
-        str | None,
-        typer.Option(help="Seconds per order or a delay model [RETAIL_FULFILMENT_DELAY]."),
-    ] = None,
+    database_url: DatabaseUrl = None,
+    capacity: Capacity = None,
+    overload_mode: Mode = None,
+    queue_limit: QueueLimit = None,
+    fulfilment_delay: Delay = None,
     migrate: Annotated[
         bool | None, typer.Option(help="Migrate the schema on start [RETAIL_MIGRATE_ON_START].")
     ] = None,
@@ -137,14 +115,9 @@ def serve(
 
 @app.command()
 def worker(
-    database_url: Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")] = None,
-    capacity: Annotated[
-        int | None, typer.Option(help="Most orders in fulfilment at once [RETAIL_CAPACITY].")
-    ] = None,
-    fulfilment_delay: Annotated[
-        str | None,
-        typer.Option(help="Seconds per order or a delay model [RETAIL_FULFILMENT_DELAY]."),
-    ] = None,
+    database_url: DatabaseUrl = None,
+    capacity: Capacity = None,
+    fulfilment_delay: Delay = None,
 ) -> None:
     """Fulfil orders without serving HTTP: add fulfilment capacity beside `retail serve`."""
     import signal
@@ -192,7 +165,7 @@ def _engine(database_url: str) -> Any:
 @db_app.command("upgrade")
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
-    database_url: Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")] = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Migrate the schema up (to the newest revision by default)."""
     from retail.store.sql.migrations import migrate
@@ -213,7 +186,7 @@ def db_upgrade(
 @db_app.command("downgrade")
 def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision, e.g. base or -1.")],
-    database_url: Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")] = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Migrate the schema down."""
     from retail.store.sql.migrations import migrate
@@ -233,7 +206,7 @@ def db_downgrade(
 
 @db_app.command("current")
 def db_current(
-    database_url: Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")] = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Show the database's revision and the code's head revision."""
     from retail.store.sql.migrations import schema_status
@@ -256,7 +229,7 @@ def db_reset(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask: drop every order and product.")
     ] = False,
-    database_url: Annotated[str | None, typer.Option(help="[RETAIL_DATABASE_URL]")] = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Drop every table (orders, products, everything) and migrate to the newest schema.
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from retail.core.capacity import Limits
+from retail.core.capacity import DEFAULT_TARGET_WAIT_S, Limits
 from retail.core.fairness import FairLimits
 from retail.core.pipeline import Pipeline
 from retail.core.types import OverloadMode
@@ -126,7 +126,9 @@ class Settings(BaseSettings):
 
     # --- capacity policy --------------------------------------------------------
     overload_mode: OverloadMode = Field(
-        OverloadMode.QUEUE, description="`queue`, `reject` or `degrade` when all slots are busy."
+        OverloadMode.QUEUE,
+        description="`queue`, `reject` or `degrade` when all slots are busy; `auto` picks "
+        "among them by the predicted wait (RETAIL_TARGET_WAIT_S).",
     )
     capacity: int = Field(4, ge=1, le=10_000, description="Most orders in fulfilment at once.")
     queue_limit: int = Field(
@@ -147,6 +149,14 @@ class Settings(BaseSettings):
         ge=0,
         allow_inf_nan=False,
         description="A sheddable order is taken only if it can start within this many seconds.",
+    )
+    target_wait_s: float = Field(
+        DEFAULT_TARGET_WAIT_S,
+        gt=0,
+        allow_inf_nan=False,
+        description="`auto` mode: orders queue while their predicted wait is within this; "
+        "past it they are refused until it is under a quarter of it, then take the reduced "
+        "path.",
     )
     fair_share: bool = Field(
         True, description="Share admission max-min fairly between competing customers (`429`)."
@@ -321,6 +331,7 @@ class Settings(BaseSettings):
             max_queue_wait_s=self.max_queue_wait_s,
             critical_reserve=self.critical_reserve,
             sheddable_max_wait_s=self.sheddable_max_wait_s,
+            target_wait_s=self.target_wait_s,
         )
 
 

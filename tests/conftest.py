@@ -182,11 +182,27 @@ async def place(
     )
 
 
+async def one_slot_taken(start_app: StartApp, clock: ManualClock, **settings: Any) -> Running:
+    """The app with one slot and 10 s orders on `clock`, a first order holding the slot."""
+    running = await start_app(clock=clock, capacity=1, fulfilment_delay="10", **settings)
+    assert (await place(running.client)).status_code == 202
+    await quiescent(running)
+    return running
+
+
 async def order_status(client: httpx.AsyncClient, order_id: str) -> str:
     response = await client.get(f"/orders/{order_id}")
     assert response.status_code == 200, response.text
     status: str = response.json()["status"]
     return status
+
+
+async def all_terminal(client: httpx.AsyncClient, ids: list[str]) -> bool:
+    """Whether each of these orders is fulfilled, failed or cancelled."""
+    for order_id in ids:
+        if await order_status(client, order_id) not in {"fulfilled", "failed", "cancelled"}:
+            return False
+    return True
 
 
 async def quiescent(running: Running) -> None:

@@ -7,7 +7,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,11 @@ __all__ = [
     "follow",
     "free_port",
     "python_environment",
+    "retail_serve_command",
     "serve_in_thread",
+    "server_in",
     "serving",
+    "sqlite_url",
     "uvicorn_command",
 ]
 
@@ -82,6 +85,27 @@ def serving(
 
 def uvicorn_command(port: int) -> list[str]:
     return [PYTHON, "-m", "uvicorn", "retail.main:app", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def retail_serve_command(port: int) -> list[str]:
+    return [PYTHON, "-m", "retail", "serve", "--port", str(port)]
+
+
+def sqlite_url(folder: Path) -> str:
+    """The SQLite database file `retail.db` in `folder`."""
+    return f"sqlite+aiosqlite:///{folder / 'retail.db'}"
+
+
+@contextmanager
+def server_in(
+    folder: Path, command: Callable[[int], list[str]] = retail_serve_command, **settings: Any
+) -> Iterator[Server]:
+    """A server process on a free port with `settings` (and no others); its working
+    directory, SQLite database and log (`server.log`) in `folder`."""
+    port = free_port()
+    env = environment(sqlite_url(folder), **settings)
+    with serving(command(port), port=port, env=env, cwd=folder, log=folder / "server.log") as s:
+        yield s
 
 
 def follow(url: str, location: str, timeout_s: float = 20.0) -> dict[str, Any]:

@@ -165,3 +165,8 @@ def test_overload_at_tiny_scale(tmp_path: Path) -> None:
     assert result.limit_rate == pytest.approx(erlang.carried_load(30.0, 2, 0.2))
     assert result.rss_kib[2] >= result.rss_kib[1] > 0
     assert not math.isnan(result.fulfilled_rate)
+    # Each 503 carried a Retry-After, compared with the next acceptance after it.
+    error = result.retry_after_error
+    assert error["count"] + error["unresolved"] == result.refused
+    assert error["median"] >= 0
+    assert result.wait_ms is not None

@@ -11,11 +11,12 @@ from retail.core.capacity import (
     Load,
     Queue,
     Reject,
+    auto_level,
     decide,
     estimated_start_s,
     slot_free_times,
 )
-from retail.core.types import OverloadMode, ServiceLevel
+from retail.core.types import AutoLevel, OverloadMode, Priority, ServiceLevel
 
 FULL_S = 2.0
 DEGRADED_S = 0.8
@@ -56,7 +57,9 @@ def test_reject_retry_after_counts_the_orders_still_waiting() -> None:
     # Both slots busy for 1.5 s and 2.5 s; one order waits and takes the first slot,
     # so room for a new order comes when the second one frees: 2.5 s -> 3 s.
     decision = decide(limits(OverloadMode.REJECT), load(2, queued=1, remaining_s=(1.5, 2.5)))
-    assert decision == Reject(retry_after_s=3, reason="all 2 fulfilment slots are busy")
+    assert decision == Reject(
+        retry_after_s=3, reason="all 2 fulfilment slots are busy", retry_in_s=2.5
+    )
 
 
 def test_queue_accepts_up_to_the_queue_limit_with_position_and_estimate() -> None:
@@ -114,3 +117,68 @@ def test_estimates_never_go_backwards_as_the_queue_grows() -> None:
 def test_zero_service_time_starts_everyone_at_the_first_free_slot() -> None:
     snapshot = Load(2, 0, (0.3, 0.7), full_service_s=0.0, degraded_service_s=0.0)
     assert estimated_start_s(snapshot, 2, 5, 0.0) == 0.3
+
+
+# --- auto mode -------------------------------------------------------------------------
+
+
+def waiting(remaining_s: float, queued: int, degraded: int = 0) -> Load:
+    """Capacity 1: one order in flight with `remaining_s` left, `queued` waiting."""
+    return Load(
+        in_flight=1,
+        queued=queued,
+        remaining_s=(remaining_s,),
+        full_service_s=FULL_S,
+        degraded_service_s=DEGRADED_S,
+        degraded_queued=degraded,
+    )
+
+
+def test_auto_levels_rise_with_the_predicted_wait_and_fall_only_well_under_the_target() -> None:
+    rules = limits(OverloadMode.AUTO, capacity=1, queue_limit=100, target_wait_s=6.0)
+    q, d, r = AutoLevel.QUEUE, AutoLevel.DEGRADE, AutoLevel.REFUSE
+    level = q
+    rising = []
+    for queued in range(8):  # in full: a new order would wait 2 + 2·n s
+        level = auto_level(rules, waiting(2.0, queued), level)
+        rising.append(level)
+    # Over 6 s from 3 waiting: whatever its path, the next order would not start in time.
+    assert rising == [q, q, q, r, r, r, r, r]
+    falling = []
+    for queued in reversed(range(8)):  # all on the reduced path now, 0.5 s left
+        level = auto_level(rules, waiting(0.5, queued, degraded=queued), level)
+        falling.append(level)
+    # Left only under a quarter of the target (1.5 s): 0.5 + 0.8 s with one waiting,
+    # to the reduced path; to queue once the backlog is gone.
+    assert falling == [r, r, r, r, r, r, d, d]
+    assert auto_level(rules, load(1, remaining_s=(0.5,)), d) is d  # one still in flight
+    assert auto_level(rules, load(0), d) is q
+    # On the reduced path the wait may grow up to the target: 0.5 + 0.8·7 = 6.1 s is over.
+    assert auto_level(rules, waiting(0.5, 5, degraded=5), d) is d
+    assert auto_level(rules, waiting(0.5, 7, degraded=7), d) is r
+
+
+def test_auto_decides_by_its_level_and_never_degrades_a_critical_order() -> None:
+    rules = limits(OverloadMode.AUTO, capacity=1, queue_limit=100, target_wait_s=6.0)
+    assert decide(rules, load(0)) == Admit(queue_position=1)
+    assert decide(rules, waiting(2.0, 2), level=AutoLevel.QUEUE) == Queue(
+        queue_position=3, estimated_start_s=6.0
+    )
+    # The orders ahead take their own level's time: three degraded ones, 0.8 s each.
+    busy = waiting(2.0, 3, degraded=3)
+    assert decide(rules, busy, level=AutoLevel.DEGRADE) == Degrade(
+        queue_position=4, estimated_start_s=pytest.approx(2.0 + 3 * DEGRADED_S)
+    )
+    # Three in full ahead: 8 s, over the target whatever the level; orders are taken
+    # again once the wait is under a quarter of the target.
+    over = decide(rules, waiting(2.0, 3), level=AutoLevel.DEGRADE)
+    assert isinstance(over, Reject)
+    assert (over.cause, over.retry_in_s) == ("wait_target", pytest.approx(8.0 - 1.5))
+    refused = decide(rules, busy, level=AutoLevel.REFUSE)
+    assert isinstance(refused, Reject)
+    assert refused.cause == "wait_target"
+    # Refusing until the wait (4.4 s) is back under a quarter of the target (1.5 s).
+    assert refused.retry_in_s == pytest.approx(2.0 + 3 * DEGRADED_S - 1.5)
+    for level in AutoLevel:
+        critical = decide(rules, busy, priority=Priority.CRITICAL, level=level)
+        assert critical == Queue(queue_position=1, estimated_start_s=2.0)

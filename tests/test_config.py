@@ -28,6 +28,13 @@ def settings_from_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> Settings:
     return Settings()
 
 
+def settings_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """What the settings say about values they refuse."""
+    with pytest.raises(ValidationError) as raised:
+        settings_from_env(monkeypatch, **env)
+    return str(raised.value)
+
+
 # --- where settings come from ---------------------------------------------------------
 
 
@@ -93,22 +100,27 @@ def test_every_delay_model_is_accepted(monkeypatch: pytest.MonkeyPatch, spec: st
     assert settings_from_env(monkeypatch, fulfilment_delay=spec).fulfilment_delay == spec
 
 
+FULFILMENT, STEPS = "fulfilment_delay", "step_delays"
+
+
 @pytest.mark.parametrize(
-    ("spec", "message"),
+    ("setting", "value", "message"),
     [
-        ("uniform:3,1", "delay 'uniform:3,1': low must not exceed high"),
-        ("gaussian:1", "unknown model 'gaussian'; use a number, fixed:S, uniform:LO,HI"),
-        ("uniform:1", "uniform takes 2 number(s)"),
-        ("fixed:-1", "arguments must be finite and >= 0"),
-        ("soon", "arguments must be numbers of seconds"),
+        (FULFILMENT, "uniform:3,1", "delay 'uniform:3,1': low must not exceed high"),
+        (FULFILMENT, "gaussian:1", "unknown model 'gaussian'; use a number, fixed:S"),
+        (FULFILMENT, "uniform:1", "uniform takes 2 number(s)"),
+        (FULFILMENT, "fixed:-1", "arguments must be finite and >= 0"),
+        (FULFILMENT, "soon", "arguments must be numbers of seconds"),
+        (STEPS, "payment", "expected a JSON object or 'step=spec;step=spec'"),
+        (STEPS, "teleport=1", "step_delays: unknown step(s) ['teleport']; steps are ['reserve'"),
+        (STEPS, "payment=uniform:3,1", "delay 'uniform:3,1': low must not exceed high"),
     ],
 )
-def test_a_bad_delay_spec_says_what_is_wrong(
-    monkeypatch: pytest.MonkeyPatch, spec: str, message: str
+def test_a_bad_delay_says_what_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, setting: str, value: str, message: str
 ) -> None:
-    with pytest.raises(ValidationError) as raised:
-        settings_from_env(monkeypatch, fulfilment_delay=spec)
-    assert message in str(raised.value)
+    """`RETAIL_FULFILMENT_DELAY` and each delay in `RETAIL_STEP_DELAYS`."""
+    assert message in settings_error(monkeypatch, **{setting: value})
 
 
 def test_retail_serve_reports_bad_settings_in_a_line_not_a_traceback() -> None:
@@ -145,9 +157,8 @@ def test_degrade_skip_steps_as_a_list(
 
 
 def test_only_optional_steps_can_be_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValidationError) as raised:
-        settings_from_env(monkeypatch, degrade_skip_steps="fraud_check,payment")
-    assert "['payment'] cannot be skipped; optional steps are ['fraud_check']" in str(raised.value)
+    error = settings_error(monkeypatch, degrade_skip_steps="fraud_check,payment")
+    assert "['payment'] cannot be skipped; optional steps are ['fraud_check']" in error
 
 
 @pytest.mark.parametrize(
@@ -159,22 +170,6 @@ def test_step_delays_as_a_mapping(monkeypatch: pytest.MonkeyPatch, value: str) -
     assert set(settings.step_delays) == {"payment", "ship"}
     # The other steps take their share of the (zero) total: an order takes 1.5 s.
     assert settings.pipeline().mean_s(ServiceLevel.FULL) == pytest.approx(1.5)
-
-
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        ("payment", "expected a JSON object or 'step=spec;step=spec'"),
-        ("teleport=1", "step_delays: unknown step(s) ['teleport']; steps are ['reserve'"),
-        ("payment=uniform:3,1", "delay 'uniform:3,1': low must not exceed high"),
-    ],
-)
-def test_bad_step_delays_say_what_is_wrong(
-    monkeypatch: pytest.MonkeyPatch, value: str, message: str
-) -> None:
-    with pytest.raises(ValidationError) as raised:
-        settings_from_env(monkeypatch, step_delays=value)
-    assert message in str(raised.value)
 
 
 def test_empty_step_delays_mean_none(monkeypatch: pytest.MonkeyPatch) -> None:

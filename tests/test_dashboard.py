@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving import environment, free_port, serving, uvicorn_command
+from tests.serving import server_in, uvicorn_command
 
 pytestmark = pytest.mark.slow
 
@@ -37,19 +37,9 @@ def browser() -> Iterator[object]:
             "the browser test needs Chromium and its driver: "
             "apt-get install chromium chromium-driver"
         )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from examples.screenshot_dashboard import browser as headless_chromium
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1440,1000",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = headless_chromium(1440, 1000, CHROMIUM, CHROMEDRIVER)
     try:
         yield driver
     finally:
@@ -97,16 +87,8 @@ def test_the_dashboard_shows_orders_flowing_and_switches_the_mode(
             field.send_keys(token)
         driver.find_element(By.CSS_SELECTOR, f".modes button[data-mode='{mode}']").click()
 
-    port = free_port()
-    env = environment(
-        f"sqlite+aiosqlite:///{tmp_path / 'retail.db'}",
-        capacity=2,
-        fulfilment_delay=0.3,
-        admin_token=TOKEN,
-        snapshot_interval_s=0.2,
-    )
-    log = tmp_path / "server.log"
-    with serving(uvicorn_command(port), port=port, env=env, cwd=tmp_path, log=log) as server:
+    settings = {"capacity": 2, "fulfilment_delay": 0.3, "admin_token": TOKEN}
+    with server_in(tmp_path, uvicorn_command, **settings, snapshot_interval_s=0.2) as server:
         driver.get(server.url + "/")
         until(
             lambda: driver.find_element(By.ID, "connection").get_attribute("data-state") == "live",
@@ -162,6 +144,12 @@ def test_the_dashboard_shows_orders_flowing_and_switches_the_mode(
             lambda: text("priority-standard").split()[-1] == str(standard["rejected"]),
             "rejections not counted per priority",
         )
+
+        # Auto mode shows the level it is at, with what it means.
+        choose_mode("auto", TOKEN)
+        until(lambda: text("mode") == "auto: queue", "the page does not show auto's level")
+        assert text("mode-hint").startswith("auto, now queueing")
+        assert httpx.get(server.url + "/capacity").json()["level"] == "queue"
 
         # A page opened now starts from the server's history: counts since the server
         # started, and charts that are not empty.

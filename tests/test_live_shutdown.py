@@ -12,7 +12,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.serving import environment, free_port, serving, uvicorn_command
+from tests.serving import server_in, uvicorn_command
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +20,9 @@ UVICORN_EXIT = {0, -signal.SIGTERM}
 
 
 async def test_sigterm_ends_open_streams_cleanly(tmp_path: Path) -> None:
-    port = free_port()
     # Orders that take a minute: the streams would stay open that long on their own.
-    env = environment(
-        f"sqlite+aiosqlite:///{tmp_path / 'retail.db'}",
-        capacity=1,
-        fulfilment_delay=60,
-        shutdown_timeout_s=0.5,
-    )
-    log = tmp_path / "server.log"
-    with serving(uvicorn_command(port), port=port, env=env, cwd=tmp_path, log=log) as server:
+    settings = {"capacity": 1, "fulfilment_delay": 60, "shutdown_timeout_s": 0.5}
+    with server_in(tmp_path, uvicorn_command, **settings) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
             order = {"customer_id": "a", "items": [{"sku": "MUG-1", "quantity": 1}]}
             ids = [(await client.post("/orders", json=order)).json()["id"] for _ in range(2)]

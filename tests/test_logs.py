@@ -16,7 +16,7 @@ import pytest
 from retail.config import LogFormat, LogLevel
 from retail.runtime.logs import configure_logging
 from tests.conftest import Running, StartApp, eventually, order_status, place
-from tests.serving import PYTHON, environment, follow, free_port, serving
+from tests.serving import follow, server_in
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -207,13 +207,7 @@ async def test_no_access_log_keeps_the_other_lines(
 
 @pytest.mark.slow
 def test_retail_serve_writes_json_lines(tmp_path: Path) -> None:
-    port = free_port()
-    env = environment(
-        f"sqlite+aiosqlite:///{tmp_path / 'retail.db'}", log_format="json", fulfilment_delay=0
-    )
-    log = tmp_path / "server.log"
-    command = [PYTHON, "-m", "retail", "serve", "--port", str(port)]
-    with serving(command, port=port, env=env, cwd=tmp_path, log=log) as server:
+    with server_in(tmp_path, log_format="json", fulfilment_delay=0) as server:
         response = httpx.post(
             f"{server.url}/orders",
             json={"customer_id": "alice", "items": [{"sku": "MUG-1", "quantity": 1}]},

@@ -10,20 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving import PYTHON, Server, environment, free_port, serving
+from tests.serving import Server, server_in
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    port = free_port()
-    env = environment(
-        f"sqlite+aiosqlite:///{tmp_path / 'retail.db'}",
-        header_timeout_s=1,
-        max_header_bytes=16384,
-        fulfilment_delay=0,
-    )
-    command = [PYTHON, "-m", "retail", "serve", "--port", str(port)]
-    with serving(command, port=port, env=env, cwd=tmp_path, log=tmp_path / "server.log") as s:
+    with server_in(tmp_path, header_timeout_s=1, max_header_bytes=16384, fulfilment_delay=0) as s:
         yield s
 
 

@@ -12,12 +12,26 @@ nothing else runs.
 Waiting orders are counted per priority (`waiting(priority)`), because a new order's
 start is estimated among the orders that start before it; the counters of decisions
 are kept per priority too (`by_priority`), their sums in `counters`.
+
+In `auto` mode `level` is the level in force (`capacity.auto_level`); it moves on
+every decision that reads the full load, and `on_level` hears each switch.
+
+Retry-After is spread (`_spread`): the estimate of when room is back is moved by an
+offset within a window centred on it, proportional to the wait (a quarter of it, at
+least one second), and rounded down to whole seconds. Successive refusals take
+successive offsets of a golden-ratio sequence, which fills the window evenly however
+many there are: a burst refused together comes back spread over the window, and on
+average exactly at the estimate (rounding down after an even offset in [0, 1) is
+unbiased; rounding up would add half a second to every answer). Deterministic: the
+same refusals get the same values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,15 +41,88 @@ from retail.core.dispatch import Dispatcher
 from retail.core.errors import CapacityExceeded, OverFairShare
 from retail.core.fairness import FairShare, OverShare
 from retail.core.pipeline import Pipeline
-from retail.core.types import OverloadMode, Priority, ServiceLevel
+from retail.core.types import AutoLevel, OverloadMode, Priority, ServiceLevel
 
 DecisionObserver = Callable[[OverloadMode, Priority, capacity.Decision], None]
+# `auto` mode switched level: (from, to, the predicted wait of a new standard order, s)
+LevelObserver = Callable[[AutoLevel, AutoLevel, float], None]
+
+_CRITICAL, _STANDARD, _SHEDDABLE = (
+    p.rank for p in (Priority.CRITICAL, Priority.STANDARD, Priority.SHEDDABLE)
+)
+SPREAD_FRACTION = 0.25  # Retry-After values of a burst spread over this share of the wait
+SPREAD_MIN_WINDOW_S = 1.0  # ... and over one second at least (Retry-After is whole seconds)
+GOLDEN_FRACTION = (math.sqrt(5) - 1) / 2  # successive offsets fill the window evenly
+
+# Read once: an enum member looked up on its class goes through a slow attribute hook
+# (Python 3.11), and these are read for every order.
+_CRITICAL_PRIORITY, _STANDARD_PRIORITY = Priority.CRITICAL, Priority.STANDARD
+_CRITICAL_RANK, _SHEDDABLE_RANK = Priority.CRITICAL.rank, Priority.SHEDDABLE.rank
 
 
 @functools.lru_cache(maxsize=1024)
 def _refusal_detail(reason: str, retry_after_s: int) -> str:
     # Cached: under overload the same few refusals are written over and over.
     return f"Order refused: {reason}. Retry in {retry_after_s} s."
+
+
+class _Levels:
+    """Waiting orders of one priority, in start order, as runs of full or degraded ones:
+    the orders ahead of a new one take their own level's time, not the level in force."""
+
+    __slots__ = ("degraded", "runs", "total")
+
+    def __init__(self) -> None:
+        self.runs: deque[list[Any]] = deque()  # [degraded, count]
+        self.total = 0
+        self.degraded = 0
+
+    def push(self, degraded: bool) -> None:
+        runs = self.runs
+        if runs and runs[-1][0] == degraded:
+            runs[-1][1] += 1
+        else:
+            runs.append([degraded, 1])
+        self.total += 1
+        self.degraded += degraded
+
+    def _drop(self, index: int) -> None:
+        runs = self.runs
+        if not runs:
+            return
+        run = runs[index]
+        run[1] -= 1
+        self.total -= 1
+        self.degraded -= run[0]
+        if not run[1]:
+            del runs[index]
+
+    def drop_first(self) -> None:
+        """The order that started first left (it started, or was cancelled or expired)."""
+        self._drop(0)
+
+    def drop_last(self) -> None:
+        """The order admitted last was not stored."""
+        self._drop(-1)
+
+    def resize(self, total: int) -> None:
+        """`total` wait now (counted elsewhere): the first have started; new ones are full."""
+        runs = self.runs
+        while self.total > total and runs:
+            run = runs[0]
+            taken = min(run[1], self.total - total)
+            run[1] -= taken
+            self.total -= taken
+            if run[0]:
+                self.degraded -= taken
+            if not run[1]:
+                runs.popleft()
+        if self.total < total:
+            if runs and not runs[-1][0]:
+                runs[-1][1] += total - self.total
+            else:
+                runs.append([False, total - self.total])
+            self.total = total
 
 
 @dataclass
@@ -58,7 +145,7 @@ class Counters:
                 self.degraded += step
 
 
-@dataclass
+@dataclass(slots=True)
 class Ticket:
     """A place taken by an admitted order; settle it once: `keep`, `release` or `withdraw`."""
 
@@ -98,6 +185,7 @@ class Admission:
         *,
         on_decision: DecisionObserver | None = None,
         fairness: FairShare | None = None,
+        on_level: LevelObserver | None = None,
     ) -> None:
         self.limits = limits
         self.pipeline = pipeline
@@ -106,6 +194,8 @@ class Admission:
         # Waiting for a slot, admitted orders not yet stored included; by `Priority.rank`.
         self._waiting = [0] * len(Priority)
         self._unsettled = [0] * len(Priority)  # admitted, not yet stored or given back
+        # The same, by service level, in start order (`_waiting` is their total).
+        self._levels = [_Levels() for _ in Priority]
         self.changes = 0  # bumped on every local change, so a stale resync is dropped
         self.counters = Counters()  # every priority
         self.by_priority: dict[Priority, Counters] = {p: Counters() for p in Priority}
@@ -114,6 +204,9 @@ class Admission:
         # What the policy plans with; the delay models do not change while it runs.
         self._full_service_s = pipeline.mean_s(ServiceLevel.FULL)
         self._degraded_service_s = pipeline.mean_s(ServiceLevel.DEGRADED)
+        self.level = AutoLevel.QUEUE  # auto mode's level in force
+        self._on_level = on_level
+        self._refusals = 0  # refusals so far: which offset the next Retry-After gets
 
     @property
     def queued(self) -> int:
@@ -131,51 +224,77 @@ class Admission:
     def load(self, now: float) -> capacity.Load:
         remaining = self.dispatcher.remaining_s(now)
         waiting = self._waiting
+        levels = self._levels
         return capacity.Load(
             in_flight=len(remaining),
             queued=sum(waiting),
             remaining_s=remaining,
             full_service_s=self._full_service_s,
             degraded_service_s=self._degraded_service_s,
-            critical_queued=waiting[Priority.CRITICAL.rank],
-            sheddable_queued=waiting[Priority.SHEDDABLE.rank],
+            critical_queued=waiting[_CRITICAL],
+            sheddable_queued=waiting[_SHEDDABLE],
+            degraded_queued=levels[_STANDARD].degraded,
+            degraded_sheddable_queued=levels[_SHEDDABLE].degraded,
         )
 
     def _ahead(self, priority: Priority) -> int:
         """Waiting orders that start before a new order of `priority` (as `Load.ahead_of`)."""
         waiting = self._waiting
-        if priority is Priority.CRITICAL:
-            return waiting[Priority.CRITICAL.rank]
+        if priority is _CRITICAL_PRIORITY:
+            return waiting[_CRITICAL_RANK]
         total = sum(waiting)
-        if priority is Priority.STANDARD:
-            return total - waiting[Priority.SHEDDABLE.rank]
+        if priority is _STANDARD_PRIORITY:
+            return total - waiting[_SHEDDABLE_RANK]
         return total
 
     def _policy(
         self, now: float, priority: Priority, start_within_s: float | None = None
-    ) -> tuple[capacity.Decision, capacity.Load | None]:
-        """`capacity.decide` on the load now; the `Load` is built only when no slot is free."""
-        at_once = capacity.admit_at_once(
-            self.limits, len(self.dispatcher.running), self._ahead(priority), priority
-        )
-        if at_once is not None:
-            return at_once, None
+    ) -> tuple[capacity.Decision, capacity.Load | None, AutoLevel]:
+        """`capacity.decide` on the load now, and auto mode's level it was decided at; the
+        `Load` is built only when no slot is free (or auto mode is above its first level)."""
+        level = self.level
+        if level is AutoLevel.QUEUE:
+            at_once = capacity.admit_at_once(
+                self.limits, len(self.dispatcher.running), self._ahead(priority), priority
+            )
+            if at_once is not None:
+                return at_once, None, level
         load = self.load(now)
+        if self.limits.mode is OverloadMode.AUTO:
+            level = capacity.auto_level(self.limits, load, level)
         decision = capacity.decide(
-            self.limits, load, priority=priority, start_within_s=start_within_s
+            self.limits, load, priority=priority, start_within_s=start_within_s, level=level
         )
-        return decision, load
+        return decision, load, level
 
     def _decide(
         self, now: float, priority: Priority, start_within_s: float | None
     ) -> tuple[capacity.Decision, capacity.Load | None]:
-        decision, load = self._policy(now, priority, start_within_s)
+        decision, load, level = self._policy(now, priority, start_within_s)
+        if level is not self.level:
+            self._set_level(level, load)
         if self._on_decision is not None:
             self._on_decision(self.limits.mode, priority, decision)
         if isinstance(decision, capacity.Reject):
             self._count_rejected(priority)
-            raise self._exceeded(decision, load, priority)
+            raise self._exceeded(decision, load, priority, now)
         return decision, load
+
+    def level_at(self, now: float) -> AutoLevel:
+        """Auto mode's level as the load stands now (it moves here too, not only when an
+        order arrives), so that views show it going back as the load falls."""
+        if self.limits.mode is OverloadMode.AUTO:
+            load = self.load(now)
+            self._set_level(capacity.auto_level(self.limits, load, self.level), load)
+        return self.level
+
+    def _set_level(self, level: AutoLevel, load: capacity.Load | None) -> None:
+        if level is self.level:
+            return
+        before, self.level = self.level, level
+        if self._on_level is not None:
+            wait_s = capacity.auto_waits(load, self.limits.capacity).now_s if load else 0.0
+            self._on_level(before, level, wait_s)
 
     def refuse_early(self, now: float) -> None:
         """Raise `CapacityExceeded` if a new order would be refused now; take nothing.
@@ -186,18 +305,19 @@ class Admission:
         """
         limits = self.limits
         if (
-            limits.mode is not OverloadMode.REJECT
+            limits.mode in (OverloadMode.QUEUE, OverloadMode.DEGRADE)
             and limits.max_queue_wait_s is None
             and sum(self._waiting) < limits.queue_limit
         ):
             return  # room in the queue: only `admit` can refuse (priority, deadline)
-        decision, load = self._policy(now, Priority.CRITICAL)
+        decision, load, level = self._policy(now, Priority.CRITICAL)
+        self._set_level(level, load)
         if isinstance(decision, capacity.Reject):
             # Counted as the order it most likely is: its priority was never read.
             if self._on_decision is not None:
                 self._on_decision(self.limits.mode, Priority.STANDARD, decision)
             self._count_rejected(Priority.STANDARD)
-            raise self._exceeded(decision, load, None)
+            raise self._exceeded(decision, load, None, now)
 
     def admit(
         self,
@@ -220,6 +340,7 @@ class Admission:
         decision, _ = self._decide(now, priority, start_within_s)
         assert not isinstance(decision, capacity.Reject)
         self._waiting[priority.rank] += 1
+        self._levels[priority.rank].push(decision.service_level is ServiceLevel.DEGRADED)
         self._unsettled[priority.rank] += 1
         self.changes += 1
         self._count_accepted(decision, priority)
@@ -278,12 +399,15 @@ class Admission:
         rank = priority.rank
         self._unsettled[rank] -= 1
         self._waiting[rank] = max(0, self._waiting[rank] + queued)
+        if queued:
+            self._levels[rank].drop_last()
         self.changes += 1
 
     def left_queue(self, priority: Priority = Priority.STANDARD) -> None:
         """A waiting order started (a worker claimed it), was cancelled or expired."""
         rank = priority.rank
         self._waiting[rank] = max(0, self._waiting[rank] - 1)
+        self._levels[rank].drop_first()
         self.changes += 1
 
     def resync(self, stored_queued: int | Mapping[Priority, int], *, read_at_change: int) -> None:
@@ -291,9 +415,12 @@ class Admission:
         per priority, or one number for orders that are all standard.
 
         `read_at_change` is `changes` when the count was read; if anything changed here
-        since, the count may be stale and is dropped (the next one will do).
+        since, the count may be stale and is dropped (the next one will do). It is dropped
+        too while an admitted order is being written: the store may count it already, and
+        it counts here until it is settled (counted twice, it would refuse orders the
+        service has room for until the next count).
         """
-        if read_at_change == self.changes:
+        if read_at_change == self.changes and not any(self._unsettled):
             self.restore(stored_queued)
 
     def restore(self, stored_queued: int | Mapping[Priority, int]) -> None:
@@ -303,6 +430,7 @@ class Admission:
         for priority in Priority:
             rank = priority.rank
             self._waiting[rank] = stored_queued.get(priority, 0) + self._unsettled[rank]
+            self._levels[rank].resize(self._waiting[rank])
 
     def estimated_start_s(self, now: float, queue_position: int, level: ServiceLevel) -> float:
         """Estimated seconds until the waiting order at `queue_position` (1-based, in start
@@ -313,23 +441,42 @@ class Admission:
 
     def update(self, **changes: Any) -> None:
         """New limits (mode, capacity, queue_limit, max_queue_wait_s, critical_reserve,
-        sheddable_max_wait_s) from now on."""
+        sheddable_max_wait_s, target_wait_s) from now on."""
         self.limits = dataclasses.replace(self.limits, **changes)
         self.dispatcher.capacity = self.limits.capacity
+        if self.limits.mode is not OverloadMode.AUTO:
+            self._set_level(AutoLevel.QUEUE, None)  # entering auto starts from its first level
+
+    def _spread(self, decision: capacity.Reject) -> int:
+        """The Retry-After for `decision`: its estimate, dithered by the next offset."""
+        wait_s = decision.retry_in_s
+        window = SPREAD_FRACTION * wait_s
+        if window < SPREAD_MIN_WINDOW_S:
+            window = SPREAD_MIN_WINDOW_S
+        self._refusals = n = self._refusals + 1
+        # Never negative (the window's lower half is at most an eighth of the wait, or
+        # nothing), so int() rounds down.
+        value = int(wait_s + window * ((n * GOLDEN_FRACTION) % 1.0) - (window - 1.0) / 2)
+        return value if value > 1 else 1
 
     def _exceeded(
-        self, decision: capacity.Reject, load: capacity.Load | None, priority: Priority | None
+        self,
+        decision: capacity.Reject,
+        load: capacity.Load | None,
+        priority: Priority | None,
+        now: float,
     ) -> CapacityExceeded:
         assert load is not None  # refused only when no slot is free: the full load was read
+        retry_s = self._spread(decision)
         # Who asked for more than the plain order is told which of it was refused.
         asked: dict[str, Any] = {}
         if priority is not None and priority is not Priority.STANDARD:
             asked["priority"] = priority.value
-        if decision.cause in ("reserved", "sheddable", "deadline"):
+        if decision.cause in ("reserved", "sheddable", "deadline", "wait_target"):
             asked["cause"] = decision.cause
         return CapacityExceeded(
-            _refusal_detail(decision.reason, decision.retry_after_s),
-            retry_after_s=decision.retry_after_s,
+            _refusal_detail(decision.reason, retry_s),
+            retry_after_s=retry_s,
             mode=self.limits.mode.value,
             capacity=self.limits.capacity,
             in_flight=load.in_flight,

@@ -14,6 +14,16 @@ that only critical orders may take (fulfilment slots in `reject` mode, queue pla
 in `queue` and `degrade` modes); a sheddable order is taken only if it can start
 within `Limits.sheddable_max_wait_s`; the degraded path is never given to a critical
 order. A deadline (`start_within_s`) refuses an order whose estimated start is later.
+
+`auto` mode (`auto_level`, then `decide(..., level=...)`): an order that can start at
+once is admitted; otherwise the predicted wait of a new standard order (the orders
+ahead each at their own level: `ahead_service_s`) picks a level: queue in full while
+it is within `Limits.target_wait_s`; past it, refuse until the wait is back under
+`AUTO_EXIT_FRACTION` of the target (hysteresis: the level does not flap with every
+order, and a refusing spell is long enough for a whole-second Retry-After to say
+when it ends); then the reduced path, while the wait stays within the target, back
+to queue once the backlog is gone. Critical orders are never degraded, and
+are queued while their own wait (behind critical orders only) meets the target.
 """
 
 from __future__ import annotations
@@ -23,7 +33,10 @@ import heapq
 import math
 from dataclasses import dataclass
 
-from retail.core.types import OverloadMode, Priority, ServiceLevel
+from retail.core.types import AutoLevel, OverloadMode, Priority, ServiceLevel
+
+AUTO_EXIT_FRACTION = 0.25  # a level entered above the target is left below this share of it
+DEFAULT_TARGET_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +47,7 @@ class Limits:
     max_queue_wait_s: float | None = None
     critical_reserve: int = 0  # slots (reject mode) or queue places only critical orders take
     sheddable_max_wait_s: float = 0.0  # a sheddable order is taken if it starts within this
+    target_wait_s: float = DEFAULT_TARGET_WAIT_S  # auto mode: the longest wait it plans for
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +64,9 @@ class Load:
     # (they start after all others); the rest are standard.
     critical_queued: int = 0
     sheddable_queued: int = 0
+    # Of `queued`: those on the reduced path (never critical), standard and sheddable.
+    degraded_queued: int = 0
+    degraded_sheddable_queued: int = 0
 
     def ahead_of(self, priority: Priority) -> int:
         """Waiting orders that start before a new order of `priority`."""
@@ -93,7 +110,9 @@ class Reject:
 
     retry_after_s: int
     reason: str
-    cause: str = "slots_busy"  # slots_busy, reserved, queue_full, wait_limit, sheddable, deadline
+    # slots_busy, reserved, queue_full, wait_limit, sheddable, deadline, wait_target (auto)
+    cause: str = "slots_busy"
+    retry_in_s: float = 0.0  # the estimate `retry_after_s` rounds up: when room is back
 
 
 Decision = Admit | Queue | Degrade | Reject
@@ -101,7 +120,9 @@ Decision = Admit | Queue | Degrade | Reject
 
 def slot_free_times(load: Load, capacity: int) -> list[float]:
     """When each of the `capacity` slots is next free for a waiting order, soonest first."""
-    busy = sorted([r if r > 0.0 else 0.0 for r in load.remaining_s])
+    busy = sorted(load.remaining_s)  # the `Dispatcher` gives them sorted already: cheap
+    if busy and busy[0] < 0.0:  # late orders (the `Dispatcher` gives 0 for those)
+        busy = [r if r > 0.0 else 0.0 for r in busy]
     if len(busy) >= capacity:
         # Over capacity (it was lowered at run time): a slot frees only once enough finish.
         return busy[len(busy) - capacity :]
@@ -128,7 +149,8 @@ def estimated_start_s(load: Load, capacity: int, waiting_index: int, service_s: 
     while index > 0 and latest - free[0] > service_s:
         freed_again = free[0] + service_s
         heapq.heapreplace(free, freed_again)
-        latest = max(latest, freed_again)
+        if freed_again > latest:
+            latest = freed_again
         index -= 1
     rounds, slot = divmod(index, capacity)
     return sorted(free)[slot] + rounds * service_s
@@ -176,15 +198,73 @@ def admit_at_once(
     return None
 
 
+def _reject(wait_s: float, reason: str, cause: str) -> Reject:
+    return Reject(
+        retry_after_s=retry_after_s(wait_s), reason=reason, cause=cause, retry_in_s=max(0.0, wait_s)
+    )
+
+
+def ahead_service_s(load: Load, priority: Priority) -> float:
+    """The mean service time of the waiting orders that start before a new order of
+    `priority`, each at the level it was accepted on."""
+    ahead = load.ahead_of(priority)
+    if ahead <= 0 or priority is Priority.CRITICAL:
+        return load.full_service_s
+    degraded = load.degraded_queued
+    if priority is Priority.SHEDDABLE:
+        degraded += load.degraded_sheddable_queued
+    degraded = min(degraded, ahead)
+    return ((ahead - degraded) * load.full_service_s + degraded * load.degraded_service_s) / ahead
+
+
+@dataclass(frozen=True, slots=True)
+class AutoWaits:
+    """The predicted start of a new standard order, seconds from now."""
+
+    now_s: float  # behind the orders waiting now, each at its own level
+    full_s: float  # were they all in full
+
+
+def auto_waits(load: Load, capacity: int) -> AutoWaits:
+    index = load.ahead_of(Priority.STANDARD)
+    return AutoWaits(
+        now_s=estimated_start_s(load, capacity, index, ahead_service_s(load, Priority.STANDARD)),
+        full_s=estimated_start_s(load, capacity, index, load.full_service_s),
+    )
+
+
+def auto_level(limits: Limits, load: Load, level: AutoLevel) -> AutoLevel:
+    """The level `auto` mode moves to from `level` at `load` (hysteresis included).
+
+    Up: to refuse when the predicted wait is over the target (whatever the path, a new
+    order would not start within it). Down, only well under the target (its
+    `AUTO_EXIT_FRACTION`): from refuse to degrade, the reduced path, which keeps the
+    wait within the target where full service would not; from degrade to queue once
+    the backlog is gone (a slot is free and no order waits).
+    """
+    waits = auto_waits(load, limits.capacity)
+    target = limits.target_wait_s
+    back = AUTO_EXIT_FRACTION * target
+    if level is AutoLevel.REFUSE:
+        return AutoLevel.DEGRADE if waits.now_s <= back else AutoLevel.REFUSE
+    if waits.now_s > target:
+        return AutoLevel.REFUSE
+    if level is AutoLevel.DEGRADE and waits.full_s > 0.0:
+        return AutoLevel.DEGRADE
+    return AutoLevel.QUEUE
+
+
 def decide(
     limits: Limits,
     load: Load,
     *,
     priority: Priority = Priority.STANDARD,
     start_within_s: float | None = None,
+    level: AutoLevel = AutoLevel.QUEUE,
 ) -> Decision:
     """The decision for one new order of `priority`, worth fulfilling only if it starts
-    within `start_within_s` seconds (None: whenever)."""
+    within `start_within_s` seconds (None: whenever). `level`: `auto` mode's level in
+    force (`auto_level`); other modes ignore it."""
     capacity = limits.capacity
     critical = priority is Priority.CRITICAL
     reserve = 0 if critical else limits.critical_reserve
@@ -202,59 +282,78 @@ def decide(
             load, capacity, waiting_index + slot_reserve, load.full_service_s
         )
         held = load.in_flight + waiting_index < capacity
-        return Reject(
-            retry_after_s=retry_after_s(room_s),
-            reason=(
+        return _reject(
+            room_s,
+            (
                 f"the free slots are held for critical orders ({slot_reserve} of {capacity} "
                 f"reserved, {load.in_flight} in fulfilment)"
                 if held
                 else _slots_taken(capacity, load.in_flight, load.queued)
             ),
-            cause="reserved" if held else "slots_busy",
+            "reserved" if held else "slots_busy",
         )
 
-    service_s = (
-        load.degraded_service_s if limits.mode is OverloadMode.DEGRADE else load.full_service_s
+    auto = limits.mode is OverloadMode.AUTO
+    degrading = not critical and (
+        limits.mode is OverloadMode.DEGRADE or (auto and level is not AutoLevel.QUEUE)
     )
+    if auto:  # the orders ahead at their own levels
+        service_s = ahead_service_s(load, priority)
+    elif limits.mode is OverloadMode.DEGRADE:
+        service_s = load.degraded_service_s
+    else:
+        service_s = load.full_service_s
     queue_limit = max(0, limits.queue_limit - reserve)
     if load.queued >= queue_limit:
         # Room comes back when the order at the head of the excess starts.
         excess = load.queued - queue_limit
         kept = f"; {_count(reserve, 'place')} held for critical orders" if reserve else ""
-        return Reject(
-            retry_after_s=retry_after_s(estimated_start_s(load, capacity, excess, service_s)),
-            reason=f"the queue is full ({load.queued} of {limits.queue_limit} waiting{kept})",
-            cause="queue_full",
+        return _reject(
+            estimated_start_s(load, capacity, excess, service_s),
+            f"the queue is full ({load.queued} of {limits.queue_limit} waiting{kept})",
+            "queue_full",
         )
     start_s = estimated_start_s(load, capacity, waiting_index, service_s)
     if limits.max_queue_wait_s is not None and start_s > limits.max_queue_wait_s:
-        return Reject(
-            retry_after_s=retry_after_s(start_s - limits.max_queue_wait_s),
-            reason=(
-                f"the estimated wait {start_s:.1f} s exceeds the limit "
-                f"{limits.max_queue_wait_s:g} s"
-            ),
-            cause="wait_limit",
+        return _reject(
+            start_s - limits.max_queue_wait_s,
+            f"the estimated wait {start_s:.1f} s exceeds the limit {limits.max_queue_wait_s:g} s",
+            "wait_limit",
         )
+    if auto and (start_s > limits.target_wait_s or (level is AutoLevel.REFUSE and not critical)):
+        target = limits.target_wait_s
+        if critical:
+            wait_s = start_s - target
+            reason = f"the estimated wait {start_s:.1f} s is over the target {target:g} s"
+        else:
+            # Taken again once the level is back down: the wait under `back`.
+            back = AUTO_EXIT_FRACTION * target
+            now_s = auto_waits(load, capacity).now_s
+            wait_s = now_s - back
+            reason = (
+                f"the estimated wait {now_s:.1f} s is over the target {target:g} s; orders "
+                f"are taken again once it is under {back:g} s"
+            )
+        return _reject(wait_s, reason, "wait_target")
     if priority is Priority.SHEDDABLE and start_s > limits.sheddable_max_wait_s:
-        return Reject(
-            retry_after_s=retry_after_s(start_s - limits.sheddable_max_wait_s),
-            reason=(
+        return _reject(
+            start_s - limits.sheddable_max_wait_s,
+            (
                 f"a sheddable order is taken only if it can start within "
                 f"{limits.sheddable_max_wait_s:g} s; the estimated start is in {start_s:.1f} s"
             ),
-            cause="sheddable",
+            "sheddable",
         )
     if start_within_s is not None and start_s > start_within_s:
-        return Reject(
-            retry_after_s=retry_after_s(start_s - start_within_s),
-            reason=(
+        return _reject(
+            start_s - start_within_s,
+            (
                 f"it cannot start within {start_within_s:g} s "
                 f"(start_within_s); the estimated start is in {start_s:.1f} s"
             ),
-            cause="deadline",
+            "deadline",
         )
-    if limits.mode is OverloadMode.DEGRADE and not critical:
+    if degrading:
         return Degrade(queue_position=position, estimated_start_s=start_s)
     return Queue(queue_position=position, estimated_start_s=start_s)
 

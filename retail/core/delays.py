@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Protocol
 
 
@@ -28,6 +28,12 @@ class DelayModel(Protocol):
     def sample(self, rng: random.Random) -> float: ...
 
     def scaled(self, factor: float) -> DelayModel: ...
+
+
+def spec_of(model: Fixed | Uniform | Exponential | Lognormal) -> str:
+    """A model's delay spec, as `parse_delay` reads it: `uniform:1,3`."""
+    numbers = ",".join(f"{value:g}" for value in astuple(model))
+    return f"{type(model).__name__.lower()}:{numbers}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +50,7 @@ class Fixed:
     def scaled(self, factor: float) -> Fixed:
         return Fixed(self.seconds * factor)
 
-    def __str__(self) -> str:
-        return f"fixed:{self.seconds:g}"
+    __str__ = spec_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +68,7 @@ class Uniform:
     def scaled(self, factor: float) -> Uniform:
         return Uniform(self.low_s * factor, self.high_s * factor)
 
-    def __str__(self) -> str:
-        return f"uniform:{self.low_s:g},{self.high_s:g}"
+    __str__ = spec_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +87,7 @@ class Exponential:
     def scaled(self, factor: float) -> Exponential:
         return Exponential(self.mean * factor)
 
-    def __str__(self) -> str:
-        return f"exponential:{self.mean:g}"
+    __str__ = spec_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +110,7 @@ class Lognormal:
     def scaled(self, factor: float) -> Lognormal:
         return Lognormal(self.mean * factor, self.sigma)
 
-    def __str__(self) -> str:
-        return f"lognormal:{self.mean:g},{self.sigma:g}"
+    __str__ = spec_of
 
 
 def parse_delay(spec: str) -> DelayModel:

@@ -4,7 +4,9 @@
 when it started and when its plan says it ends. Admission reads it to know how long
 each slot stays busy; the worker pool writes it as orders start and end; the
 simulator does both on its virtual clock. Time is a float of seconds on the caller's
-timeline (`now`), never read here.
+timeline (`now`), never read here. The planned ends are also kept in order, soonest
+first, so that reading when the slots free needs neither a scan nor a sort: the
+policy reads it on every order that finds the slots busy.
 
 `WaitingLine` is the start order of waiting orders: by priority, first come first
 served within a priority. The store keeps the same order for the orders it holds
@@ -14,6 +16,7 @@ store, keep their waiting orders here.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
@@ -38,7 +41,9 @@ class Running:
 class Dispatcher(Generic[Key]):
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        # Read it freely; change it through `start` and `finish` (or clear it outright).
         self.running: dict[Key, Running] = {}
+        self._ends: list[float] = []  # the `expected_end` of each running order, sorted
 
     @property
     def in_flight(self) -> int:
@@ -50,27 +55,48 @@ class Dispatcher(Generic[Key]):
 
     def start(self, key: Key, *, now: float, planned_s: float) -> Running:
         """`key` takes a slot at `now` for `planned_s` seconds."""
-        running = Running(started_at=now, expected_end=now + planned_s)
+        end = now + planned_s
+        running = Running(now, end)
+        previous = self.running.get(key)
         self.running[key] = running
+        if previous is not None:  # started again: its earlier plan no longer holds the slot
+            self._drop(previous.expected_end)
+        insort(self._ends, end)
         return running
 
     def finish(self, key: Key) -> Running | None:
         """`key` gives its slot back (None if it held none)."""
-        return self.running.pop(key, None)
+        running = self.running.pop(key, None)
+        if running is not None:
+            self._drop(running.expected_end)
+        return running
+
+    def _drop(self, end: float) -> None:
+        ends = self._ends
+        at = bisect_left(ends, end)
+        if at < len(ends) and ends[at] == end:
+            del ends[at]
+
+    def ends(self) -> list[float]:
+        """The planned end of each in-flight order, soonest first (do not change it)."""
+        ends = self._ends
+        if len(ends) != len(self.running):  # `running` was changed directly (e.g. cleared)
+            ends[:] = sorted(r.expected_end for r in self.running.values())
+        return ends
 
     def remaining_s(self, now: float) -> tuple[float, ...]:
-        """Seconds until each in-flight order is expected to end (never negative)."""
-        return tuple(
-            [r.expected_end - now if r.expected_end > now else 0.0 for r in self.running.values()]
-        )
+        """Seconds until each in-flight order is expected to end (never negative), soonest
+        first."""
+        return tuple([end - now if end > now else 0.0 for end in self.ends()])
 
     def next_free_s(self, now: float) -> float:
         """Seconds until a slot is free: 0 if one is free now."""
         if self.free_slots:
             return 0.0
-        remaining = sorted(self.remaining_s(now))
+        ends = self.ends()
         # Over capacity (it was lowered): a slot frees once enough orders end.
-        return remaining[len(remaining) - self.capacity] if remaining else 0.0
+        end = ends[len(ends) - self.capacity] if ends else now
+        return end - now if end > now else 0.0
 
 
 class WaitingLine(Generic[Item]):

@@ -39,21 +39,27 @@ PAYMENT_STEP = "payment"
 
 
 class PlannedStep(NamedTuple):
-    # A named tuple, not a frozen dataclass: a plan makes one per step, and a simulation
-    # plans millions of orders.
     name: str
     delay_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    steps: tuple[PlannedStep, ...]
+    # The steps' names and delays side by side, not a `PlannedStep` each: a simulation
+    # plans millions of orders and needs only the delays.
+    names: tuple[str, ...]
+    delays_s: tuple[float, ...]
     skipped: tuple[str, ...]
     payment_declined: bool
 
     @property
+    def steps(self) -> tuple[PlannedStep, ...]:
+        """The steps in order, each with its delay."""
+        return tuple(map(PlannedStep._make, zip(self.names, self.delays_s, strict=True)))
+
+    @property
     def total_s(self) -> float:
-        return sum(step.delay_s for step in self.steps)
+        return sum(self.delays_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,37 +175,28 @@ class Pipeline:
             drawn = self._draws[level, line_count] = self._prepare(level, line_count)
         factor = drawn.factor
         if drawn.fixed is not None:  # nothing to draw
-            steps = drawn.fixed
+            delays = drawn.fixed
         elif drawn.exponential is not None:
             # `Exponential.sample` written out (the same draw, the same arithmetic).
             draw = rng.random
-            steps = tuple(
-                [
-                    _new_step(PlannedStep, (name, -_log(1.0 - draw()) / rate * factor))
-                    for name, rate in drawn.exponential
-                ]
-            )
+            delays = tuple([-_log(1.0 - draw()) / rate * factor for rate in drawn.exponential])
         else:
-            steps = tuple(
-                [
-                    _new_step(PlannedStep, (name, sample(rng) * factor))
-                    for name, sample in drawn.samplers
-                ]
-            )
+            delays = tuple([sample(rng) * factor for sample in drawn.samplers])
         declined = rng.random() < self.decline_probability
-        return Plan(steps=steps, skipped=drawn.skipped, payment_declined=declined)
+        return Plan(drawn.names, delays, drawn.skipped, declined)
 
     def _prepare(self, level: ServiceLevel, line_count: int) -> _Draws:
         models = self.step_models(level)
         factor = self._factor(level, line_count)
         fixed = exponential = None
         if all(isinstance(model, Fixed) for _, model in models):
-            fixed = tuple(PlannedStep(name, model.mean_s * factor) for name, model in models)
+            fixed = tuple(model.mean_s * factor for _, model in models)
         elif all(isinstance(model, Exponential) and model.mean > 0 for _, model in models):
-            exponential = tuple((name, 1 / cast(Exponential, model).mean) for name, model in models)
+            exponential = tuple(1 / cast(Exponential, model).mean for _, model in models)
         return _Draws(
             factor=factor,
-            samplers=tuple((name, model.sample) for name, model in models),
+            names=tuple(name for name, _ in models),
+            samplers=tuple(model.sample for _, model in models),
             skipped=self.skipped(level),
             fixed=fixed,
             exponential=exponential,
@@ -207,14 +204,14 @@ class Pipeline:
 
 
 _log = math.log
-_new_step = tuple.__new__  # `PlannedStep(name, delay_s)` without the call through its `__new__`
 
 
 class _Draws(NamedTuple):
     """What `Pipeline.plan` needs for one service level and line count, besides the draws."""
 
     factor: float
-    samplers: tuple[tuple[str, Callable[[random.Random], float]], ...]
+    names: tuple[str, ...]  # of the steps, in order
+    samplers: tuple[Callable[[random.Random], float], ...]  # of the steps, in order
     skipped: tuple[str, ...]
-    fixed: tuple[PlannedStep, ...] | None  # every delay fixed: the steps are always these
-    exponential: tuple[tuple[str, float], ...] | None  # every delay exponential: 1 / mean each
+    fixed: tuple[float, ...] | None  # every delay fixed: the delays are always these
+    exponential: tuple[float, ...] | None  # every delay exponential: 1 / mean of each step

@@ -11,6 +11,15 @@ class OverloadMode(enum.StrEnum):
     QUEUE = "queue"
     REJECT = "reject"
     DEGRADE = "degrade"
+    AUTO = "auto"  # queue, degrade or refuse by the predicted wait (`AutoLevel`)
+
+
+class AutoLevel(enum.StrEnum):
+    """What `auto` mode does now with an order that cannot start at once."""
+
+    QUEUE = "queue"  # the predicted wait is within the target: wait in full
+    DEGRADE = "degrade"  # only the reduced path meets the target: take it
+    REFUSE = "refuse"  # not even the reduced path meets it: 503
 
 
 class OrderStatus(enum.StrEnum):
@@ -46,10 +55,9 @@ class Priority(enum.StrEnum):
     STANDARD = "standard"
     SHEDDABLE = "sheddable"
 
-    @property
-    def rank(self) -> int:
-        """0 starts first: the value stored with the order and sorted on."""
-        return _RANKS[self]
+    # 0 starts first: the value stored with the order and sorted on. A plain attribute of
+    # each member (set below), not a property: the policy reads it for every order.
+    rank: int
 
     @classmethod
     def of_rank(cls, rank: int) -> Priority:
@@ -57,4 +65,5 @@ class Priority(enum.StrEnum):
 
 
 _BY_RANK = tuple(Priority)
-_RANKS = {priority: rank for rank, priority in enumerate(_BY_RANK)}
+for _rank, _priority in enumerate(_BY_RANK):
+    _priority.rank = _rank

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from retail.loadgen.process import ServerFailed, free_port, serving
 from retail.loadgen.runner import TERMINAL_STATUSES, parse_retry_after
-from retail.loadgen.timeline import Span, span_of
+from retail.loadgen.timeline import Span, elapsed, span_of
 
 CUSTOMERS = ("Alice", "Bob", "Charlie")
 DEFAULT_CAPACITIES = (1, 3)
@@ -60,7 +60,7 @@ class CustomerOrder:
     span: Span | None
 
     def _at(self, moment: float | None) -> float | None:
-        return None if moment is None else max(0.0, moment - self.placed_at)
+        return elapsed(self.placed_at, moment)
 
     @property
     def started_s(self) -> float | None:

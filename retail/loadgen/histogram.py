@@ -24,7 +24,7 @@ the JSON report, where hdrhistogram exports a compressed blob.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 DEFAULT_BITS = 10
@@ -42,20 +42,11 @@ class Percentiles:
     p50_s: float | None
     p90_s: float | None
     p99_s: float | None
-    p999_s: float | None
+    p99_9_s: float | None
     max_s: float | None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "count": self.count,
-            "min_s": self.min_s,
-            "mean_s": self.mean_s,
-            "p50_s": self.p50_s,
-            "p90_s": self.p90_s,
-            "p99_s": self.p99_s,
-            "p99_9_s": self.p999_s,
-            "max_s": self.max_s,
-        }
+        return asdict(self)
 
 
 class LatencyHistogram:
@@ -145,7 +136,7 @@ class LatencyHistogram:
             p50_s=p50,
             p90_s=p90,
             p99_s=p99,
-            p999_s=p999,
+            p99_9_s=p999,
             max_s=None if self.max_us is None else self.max_us / US_PER_S,
         )
 

@@ -11,7 +11,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from retail.loadgen.report import Summary, describe_run, ms
+from retail.loadgen.report import Summary, accepted_text, describe_run, fulfilled_text, ms
 from retail.loadgen.runner import LoadRun
 from retail.loadgen.thresholds import ThresholdResult
 
@@ -36,23 +36,13 @@ def _row(*cells: str, header: bool = False) -> str:
 def _overview(summary: Summary) -> str:
     rows = [
         ("offered", f"{summary.orders} orders in {summary.duration_s:g} s"),
-        (
-            "accepted",
-            f"{summary.accepted} (full {summary.accepted_full}, "
-            f"degraded {summary.accepted_degraded})",
-        ),
+        ("accepted", accepted_text(summary)),
         ("refused", str(summary.refused)),
         ("errors", str(summary.errors)),
         ("late sends", str(summary.late_sends)),
     ]
     if summary.followed:
-        rows.append(
-            (
-                "fulfilled",
-                f"{summary.fulfilled} (failed {summary.failed}, cancelled {summary.cancelled}, "
-                f"unfinished {summary.unfinished})",
-            )
-        )
+        rows.append(("fulfilled", fulfilled_text(summary)))
         goodput = f"{summary.goodput_per_s or 0.0:.2f}/s"
         if summary.limit_per_s is not None:
             goodput += f" (the service's limit: {summary.limit_per_s:.2f}/s)"

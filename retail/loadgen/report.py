@@ -341,10 +341,7 @@ def overview_table(summary: Summary, *, title: str | None = None) -> Table:
         "offered",
         f"{summary.orders} orders in {summary.duration_s:g} s = {_rate(summary.offered_rate)}",
     )
-    table.add_row(
-        "accepted",
-        f"{summary.accepted} (full {summary.accepted_full}, degraded {summary.accepted_degraded})",
-    )
+    table.add_row("accepted", accepted_text(summary))
     refused = f"{summary.refused}" + (
         f" ({_by(summary.refused_by_problem)})" if summary.refused_by_problem else ""
     )
@@ -366,11 +363,7 @@ def overview_table(summary: Summary, *, title: str | None = None) -> Table:
         late += "  [yellow]the client was busy: lower the rate[/yellow]"
     table.add_row("late sends", late)
     if summary.followed:
-        table.add_row(
-            "fulfilled",
-            f"{summary.fulfilled} (failed {summary.failed}, cancelled {summary.cancelled}, "
-            f"unfinished {summary.unfinished})",
-        )
+        table.add_row("fulfilled", fulfilled_text(summary))
         good = f"{_rate(summary.goodput_per_s)} fulfilled"
         if summary.limit_per_s is not None:
             good += f" (the service's limit: {_rate(summary.limit_per_s)})"
@@ -403,7 +396,7 @@ def latency_table(summary: Summary) -> Table:
             ms(p.p50_s),
             ms(p.p90_s),
             ms(p.p99_s),
-            ms(p.p999_s),
+            ms(p.p99_9_s),
             ms(p.max_s),
         )
     return table
@@ -413,6 +406,21 @@ def render_summary(run: LoadRun, summary: Summary | None = None) -> RenderableTy
     summary = summary or summarize(run)
     title = f"[bold]retail load[/bold] {run.url} {describe_run(run)}"
     return Group(overview_table(summary, title=title), "", latency_table(summary))
+
+
+def accepted_text(summary: Summary) -> str:
+    """`12 (full 10, degraded 2)`."""
+    return (
+        f"{summary.accepted} (full {summary.accepted_full}, degraded {summary.accepted_degraded})"
+    )
+
+
+def fulfilled_text(summary: Summary) -> str:
+    """`10 (failed 1, cancelled 0, unfinished 1)`."""
+    return (
+        f"{summary.fulfilled} (failed {summary.failed}, cancelled {summary.cancelled}, "
+        f"unfinished {summary.unfinished})"
+    )
 
 
 def describe_run(run: LoadRun) -> str:

@@ -24,7 +24,7 @@ import email.utils
 import random
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ import httpx
 
 from retail.loadgen.pacer import MonotonicTimer, Timer, pace
 from retail.loadgen.schedule import Arrivals, Schedule, due_times
+from retail.loadgen.timeline import elapsed
 
 DEFAULT_SKU = "MUG-1"
 DEFAULT_MAX_ORDERS = 10_000
@@ -139,15 +140,12 @@ class OrderResult:
 
     @property
     def send_lag_s(self) -> float | None:
-        moment = self.sent_s if self.sent_s is not None else self.started_s
-        return None if moment is None else max(0.0, moment - self.due_s)
+        return elapsed(self.due_s, self.sent_s if self.sent_s is not None else self.started_s)
 
     @property
     def wait_s(self) -> float | None:
         """Server time from stored to fulfilment started (time in the queue)."""
-        if self.created_at is None or self.started_at is None:
-            return None
-        return max(0.0, self.started_at - self.created_at)
+        return elapsed(self.created_at, self.started_at)
 
     @property
     def start_s(self) -> float | None:
@@ -215,13 +213,7 @@ class CapacitySample:
     queued: int
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "t_s": self.t_s,
-            "mode": self.mode,
-            "capacity": self.capacity,
-            "in_flight": self.in_flight,
-            "queued": self.queued,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,13 +240,7 @@ class ServiceInfo:
         return text
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "capacity": self.capacity,
-            "full_service_s": self.full_service_s,
-            "queue_limit": self.queue_limit,
-            "limit_per_s": self.limit_per_s,
-        }
+        return {**asdict(self), "limit_per_s": self.limit_per_s}
 
     @classmethod
     def from_capacity(cls, data: dict[str, Any]) -> ServiceInfo | None:

@@ -9,6 +9,13 @@ START_KINDS = frozenset({"started", "resumed"})
 END_KINDS = frozenset({"fulfilled", "failed", "cancelled", "expired"})
 
 
+def elapsed(start: float | None, end: float | None) -> float | None:
+    """Seconds from `start` to `end`, never negative; None unless both are known."""
+    if start is None or end is None:
+        return None
+    return max(0.0, end - start)
+
+
 @dataclass(frozen=True, slots=True)
 class Span:
     """Epoch seconds; `started` is None for an order that never started (cancelled)."""
@@ -20,14 +27,11 @@ class Span:
 
     @property
     def wait_s(self) -> float | None:
-        end = self.started if self.started is not None else self.finished
-        return None if end is None else max(0.0, end - self.created)
+        return elapsed(self.created, self.started if self.started is not None else self.finished)
 
     @property
     def work_s(self) -> float | None:
-        if self.started is None or self.finished is None:
-            return None
-        return max(0.0, self.finished - self.started)
+        return elapsed(self.started, self.finished)
 
 
 def span_of(

@@ -29,11 +29,12 @@ from typing import Any
 
 from retail.config import LogFormat, LogLevel
 from retail.core.events import OrderEvent
-from retail.core.types import OrderStatus
+from retail.core.types import AutoLevel, OrderStatus
 
 request_id: ContextVar[str | None] = ContextVar("retail_request_id", default=None)
 
 transitions = logging.getLogger("retail.orders")
+capacity_log = logging.getLogger("retail.capacity")
 
 # Where each kind of event comes from: the lifecycle is fixed (see OrderStatus).
 FROM_STATUS: dict[str, OrderStatus | None] = {
@@ -254,6 +255,25 @@ def log_transition(notice: OrderEvent) -> None:
                 "to_status": notice.status.value,
                 "step": step_name,
                 **({"reason": reason} if reason else {}),
+            },
+        },
+    )
+
+
+def log_level_switch(before: AutoLevel, after: AutoLevel, wait_s: float) -> None:
+    """One line each time `auto` mode changes level, with the predicted wait behind it."""
+    capacity_log.info(
+        "auto mode: %s -> %s (predicted wait %.2f s)",
+        before.value,
+        after.value,
+        wait_s,
+        extra={
+            "request_id": request_id.get(),
+            "fields": {
+                "event": "auto_level",
+                "from_level": before.value,
+                "to_level": after.value,
+                "predicted_wait_s": round(wait_s, 3),
             },
         },
     )

@@ -28,7 +28,7 @@ from prometheus_client.exposition import choose_encoder
 
 from retail.core import capacity
 from retail.core.events import OrderEvent
-from retail.core.types import OverloadMode, Priority
+from retail.core.types import AutoLevel, OverloadMode, Priority
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -77,6 +77,15 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemostrecent",
         )
+        self.overload_level = Gauge(
+            "retail_overload_level",
+            "1 for the level `auto` mode is at (queue, degrade or refuse), 0 for the others; "
+            "queue in the other modes.",
+            ["level"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.level_switched(AutoLevel.QUEUE)
         self.queue_oldest_age = Gauge(
             "retail_queue_oldest_age_seconds",
             "How long the oldest queued order has waited; 0 when none waits.",
@@ -168,6 +177,11 @@ class Metrics:
             )
             self._decisions[key] = child
         child.inc()
+
+    def level_switched(self, level: AutoLevel, *_: object) -> None:
+        """`auto` mode is at `level` now (extra arguments, as a `LevelObserver` gets, ignored)."""
+        for each in AutoLevel:
+            self.overload_level.labels(each.value).set(1 if each is level else 0)
 
     def order_started(self, queue_wait_s: float | None) -> None:
         """A worker claimed an order; `queue_wait_s` is None when it resumes one."""

@@ -8,14 +8,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from retail.config import Settings
-from retail.core.admission import Admission
+from retail.core.admission import Admission, LevelObserver
 from retail.core.fairness import FairShare
 from retail.core.pipeline import Pipeline
+from retail.core.types import AutoLevel
 from retail.runtime.bus import EventBus
 from retail.runtime.clock import Clock
 from retail.runtime.idempotency import Idempotency
 from retail.runtime.ingest import Ingest
-from retail.runtime.logs import log_transition
+from retail.runtime.logs import log_level_switch, log_transition
 from retail.runtime.metrics import Metrics
 from retail.runtime.pool import WorkerPool
 from retail.runtime.streams import StreamSlots
@@ -40,6 +41,16 @@ class Services:
     idempotency: Idempotency
     streams: StreamSlots
     metrics: Metrics
+
+
+def _level_observer(metrics: Metrics) -> LevelObserver:
+    """An `auto` mode switch: logged, and shown in the `/metrics` gauge."""
+
+    def switched(before: AutoLevel, after: AutoLevel, wait_s: float) -> None:
+        log_level_switch(before, after, wait_s)
+        metrics.level_switched(after)
+
+    return switched
 
 
 def sql_store(settings: Settings) -> SqlStore:
@@ -73,7 +84,11 @@ async def running_services(
             fairness = FairShare(fair_limits, on_outcome=metrics.fair_checked)
             fairness.rebuild(await store.count_active_by_customer())
         admission = Admission(
-            settings.limits(), pipeline, on_decision=metrics.decided, fairness=fairness
+            settings.limits(),
+            pipeline,
+            on_decision=metrics.decided,
+            fairness=fairness,
+            on_level=_level_observer(metrics),
         )
         admission.restore(counts)
         bus = EventBus()

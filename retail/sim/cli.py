@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from retail.config import Settings, SettingsError, load_settings
+from retail.cli_support import Capacity, Delay, Mode, QueueLimit, fail, settings_or_exit
+from retail.config import Settings
 from retail.core.types import OverloadMode
 from retail.loadgen.schedule import Arrivals, Schedule, parse_schedule
 
@@ -26,38 +27,16 @@ SCHEDULE_HELP = (
 )
 JSON_HELP = "Write the figures as JSON to this file (- for standard output)."
 
-Mode = Annotated[
-    OverloadMode | None,
-    typer.Option(help="What to do when all slots are busy [RETAIL_OVERLOAD_MODE]."),
-]
-Capacity = Annotated[
-    int | None, typer.Option(help="Most orders in fulfilment at once [RETAIL_CAPACITY].")
-]
-QueueLimit = Annotated[int | None, typer.Option(help="[RETAIL_QUEUE_LIMIT]")]
 MaxQueueWait = Annotated[float | None, typer.Option(help="Seconds [RETAIL_MAX_QUEUE_WAIT_S].")]
-Delay = Annotated[
-    str | None, typer.Option(help="Seconds per order or a delay model [RETAIL_FULFILMENT_DELAY].")
-]
 StepDelays = Annotated[
     str | None, typer.Option(help="Per-step models, e.g. pick=exponential:1 [RETAIL_STEP_DELAYS].")
 ]
 Decline = Annotated[float | None, typer.Option(help="[RETAIL_PAYMENT_DECLINE_PROBABILITY]")]
 SkipSteps = Annotated[str | None, typer.Option(help="[RETAIL_DEGRADE_SKIP_STEPS]")]
 DelayFactor = Annotated[float | None, typer.Option(help="[RETAIL_DEGRADE_DELAY_FACTOR]")]
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(2)
-
-
-def _settings(**overrides: Any) -> Settings:
-    """Settings from the environment, `.env` and options; a mistake ends with a short message."""
-    try:
-        return load_settings(**overrides)
-    except SettingsError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
+TargetWait = Annotated[
+    float | None, typer.Option(help="Seconds, for --overload-mode auto [RETAIL_TARGET_WAIT_S].")
+]
 
 
 def _write_json(data: Any, target: str) -> None:
@@ -83,7 +62,7 @@ def _schedule(
             return Schedule.constant(rate, (orders + 10 * math.sqrt(orders) + 10) / rate)
         return Schedule.constant(rate, duration or DEFAULT_DURATION_S)
     except ValueError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error), 2) from None
 
 
 def simulate(
@@ -96,6 +75,7 @@ def simulate(
     payment_decline_probability: Decline = None,
     degrade_skip_steps: SkipSteps = None,
     degrade_delay_factor: DelayFactor = None,
+    target_wait: TargetWait = None,
     rate: Annotated[
         float, typer.Option(min=0, help="Orders per second (a constant rate).")
     ] = DEFAULT_RATE,
@@ -147,7 +127,7 @@ def simulate(
     from retail.sim.engine import simulate as run_simulation
     from retail.sim.report import render, summarize
 
-    settings = _settings(
+    settings = settings_or_exit(
         overload_mode=overload_mode,
         capacity=capacity,
         queue_limit=queue_limit,
@@ -157,6 +137,7 @@ def simulate(
         payment_decline_probability=payment_decline_probability,
         degrade_skip_steps=degrade_skip_steps,
         degrade_delay_factor=degrade_delay_factor,
+        target_wait_s=target_wait,
     )
     console = Console(stderr=json_file == "-")
     run_seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
@@ -222,7 +203,7 @@ def _sweep(
         multiples = [float(part) for part in factors.split(",") if part.strip()]
         mode_list = [OverloadMode(part.strip()) for part in modes.split(",") if part.strip()]
     except ValueError as error:
-        raise _fail(f"--sweep-factors / --sweep-modes: {error}") from None
+        raise fail(f"--sweep-factors / --sweep-modes: {error}", 2) from None
     pipeline = settings.pipeline()
     capacity_rate = settings.capacity / max(1e-9, pipeline.mean_s(ServiceLevel.FULL))
     table = Table(title=f"capacity rate {capacity_rate:.2f} orders/s", title_justify="left")
@@ -302,7 +283,7 @@ def plan(
     from retail.sim.planner import UNBOUNDED_QUEUE, Targets, make_plan
     from retail.sim.report import ms
 
-    settings = _settings(
+    settings = settings_or_exit(
         overload_mode=overload_mode,
         fulfilment_delay=fulfilment_delay,
         step_delays=step_delays,
@@ -321,7 +302,7 @@ def plan(
             seed=seed,
         )
     except ValueError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error), 2) from None
     console = Console(stderr=json_file == "-")
     best = result.recommended
     limit = "unbounded" if best.queue_limit >= UNBOUNDED_QUEUE else str(best.queue_limit)

@@ -92,6 +92,10 @@ class SimRun:
     ends: array[float] = field(default_factory=lambda: array("d"))
     sojourns: array[float] = field(default_factory=lambda: array("d"))
     refused_at: array[float] = field(default_factory=lambda: array("d"))
+    # every 503 (retried ones too): when, and the Retry-After it gave; every accepted attempt
+    refusal_at: array[float] = field(default_factory=lambda: array("d"))
+    refusal_retry_after: array[float] = field(default_factory=lambda: array("d"))
+    accepted_at: array[float] = field(default_factory=lambda: array("d"))
     timeline: list[Sample] = field(default_factory=list)
 
     @property
@@ -138,6 +142,8 @@ def simulate(config: SimConfig) -> SimRun:
     starts_add, waits_add = run.starts.append, run.waits.append
     ends_add, sojourns_add = run.ends.append, run.sojourns.append
     refused_add = run.refused_at.append
+    refusal_add, retry_after_add = run.refusal_at.append, run.refusal_retry_after.append
+    accepted_add = run.accepted_at.append
     degraded = ServiceLevel.DEGRADED
 
     interval = max(window_s, 1e-9) / TIMELINE_POINTS
@@ -190,6 +196,8 @@ def simulate(config: SimConfig) -> SimRun:
                 ticket = admit(now, SIM_CUSTOMER)
             except CapacityExceeded as refusal:
                 refusals += 1
+                refusal_add(now)
+                retry_after_add(refusal.retry_after_s)
                 if attempt < retries:
                     retry_key += 1
                     push(
@@ -202,6 +210,7 @@ def simulate(config: SimConfig) -> SimRun:
                 continue
             ticket.keep()
             accepted += 1
+            accepted_add(now)
             level = ticket.decision.service_level
             if level is degraded:
                 degraded_count += 1
@@ -213,17 +222,15 @@ def simulate(config: SimConfig) -> SimRun:
             order, order_due, accepted_at, level = line.pop()
             left_queue()
             plan = plan_of(order_seq=order, line_count=line_count, level=level, rng=rng)
-            steps = plan.steps
-            planned = 0.0
-            for _, delay_s in steps:
-                planned += delay_s
+            delays = plan.delays_s
+            planned = sum(delays)
             start(order, now=now, planned_s=planned)
             starts_add(now)
             waits_add(now - accepted_at)
             if plan.payment_declined:
                 # The order ends with the payment step, as in the worker pool.
                 until = 0.0
-                for name, delay_s in steps:
+                for name, delay_s in zip(plan.names, delays, strict=True):
                     until += delay_s
                     if name == PAYMENT_STEP:
                         break

@@ -19,19 +19,28 @@ JSON (`--json`), schema `retail.sim.report/1`:
     {"schema", "orders", "attempts", "accepted", "degraded", "refused", "refusals",
      "fulfilled", "failed", "offered_rate", "duration_s", "throughput_per_s",
      "refused_share", "max_queued",
-     "wait_s": STATS, "sojourn_s": STATS, "sim_seconds", "wall_seconds",
+     "wait_s": STATS, "sojourn_s": STATS, "retry_after_error": RETRY_AFTER_ERROR,
+     "sim_seconds", "wall_seconds",
      "settings": {"overload_mode", "capacity", "queue_limit", "max_queue_wait_s",
-                  "full_service_s", "degraded_service_s"},
+                  "target_wait_s", "full_service_s", "degraded_service_s"},
      "arrivals": {"schedule", "arrivals", "seed", "max_orders", "retries"},
      "timeline": [[t_s, in_flight, queued], ...]}
 
     STATS = {"count", "mean", "p50", "p90", "p99", "p99_9", "max"}  (null when empty)
+    RETRY_AFTER_ERROR: see `retry_after_error`
+
+How far a `Retry-After` is from the truth (`retry_after_error`): for each `503`, the
+time until an order sent after it (of any attempt) was first admitted is when a retry
+would first have been admitted; the error is |Retry-After - that| / that. `retail
+simulate` and the overload benchmark measure it the same way, on the same data: when
+each refusal and each acceptance happened.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -58,6 +67,50 @@ def stats(values: Iterable[float]) -> dict[str, Any]:
         "mean": math.fsum(ordered) / len(ordered),
         **{name: nearest_rank(ordered, q) for name, q in QUANTILES.items()},
         "max": ordered[-1],
+    }
+
+
+ACCURATE_WITHIN = 0.25  # the target: a median relative error within this
+
+
+def retry_after_error(
+    refusals: Iterable[tuple[float, float]], admitted_at: Sequence[float]
+) -> dict[str, Any]:
+    """How far each `Retry-After` was from the time a retry would first have been admitted.
+
+    `refusals`: (when, Retry-After in seconds) of each `503`; `admitted_at`: when each
+    accepted order was admitted, sorted. A refusal after which nothing was admitted any
+    more says nothing (`unresolved`). The figures: `count` (refusals measured), the
+    median and p90 relative error, the share within `ACCURATE_WITHIN`, the share told to
+    come back too early (before anything was admitted again), and the medians of the
+    Retry-After given and of the time to the first admission.
+    """
+    errors: list[float] = []
+    given: list[float] = []
+    actual: list[float] = []
+    early = unresolved = 0
+    for at, retry_after in refusals:
+        index = bisect.bisect_right(admitted_at, at)
+        if index == len(admitted_at):
+            unresolved += 1
+            continue
+        first_s = admitted_at[index] - at
+        errors.append(abs(retry_after - first_s) / first_s)
+        given.append(retry_after)
+        actual.append(first_s)
+        early += retry_after < first_s
+    if not errors:
+        return {"count": 0, "unresolved": unresolved}
+    errors.sort()
+    return {
+        "count": len(errors),
+        "unresolved": unresolved,
+        "median": nearest_rank(errors, 0.5),
+        "p90": nearest_rank(errors, 0.9),
+        "within_target": sum(e <= ACCURATE_WITHIN for e in errors) / len(errors),
+        "early": early / len(errors),
+        "median_retry_after_s": nearest_rank(sorted(given), 0.5),
+        "median_first_admitted_s": nearest_rank(sorted(actual), 0.5),
     }
 
 
@@ -88,6 +141,9 @@ def summarize(run: SimRun, *, timeline: bool = True) -> dict[str, Any]:
         "max_queued": run.max_queued,
         "wait_s": stats(run.waits),
         "sojourn_s": stats(run.sojourns),
+        "retry_after_error": retry_after_error(
+            zip(run.refusal_at, run.refusal_retry_after, strict=True), run.accepted_at
+        ),
         "sim_seconds": run.sim_seconds,
         "wall_seconds": run.wall_seconds,
         "settings": {
@@ -95,6 +151,7 @@ def summarize(run: SimRun, *, timeline: bool = True) -> dict[str, Any]:
             "capacity": limits.capacity,
             "queue_limit": limits.queue_limit,
             "max_queue_wait_s": limits.max_queue_wait_s,
+            "target_wait_s": limits.target_wait_s,
             "full_service_s": config.pipeline.mean_s(ServiceLevel.FULL),
             "degraded_service_s": config.pipeline.mean_s(ServiceLevel.DEGRADED),
         },
@@ -148,6 +205,15 @@ def render(summary: dict[str, Any]) -> RenderableType:
     overview.add_row("fulfilled", f"{summary['fulfilled']} (failed {summary['failed']})")
     overview.add_row("goodput", f"{summary['throughput_per_s']:,.2f}/s fulfilled")
     overview.add_row("max queued", str(summary["max_queued"]))
+    error = summary.get("retry_after_error") or {}
+    if error.get("count"):
+        overview.add_row(
+            "Retry-After",
+            f"median error {error['median']:.0%} (p90 {error['p90']:.0%}, "
+            f"{error['within_target']:.0%} within {ACCURATE_WITHIN:.0%}) over "
+            f"{error['count']} refusals: given {error['median_retry_after_s']:g} s, "
+            f"first admission after {error['median_first_admitted_s']:.2f} s (medians)",
+        )
     overview.add_row(
         "simulated",
         f"{summary['sim_seconds']:,.1f} s in {summary['wall_seconds']:.2f} s of wall time",

@@ -14,6 +14,12 @@ const MODE_HINTS = {
   queue: "over capacity: wait in line",
   reject: "over capacity: refused with 503",
   degrade: "over capacity: cheaper path",
+  auto: "over capacity: by the predicted wait",
+};
+const LEVEL_HINTS = {
+  queue: "auto, now queueing: waits within the target",
+  degrade: "auto, now degrading: only the cheaper path meets the target",
+  refuse: "auto, now refusing: over the target even on the cheaper path",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -381,9 +387,11 @@ function renderStats() {
   const s = state.snapshot;
   if (!s) return;
   const mode = $("mode");
-  mode.textContent = s.mode;
   mode.dataset.mode = s.mode;
-  $("mode-hint").textContent = MODE_HINTS[s.mode] || "";
+  const auto = s.mode === "auto";
+  mode.dataset.level = auto ? s.level : "";
+  mode.textContent = auto ? `auto: ${s.level}` : s.mode;
+  $("mode-hint").textContent = (auto ? LEVEL_HINTS[s.level] : MODE_HINTS[s.mode]) || "";
   for (const button of document.querySelectorAll(".modes button")) {
     button.classList.toggle("active", button.dataset.mode === s.mode);
   }

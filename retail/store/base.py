@@ -79,6 +79,26 @@ Outcome = Placed | StoredResponse | RetailError
 
 
 @dataclass(frozen=True, slots=True)
+class OrderQuery:
+    """Which orders a listing returns: newest first, at most `limit`, only those before
+    `before_seq` (the cursor of the previous page) and matching every filter given."""
+
+    status: OrderStatus | None = None
+    customer_id: str | None = None
+    priority: Priority | None = None
+    before_seq: int | None = None
+    limit: int = 50
+
+    def matches(self, order: OrderView) -> bool:
+        """Whether `order` passes the filters (the cursor and the limit aside)."""
+        return (
+            (self.status is None or order.status is self.status)
+            and (self.customer_id is None or order.customer_id == self.customer_id)
+            and (self.priority is None or order.priority is self.priority)
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     order_id: uuid.UUID
     seq: int
@@ -142,15 +162,7 @@ class Store(Protocol):
         """The order; `OrderNotFound` if there is none."""
         ...
 
-    async def list_orders(
-        self,
-        *,
-        status: OrderStatus | None = None,
-        customer_id: str | None = None,
-        before_seq: int | None = None,
-        limit: int = 50,
-        priority: Priority | None = None,
-    ) -> tuple[list[OrderView], int | None]:
+    async def list_orders(self, query: OrderQuery) -> tuple[list[OrderView], int | None]:
         """Newest first (by `seq`), and the `before_seq` of the next page (None: last page)."""
         ...
 

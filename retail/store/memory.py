@@ -39,6 +39,7 @@ from retail.store.base import (
     Claim,
     Expired,
     LeaseLost,
+    OrderQuery,
     Outcome,
     Placing,
     Product,
@@ -174,15 +175,8 @@ class MemoryStore:
     async def get_order(self, order_id: uuid.UUID) -> OrderView:
         return self._order(order_id).view
 
-    async def list_orders(
-        self,
-        *,
-        status: OrderStatus | None = None,
-        customer_id: str | None = None,
-        before_seq: int | None = None,
-        limit: int = 50,
-        priority: Priority | None = None,
-    ) -> tuple[list[OrderView], int | None]:
+    async def list_orders(self, query: OrderQuery) -> tuple[list[OrderView], int | None]:
+        before_seq = query.before_seq
         end = (
             len(self._by_seq)
             if before_seq is None
@@ -191,13 +185,9 @@ class MemoryStore:
         page: list[OrderView] = []
         for index in range(end - 1, -1, -1):
             view = self._by_seq[index].view
-            if status is not None and view.status is not status:
+            if not query.matches(view):
                 continue
-            if customer_id is not None and view.customer_id != customer_id:
-                continue
-            if priority is not None and view.priority is not priority:
-                continue
-            if len(page) == limit:
+            if len(page) == query.limit:
                 return page, page[-1].seq
             page.append(view)
         return page, None

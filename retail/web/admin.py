@@ -23,19 +23,9 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
     responses=responses(400, 401, 403, 413, 422),
 )
 async def put_capacity(update: CapacityUpdate, services: ServicesDep) -> CapacityRead:
-    changes: dict[str, object] = {}
-    if update.mode is not None:
-        changes["mode"] = update.mode
-    if update.capacity is not None:
-        changes["capacity"] = update.capacity
-    if update.queue_limit is not None:
-        changes["queue_limit"] = update.queue_limit
-    if "max_queue_wait_s" in update.model_fields_set:
+    changes = update.model_dump(exclude_none=True)  # a field left out or null keeps its value
+    if "max_queue_wait_s" in update.model_fields_set:  # but null removes the wait bound
         changes["max_queue_wait_s"] = update.max_queue_wait_s
-    if update.critical_reserve is not None:
-        changes["critical_reserve"] = update.critical_reserve
-    if update.sheddable_max_wait_s is not None:
-        changes["sheddable_max_wait_s"] = update.sheddable_max_wait_s
     services.admission.update(**changes)
     services.pool.notify()
     return capacity_snapshot(services)

@@ -19,7 +19,7 @@ from retail.runtime.services import Services
 from retail.web.bounded import within
 from retail.web.deps import ServicesDep
 from retail.web.presenters import capacity_snapshot
-from retail.web.problems import problem, responses
+from retail.web.problems import NOT_READY, problem, responses
 from retail.web.schemas import CapacityRead
 
 router = APIRouter()
@@ -65,7 +65,7 @@ async def readyz(request: Request, services: ServicesDep) -> dict[str, str] | ob
     if not services.pool.running:
         reasons.append("the worker pool is not running (stopping, or it crashed)")
     if reasons:
-        return problem(503, "not-ready", "Not ready", "; ".join(reasons))
+        return problem(NOT_READY, "; ".join(reasons), instance=None)
     fulfilment = "this process" if services.pool.claiming else "other processes (API only)"
     return {"status": "ready", "fulfilment": fulfilment}
 

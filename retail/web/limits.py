@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retail.core.errors import RetailError
+from retail.web.middleware import HttpMiddleware
 from retail.web.problems import retail_problem
 
 
@@ -25,17 +26,14 @@ def declared_too_large(content_length: str | bytes | None, max_bytes: int) -> bo
         return False
 
 
-class BodySizeLimit:
+class BodySizeLimit(HttpMiddleware):
     """Refuse bodies over `max_bytes`: at once from Content-Length, else while streaming."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         for name, value in scope["headers"]:
             if name == b"content-length" and declared_too_large(value, self.max_bytes):
                 await retail_problem(BodyTooLarge(self.max_bytes), instance=None)(

@@ -47,6 +47,7 @@ async def metrics(services: ServicesDep, request: Request) -> Response:
     except Exception as error:
         log.warning("metrics: could not read the queue: %s", error)
     services.metrics.refresh(queued=queued, oldest_age_s=oldest_age_s)
+    services.admission.level_at(services.clock.seconds())  # the level gauge, current
     fairness = services.admission.fairness
     if fairness is not None:
         services.metrics.refresh_fairness(

@@ -11,6 +11,7 @@ from retail.core.errors import RetailError
 from retail.core.types import OrderStatus, Priority
 from retail.runtime.orders import cancel_order as cancel_order_use_case
 from retail.runtime.orders import order_events, read_order
+from retail.store.base import OrderQuery
 from retail.web import sse
 from retail.web.access import FORBIDDEN, ListAccessDep, OrderAccessDep
 from retail.web.cursors import decode_cursor, encode_cursor
@@ -70,9 +71,8 @@ async def list_orders(
 ) -> OrderPage:
     key = services.settings.signing_key()
     before = decode_cursor(cursor, key) if cursor else None
-    rows, next_seq = await services.store.list_orders(
-        status=status, customer_id=customer_id, before_seq=before, limit=limit, priority=priority
-    )
+    query = OrderQuery(status, customer_id, priority, before_seq=before, limit=limit)
+    rows, next_seq = await services.store.list_orders(query)
     return OrderPage(
         items=[order_read(row) for row in rows],
         next_cursor=encode_cursor(next_seq, key) if next_seq else None,

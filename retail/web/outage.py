@@ -7,20 +7,15 @@ exception would otherwise reach the server as a `500` that closes the connection
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from retail.store.sql.outage import database_outage
+from retail.web.middleware import HttpMiddleware
 from retail.web.problems import log_outage, outage_problem
 
 
-class DatabaseOutage:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class DatabaseOutage(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def watched_send(message: Message) -> None:

@@ -7,6 +7,8 @@ from it); `OrderRead` documents the same shape in OpenAPI.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from retail.core.admission import Counters
 from retail.core.events import OrderEvent
 from retail.core.orders import OrderView, order_document
@@ -29,20 +31,14 @@ SECONDS_DECIMALS = 6
 
 def capacity_snapshot(services: Services) -> CapacityRead:
     admission = services.admission
-    limits = admission.limits
-    counters = admission.counters
     return CapacityRead(
-        mode=limits.mode,
-        capacity=limits.capacity,
-        queue_limit=limits.queue_limit,
-        max_queue_wait_s=limits.max_queue_wait_s,
-        critical_reserve=limits.critical_reserve,
-        sheddable_max_wait_s=limits.sheddable_max_wait_s,
+        **asdict(admission.limits),
+        level=admission.level_at(services.clock.seconds()),
         in_flight=services.pool.in_flight,
         queued=admission.queued,
         full_service_s=round(services.pipeline.mean_s(ServiceLevel.FULL), SECONDS_DECIMALS),
         degraded_service_s=round(services.pipeline.mean_s(ServiceLevel.DEGRADED), SECONDS_DECIMALS),
-        counters=_counters(counters),
+        counters=_counters(admission.counters),
         by_priority={
             priority: PriorityCapacity(
                 queued=admission.waiting(priority),
@@ -54,13 +50,7 @@ def capacity_snapshot(services: Services) -> CapacityRead:
 
 
 def _counters(counters: Counters) -> CapacityCounters:
-    return CapacityCounters(
-        accepted=counters.accepted,
-        admitted=counters.admitted,
-        queued=counters.queued,
-        degraded=counters.degraded,
-        rejected=counters.rejected,
-    )
+    return CapacityCounters.model_validate(counters, from_attributes=True)
 
 
 def order_read(order: OrderView | OrderState) -> OrderRead:
@@ -81,10 +71,4 @@ def event_read(event: OrderEvent) -> OrderEventRead:
 
 
 def product_read(product: Product) -> ProductRead:
-    return ProductRead(
-        sku=product.sku,
-        name=product.name,
-        unit_price=product.unit_price,
-        currency=product.currency,
-        stock=product.stock,
-    )
+    return ProductRead.model_validate(product, from_attributes=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,16 +28,29 @@ class ProblemResponse(JSONResponse):
     media_type = PROBLEM_MEDIA_TYPE
 
 
+class ProblemType(NamedTuple):
+    """What a problem is, whatever the request: its status, `type` slug and title (a
+    `RetailError` class carries the same three)."""
+
+    status: int
+    slug: str
+    title: str
+
+
+MALFORMED_JSON = ProblemType(400, "malformed-json", "Malformed JSON")
+INVALID_REQUEST = ProblemType(422, "validation-error", "Invalid request")
+DATABASE_UNAVAILABLE = ProblemType(503, "database-unavailable", "Database unavailable")
+INTERNAL_ERROR = ProblemType(500, "internal-error", "Internal error")
+NOT_READY = ProblemType(503, "not-ready", "Not ready")
+
+Headers = dict[str, str] | None
+
+
 def problem(
-    status: int,
-    slug: str,
-    title: str,
-    detail: str,
-    *,
-    instance: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
+    kind: ProblemType, detail: str, *, instance: str | None, headers: Headers = None, **extra: Any
 ) -> ProblemResponse:
+    """The `application/problem+json` answer; `instance` is the request's path, if any."""
+    status, slug, title = kind
     body = {
         "type": f"/problems/{slug}" if slug != "about:blank" else slug,
         "title": title,
@@ -74,9 +87,7 @@ def retail_problem(
     elif error.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}  # required on every 401 (RFC 9110)
     return problem(
-        error.status,
-        error.slug,
-        error.title,
+        ProblemType(error.status, error.slug, error.title),
         error.detail,
         instance=instance,
         headers=headers,
@@ -92,23 +103,14 @@ async def _validation_error(request: Request, error: Exception) -> ProblemRespon
     ]
     if any(e["type"] == "json_invalid" for e in errors):
         return problem(
-            400,
-            "malformed-json",
-            "Malformed JSON",
+            MALFORMED_JSON,
             "The request body is not valid JSON: " + errors[0]["message"] + ".",
             instance=request.url.path,
         )
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
     if len(errors) > 5:
         summary += f"; and {len(errors) - 5} more"
-    return problem(
-        422,
-        "validation-error",
-        "Invalid request",
-        summary,
-        instance=request.url.path,
-        errors=errors,
-    )
+    return problem(INVALID_REQUEST, summary, instance=request.url.path, errors=errors)
 
 
 async def _http_error(request: Request, error: Exception) -> ProblemResponse:
@@ -119,10 +121,11 @@ async def _http_error(request: Request, error: Exception) -> ProblemResponse:
         allowed = allowed_methods(request)
         if allowed:
             headers["Allow"] = ", ".join(allowed)
+    kind = ProblemType(
+        error.status_code, "about:blank", titles.get(error.status_code, "HTTP error")
+    )
     return problem(
-        error.status_code,
-        "about:blank",
-        titles.get(error.status_code, "HTTP error"),
+        kind,
         str(error.detail),
         instance=request.url.path,
         headers=headers or None,
@@ -132,9 +135,7 @@ async def _http_error(request: Request, error: Exception) -> ProblemResponse:
 def outage_problem(cause: str, *, instance: str | None) -> ProblemResponse:
     """`503` + `Retry-After` for a database that is down or timing out."""
     return problem(
-        503,
-        "database-unavailable",
-        "Database unavailable",
+        DATABASE_UNAVAILABLE,
         "The database is unreachable or too slow at the moment; nothing was changed by "
         f"this request. Retry in {DATABASE_RETRY_AFTER_S} s.",
         instance=instance,
@@ -184,9 +185,7 @@ def allowed_methods(request: Request) -> list[str]:
 async def _unexpected(request: Request, error: Exception) -> ProblemResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return problem(
-        500,
-        "internal-error",
-        "Internal error",
+        INTERNAL_ERROR,
         "The server failed to handle this request; nothing was changed by it unless a "
         "response said so. Retry, and report it if it persists.",
         instance=request.url.path,

@@ -9,6 +9,12 @@ before its headers end gets `431`, and one that has not sent its whole head
 `header_timeout_s` after connecting (or after starting its next request on a
 keep-alive connection) gets `408`; both connections are closed. A request the parser
 refuses gets a `400` problem document instead of uvicorn's plain text.
+
+The close lingers (as Apache's does): the answer goes out, then the sending side is
+shut (FIN) and whatever the client still sends is read and dropped until it closes
+its side or `LINGER_S` passes. Closing at once while the client is still sending
+makes the kernel reset the connection, and a reset can discard the answer before
+the client has read it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 PROBLEM_MEDIA_TYPE = b"application/problem+json"
+LINGER_S = 2.0  # how long a refused connection's late bytes are read and dropped
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -50,6 +57,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._head_bytes = 0
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = None
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -72,9 +80,21 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def _refuse(self, status: int, slug: str, title: str, detail: str) -> None:
         self._stop_head_timer()
-        if not self.transport.is_closing():
-            self.transport.write(problem_bytes(status, slug, title, detail))
+        if self._lingering or self.transport.is_closing():
+            return
+        self.transport.write(problem_bytes(status, slug, title, detail))
+        if not self.transport.can_write_eof():
             self.transport.close()
+            return
+        self._lingering = True
+        self.transport.write_eof()
+        self.loop.call_later(min(LINGER_S, self.header_timeout_s), self.transport.close)
+
+    def eof_received(self) -> None:
+        if self._lingering:  # the client has read the answer and closed its side
+            self.transport.close()
+        else:
+            super().eof_received()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -87,6 +107,8 @@ class GuardedHttpTools(HttpToolsProtocol):
             )
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # after a refusal: read and dropped until the client closes
         while data and self._in_head and not self.transport.is_closing():
             room = self.max_header_bytes - self._head_bytes
             if room <= 0:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from retail.core.types import OrderStatus, OverloadMode, Priority, ServiceLevel
+from retail.core.types import AutoLevel, OrderStatus, OverloadMode, Priority, ServiceLevel
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Free text from clients: no control characters (C0, DEL, C1; PostgreSQL refuses NUL
@@ -186,6 +186,13 @@ class CapacityRead(BaseModel):
     sheddable_max_wait_s: float = Field(
         description="A sheddable order is taken only if it can start within this."
     )
+    target_wait_s: float = Field(
+        description="`auto` mode: the longest predicted wait it accepts an order with."
+    )
+    level: AutoLevel = Field(
+        description="What `auto` mode does now with an order that cannot start at once: "
+        "`queue`, `degrade` or `refuse` (`queue` in the other modes)."
+    )
     in_flight: int
     queued: int
     full_service_s: float = Field(description="Expected fulfilment time of a full order.")
@@ -210,6 +217,7 @@ class CapacityUpdate(StrictModel):
     )
     critical_reserve: int | None = Field(None, ge=0, le=10_000_000)
     sheddable_max_wait_s: float | None = Field(None, ge=0, le=MAX_START_WITHIN_S)
+    target_wait_s: float | None = Field(None, gt=0, le=MAX_START_WITHIN_S)
 
 
 class Problem(BaseModel):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from retail.web.middleware import HttpMiddleware
 
 # The dashboard and the API: only this origin's scripts, styles and connections (the
 # dashboard's fetch and /ws), nothing framed.
@@ -30,17 +32,11 @@ COMMON = (
 )
 
 
-class SecurityHeaders:
+class SecurityHeaders(HttpMiddleware):
     """`X-Content-Type-Options`, `Referrer-Policy`, `X-Frame-Options` and a
     `Content-Security-Policy` on every HTTP response (one the app set is kept)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         policy = (DOCS_POLICY if scope["path"] in DOCS_PATHS else DEFAULT_POLICY).encode()
 
         async def send_with_headers(message: Message) -> None:

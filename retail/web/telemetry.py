@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from retail.runtime.clock import Clock
 from retail.runtime.logs import RateLimit, left_out_note, request_id
 from retail.runtime.metrics import Metrics
+from retail.web.middleware import HttpMiddleware
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_RAW = REQUEST_ID_HEADER.lower().encode()
@@ -44,17 +45,14 @@ def route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
-class RequestTelemetry:
+class RequestTelemetry(HttpMiddleware):
     def __init__(self, app: ASGIApp, metrics: Metrics, clock: Clock) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
         self.clock = clock
         self.refusals = RateLimit()  # one line per refusal status every few seconds
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":

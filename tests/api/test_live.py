@@ -75,26 +75,30 @@ class EventStream:
     messages: list[Message] = field(default_factory=list)
     comments: list[str] = field(default_factory=list)
     ended: bool = False
+    current: Message = field(default_factory=Message)
 
-
-async def read_stream(response: httpx.Response, into: EventStream) -> None:
-    current = Message()
-    async for line in response.aiter_lines():
+    def feed(self, line: str) -> None:
+        """One line of the stream: a blank line ends the message being read."""
         if line == "":
-            if current.data:
-                into.messages.append(current)
-            current = Message()
+            if self.current.data:
+                self.messages.append(self.current)
+            self.current = Message()
         elif line.startswith(":"):
-            into.comments.append(line)
+            self.comments.append(line)
         else:
             name, _, value = line.partition(":")
             value = value.removeprefix(" ")
             if name == "id":
-                current.id = value
+                self.current.id = value
             elif name == "event":
-                current.event = value
+                self.current.event = value
             elif name == "data":
-                current.data.append(value)
+                self.current.data.append(value)
+
+
+async def read_stream(response: httpx.Response, into: EventStream) -> None:
+    async for line in response.aiter_lines():
+        into.feed(line)
     into.ended = True
 
 
@@ -196,21 +200,10 @@ async def test_sse_follows_an_order_fulfilled_by_another_process(start_app: Star
 
 
 def parse(text: str) -> list[Message]:
-    messages = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        message = Message()
-        for line in block.splitlines():
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "id":
-                message.id = value
-            elif name == "event":
-                message.event = value
-            elif name == "data":
-                message.data.append(value)
-        if message.data:
-            messages.append(message)
-    return messages
+    stream = EventStream()
+    for line in [*text.splitlines(), ""]:
+        stream.feed(line)
+    return stream.messages
 
 
 async def test_sse_resumes_after_last_event_id(running: Running) -> None:

@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from retail.runtime.clock import ManualClock
-from tests.conftest import StartApp, drive, place, quiescent
+from tests.conftest import StartApp, all_terminal, drive, one_slot_taken, place, quiescent
 from tests.serving import PYTHON, environment, free_port, serving, uvicorn_command
 
 STEPS = ("reserve", "fraud_check", "payment", "pick", "pack", "ship")
@@ -55,14 +55,6 @@ async def scrape(client: httpx.AsyncClient) -> Scrape:
     return Scrape(samples, response.text)
 
 
-async def finished(client: httpx.AsyncClient, ids: list[str]) -> bool:
-    for order_id in ids:
-        status = (await client.get(f"/orders/{order_id}")).json()["status"]
-        if status not in {"fulfilled", "failed", "cancelled"}:
-            return False
-    return True
-
-
 async def test_metrics_follow_orders_from_admission_to_the_end(start_app: StartApp) -> None:
     clock = ManualClock()
     running = await start_app(clock=clock, capacity=1, fulfilment_delay="2", queue_limit=5)
@@ -87,7 +79,7 @@ async def test_metrics_follow_orders_from_admission_to_the_end(start_app: StartA
     assert during("retail_queue_oldest_age_seconds") == pytest.approx(0.1)
     assert during("retail_order_queue_wait_seconds_count") == 1
 
-    await drive(running, lambda: finished(client, [first, second, third]))
+    await drive(running, lambda: all_terminal(client, [first, second, third]))
     after = await scrape(client)
     assert after("retail_orders_in_flight") == 0
     assert after("retail_orders_queued") == 0
@@ -109,13 +101,8 @@ async def test_metrics_follow_orders_from_admission_to_the_end(start_app: StartA
 
 
 async def test_refusals_are_counted_by_mode_and_outcome(start_app: StartApp) -> None:
-    clock = ManualClock()
-    running = await start_app(
-        clock=clock, capacity=1, fulfilment_delay="10", overload_mode="reject"
-    )
+    running = await one_slot_taken(start_app, ManualClock(), overload_mode="reject")
     client = running.client
-    assert (await place(client)).status_code == 202
-    await quiescent(running)
     for _ in range(3):
         assert (await place(client)).status_code == 503
     metrics = await scrape(client)
@@ -154,7 +141,7 @@ async def test_failures_and_cancellations_are_counted(start_app: StartApp) -> No
     await quiescent(running)
     cancelled = (await place(client, customer="bob")).json()["id"]
     assert (await client.post(f"/orders/{cancelled}/cancel")).status_code == 200
-    await drive(running, lambda: finished(client, [declined, cancelled]))
+    await drive(running, lambda: all_terminal(client, [declined, cancelled]))
     metrics = await scrape(client)
     assert metrics("retail_orders_finished_total", status="failed") == 1
     assert metrics("retail_orders_finished_total", status="cancelled") == 1

@@ -10,7 +10,17 @@ from typing import Any
 import httpx
 
 from retail.runtime.clock import ManualClock
-from tests.conftest import ADMIN, Running, StartApp, drive, eventually, place, quiescent
+from tests.conftest import (
+    ADMIN,
+    Running,
+    StartApp,
+    all_terminal,
+    drive,
+    eventually,
+    one_slot_taken,
+    place,
+    quiescent,
+)
 
 
 async def events_of(client: httpx.AsyncClient, order_id: str) -> list[dict[str, Any]]:
@@ -24,14 +34,6 @@ def at(event: dict[str, Any]) -> datetime:
     return datetime.fromisoformat(event["at"])
 
 
-async def all_terminal(client: httpx.AsyncClient, ids: list[str]) -> bool:
-    for order_id in ids:
-        status = (await client.get(f"/orders/{order_id}")).json()["status"]
-        if status not in {"fulfilled", "failed", "cancelled"}:
-            return False
-    return True
-
-
 async def timeline(client: httpx.AsyncClient, order_id: str) -> tuple[datetime, datetime, datetime]:
     """(created, started, finished) of an order, from its events."""
     events = await events_of(client, order_id)
@@ -39,21 +41,22 @@ async def timeline(client: httpx.AsyncClient, order_id: str) -> tuple[datetime, 
     return by_kind["created"], by_kind["started"], by_kind["fulfilled"]
 
 
-async def place_three(client: httpx.AsyncClient) -> list[str]:
+async def three_fulfilled(
+    start_app: StartApp, capacity: int
+) -> list[tuple[datetime, datetime, datetime]]:
+    """Alice, Bob and Charlie each place a 2 s order: the timelines of all three."""
+    running = await start_app(clock=ManualClock(), capacity=capacity, fulfilment_delay="2")
     ids = []
     for customer in ("alice", "bob", "charlie"):
-        response = await place(client, customer=customer)
+        response = await place(running.client, customer=customer)
         assert response.status_code == 202
         ids.append(response.json()["id"])
-    return ids
+    await drive(running, lambda: all_terminal(running.client, ids))
+    return [await timeline(running.client, i) for i in ids]
 
 
 async def test_capacity_one_fulfils_one_order_at_a_time(start_app: StartApp) -> None:
-    clock = ManualClock()
-    running = await start_app(clock=clock, capacity=1, fulfilment_delay="2")
-    ids = await place_three(running.client)
-    await drive(running, lambda: all_terminal(running.client, ids))
-    spans = [await timeline(running.client, i) for i in ids]
+    spans = await three_fulfilled(start_app, capacity=1)
     # Alice, then Bob, then Charlie: each starts only after the previous one finished.
     for (_, _, finished), (_, started, _) in itertools.pairwise(spans):
         assert started >= finished
@@ -62,11 +65,7 @@ async def test_capacity_one_fulfils_one_order_at_a_time(start_app: StartApp) -> 
 
 
 async def test_capacity_three_fulfils_them_at_once(start_app: StartApp) -> None:
-    clock = ManualClock()
-    running = await start_app(clock=clock, capacity=3, fulfilment_delay="2")
-    ids = await place_three(running.client)
-    await drive(running, lambda: all_terminal(running.client, ids))
-    spans = [await timeline(running.client, i) for i in ids]
+    spans = await three_fulfilled(start_app, capacity=3)
     latest_start = max(started for _, started, _ in spans)
     earliest_finish = min(finished for _, _, finished in spans)
     assert latest_start < earliest_finish  # all three overlap
@@ -100,12 +99,8 @@ async def test_reject_mode_refuses_with_retry_after_and_writes_nothing(
     start_app: StartApp,
 ) -> None:
     clock = ManualClock()
-    running = await start_app(
-        clock=clock, capacity=1, fulfilment_delay="10", overload_mode="reject"
-    )
+    running = await one_slot_taken(start_app, clock, overload_mode="reject")
     client = running.client
-    assert (await place(client)).status_code == 202
-    await quiescent(running)
     refused = await place(client, sku="LAMP-1")
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "10"
@@ -124,14 +119,12 @@ async def test_reject_mode_refuses_with_retry_after_and_writes_nothing(
 
 
 async def test_queue_mode_sheds_past_the_queue_limit(start_app: StartApp) -> None:
-    clock = ManualClock()
-    running = await start_app(clock=clock, capacity=1, fulfilment_delay="10", queue_limit=2)
-    client = running.client
+    running = await one_slot_taken(start_app, ManualClock(), queue_limit=2)
     statuses = []
-    for _ in range(4):
-        statuses.append((await place(client)).status_code)
+    for _ in range(3):
+        statuses.append((await place(running.client)).status_code)
         await quiescent(running)
-    assert statuses == [202, 202, 202, 503]
+    assert statuses == [202, 202, 503]  # two wait behind the first; no room for a fourth
 
 
 async def test_degrade_mode_serves_overflow_on_the_cheaper_path(start_app: StartApp) -> None:

@@ -5,64 +5,37 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from typer.testing import CliRunner
+from typer.testing import Result
 
-from retail.cli import app
-from retail.web.app import create_app
-from tests.conftest import ADMIN_TOKEN, make_settings
-from tests.serving import serve_in_thread
+from tests.commands import retail
+from tests.conftest import ADMIN_TOKEN
+from tests.loadgen.conftest import Serve
+from tests.serving import free_port
 
 PNG = b"\x89PNG\r\n\x1a\n"
-WIDE = {"COLUMNS": "160"}
 
 
-Serve = Callable[..., AbstractContextManager[str]]
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Serve:
-    """`with serve(capacity=1) as url:` the app under uvicorn on a free 127.0.0.1 port."""
-
-    def start(**settings: object) -> AbstractContextManager[str]:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'retail.db'}"
-        return serve_in_thread(create_app(make_settings(url, **settings)))
-
-    return start
+def load(url: str, report: Path, *words: str | Path) -> tuple[Result, dict[str, Any]]:
+    """`retail load --url URL WORDS --json REPORT`, which must succeed; the report."""
+    result = retail(f"load --url {url}", *words, "--json", report)
+    assert result.exit_code == 0, result.output
+    return result, json.loads(report.read_text())
 
 
 def test_load_prints_the_summary_and_writes_report_and_charts(serve: Serve, tmp_path: Path) -> None:
     with serve(capacity=4, fulfilment_delay="0.05") as url:
-        result = CliRunner().invoke(
-            app,
-            [
-                "load",
-                "--url",
-                url,
-                "--rate",
-                "20",
-                "--duration",
-                "0.5",
-                "--sku",
-                "MUG-1",
-                "--sku",
-                "TEE-M",
-                "--json",
-                str(tmp_path / "run.json"),
-                "--plot",
-                str(tmp_path / "charts"),
-                "--follow-timeout",
-                "60",  # only as long as the orders take; a busy machine is slow
-            ],
-            env=WIDE,
+        result, data = load(
+            url,
+            tmp_path / "run.json",
+            "--rate 20 --duration 0.5 --sku MUG-1 --sku TEE-M --plot",
+            tmp_path / "charts",
+            "--follow-timeout 60",  # only as long as the orders take; a busy machine is slow
         )
-        assert result.exit_code == 0, result.output
-        data = json.loads((tmp_path / "run.json").read_text())
         stored = httpx.get(f"{url}/orders", params={"customer_id": data["customer"]}).json()[
             "items"
         ]
@@ -83,29 +56,12 @@ def test_a_schedule_and_poisson_arrivals_from_the_command_line(
     serve: Serve, tmp_path: Path
 ) -> None:
     with serve(capacity=4, fulfilment_delay="0") as url:
-        result = CliRunner().invoke(
-            app,
-            [
-                "load",
-                "--url",
-                url,
-                "--schedule",
-                "step:10@0.3,30@0.2",
-                "--arrivals",
-                "poisson",
-                "--seed",
-                "4",
-                "--no-follow",
-                "--no-progress",
-                "--max-orders",
-                "8",
-                "--json",
-                str(tmp_path / "run.json"),
-            ],
-            env=WIDE,
+        _, data = load(
+            url,
+            tmp_path / "run.json",
+            "--schedule step:10@0.3,30@0.2 --arrivals poisson --seed 4",
+            "--no-follow --no-progress --max-orders 8",
         )
-    assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "run.json").read_text())
     assert data["config"]["schedule"] == "10@0.3,30@0.2"
     assert data["config"]["arrivals"] == "poisson"
     assert 1 <= data["summary"]["orders"] <= 8
@@ -114,26 +70,11 @@ def test_a_schedule_and_poisson_arrivals_from_the_command_line(
 
 def test_sweep_runs_every_mode_and_puts_the_mode_back(serve: Serve, tmp_path: Path) -> None:
     with serve(capacity=1, fulfilment_delay="0.2", overload_mode="queue") as url:
-        result = CliRunner().invoke(
-            app,
-            [
-                "load",
-                "--url",
-                url,
-                "--sweep",
-                "--sweep-modes",
-                "queue,reject",
-                "--sweep-factors",
-                "2",
-                "--duration",
-                "0.4",
-                "--no-progress",
-                "--json",
-                str(tmp_path / "sweep.json"),
-                "--plot",
-                str(tmp_path / "charts"),
-            ],
-            env={**WIDE, "RETAIL_ADMIN_TOKEN": ADMIN_TOKEN},
+        result = retail(
+            f"load --url {url} --sweep --sweep-modes queue,reject --sweep-factors 2",
+            "--duration 0.4 --no-progress",
+            *("--json", tmp_path / "sweep.json", "--plot", tmp_path / "charts"),
+            env={"RETAIL_ADMIN_TOKEN": ADMIN_TOKEN},
         )
         assert result.exit_code == 0, result.output
         capacity = httpx.get(f"{url}/capacity").json()
@@ -155,40 +96,26 @@ def test_sweep_runs_every_mode_and_puts_the_mode_back(serve: Serve, tmp_path: Pa
 
 def test_sweep_without_an_admin_token_says_what_to_do(serve: Serve) -> None:
     with serve() as url:
-        result = CliRunner().invoke(app, ["load", "--url", url, "--sweep"], env=WIDE)
+        result = retail(f"load --url {url} --sweep")
     assert result.exit_code == 2
     assert "--admin-token" in result.output
 
 
 def test_an_unreachable_service_is_reported_plainly(tmp_path: Path) -> None:
-    from tests.serving import free_port
-
-    result = CliRunner().invoke(
-        app, ["load", "--url", f"http://127.0.0.1:{free_port()}", "--duration", "1"], env=WIDE
-    )
+    result = retail(f"load --url http://127.0.0.1:{free_port()} --duration 1")
     assert result.exit_code == 2
     assert "cannot reach" in result.output and "retail serve" in result.output
 
 
 def test_a_bad_schedule_is_reported_plainly() -> None:
-    result = CliRunner().invoke(app, ["load", "--schedule", "fast@5"], env=WIDE)
+    result = retail("load --schedule fast@5")
     assert result.exit_code == 2
     assert "RATE@SECONDS" in result.output
 
 
 def test_demo_shows_one_order_at_a_time_against_three_at_once(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "demo",
-            "--fulfilment-delay",
-            "0.2",
-            "--plot",
-            str(tmp_path),
-            "--json",
-            str(tmp_path / "demo.json"),
-        ],
-        env=WIDE,
+    result = retail(
+        "demo --fulfilment-delay 0.2", *("--plot", tmp_path, "--json", tmp_path / "demo.json")
     )
     assert result.exit_code == 0, result.output
     rounds = json.loads((tmp_path / "demo.json").read_text())["rounds"]
@@ -213,27 +140,8 @@ def test_demo_shows_one_order_at_a_time_against_three_at_once(tmp_path: Path) ->
 
 def test_a_too_small_connection_limit_shows_as_late_sends(serve: Serve, tmp_path: Path) -> None:
     with serve(capacity=100, fulfilment_delay="0") as url:
-        result = CliRunner().invoke(
-            app,
-            [
-                "load",
-                "--url",
-                url,
-                "--rate",
-                "100",
-                "--duration",
-                "0.2",
-                "--connections",
-                "1",
-                "--no-follow",
-                "--no-progress",
-                "--json",
-                str(tmp_path / "run.json"),
-            ],
-            env=WIDE,
-        )
-    assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "run.json").read_text())
+        one_connection = "--rate 100 --duration 0.2 --connections 1 --no-follow --no-progress"
+        result, data = load(url, tmp_path / "run.json", one_connection)
     summary = data["summary"]
     assert summary["accepted"]["total"] == 20
     assert summary["late_for_connection"] > 0

@@ -17,7 +17,7 @@ def test_uniform_one_to_a_thousand_ms() -> None:
     assert summary.p50_s == pytest.approx(0.500, rel=0.002)
     assert summary.p90_s == pytest.approx(0.900, rel=0.002)
     assert summary.p99_s == pytest.approx(0.990, rel=0.002)
-    assert summary.p999_s == pytest.approx(0.999, rel=0.002)
+    assert summary.p99_9_s == pytest.approx(0.999, rel=0.002)
     assert summary.min_s == 0.001 and summary.max_s == 1.0
     assert summary.mean_s == pytest.approx(0.5005)
 

@@ -10,17 +10,9 @@ import pytest
 from rich.console import Console
 
 from retail.loadgen import report
-from retail.loadgen.runner import LoadConfig, LoadRun, OrderResult
+from retail.loadgen.runner import LoadConfig, LoadRun, OrderResult, ServiceInfo
 from retail.loadgen.schedule import Schedule
-
-T0 = 1_900_000_000.0  # server clock, epoch seconds
-
-
-def order(index: int, **fields: object) -> OrderResult:
-    result = OrderResult(index=index, due_s=index * 0.5, sku="MUG-1", started_s=index * 0.5)
-    for name, value in fields.items():
-        setattr(result, name, value)
-    return result
+from tests.loadgen.runs import T0, load_run, order
 
 
 def fulfilled(
@@ -75,16 +67,7 @@ def sample_run() -> LoadRun:
         ),
     ]
     config = LoadConfig(schedule=Schedule.constant(2, 3.5), follow=True)
-    return LoadRun(
-        url="http://127.0.0.1:8000/",
-        config=config,
-        run_id="abc",
-        customer="load-abc",
-        started_epoch=T0,
-        elapsed_s=12.0,
-        orders=orders,
-        samples=[],
-    )
+    return load_run(orders, config=config, run_id="abc", elapsed_s=12.0)
 
 
 def test_summary_counts_each_outcome_once() -> None:
@@ -123,8 +106,6 @@ def test_goodput_is_measured_from_the_start_of_the_run() -> None:
 def saturated_run(capacity: int, service_s: float, accepted: int) -> LoadRun:
     """`accepted` orders stored at once at T0 and fulfilled `capacity` at a time, each
     taking `service_s`: the fastest any service with these limits can go."""
-    from retail.loadgen.runner import ServiceInfo
-
     orders = []
     for index in range(accepted):
         start = T0 + (index // capacity) * service_s
@@ -144,15 +125,11 @@ def saturated_run(capacity: int, service_s: float, accepted: int) -> LoadRun:
                 finished_at=start + service_s,
             )
         )
-    return LoadRun(
-        url="http://127.0.0.1:8000/",
+    return load_run(
+        orders,
         config=LoadConfig(schedule=Schedule.constant(4 * capacity / service_s, 5.0)),
         run_id="sat",
-        customer="load-sat",
-        started_epoch=T0,
         elapsed_s=20.0,
-        orders=orders,
-        samples=[],
         service=ServiceInfo("queue", capacity, service_s, 20),
     )
 

@@ -5,13 +5,31 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import httpx
 
+from retail.loadgen.pacer import Timer
 from retail.loadgen.report import summarize
-from retail.loadgen.runner import LoadConfig, run_load
+from retail.loadgen.runner import LoadConfig, LoadRun, run_load
 from retail.loadgen.schedule import Schedule
 from tests.conftest import StartApp
+
+Handler = (
+    Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]]
+)
+
+
+async def fake_run(
+    handler: Handler, schedule: Schedule, timer: Timer | None = None, **options: Any
+) -> LoadRun:
+    """A run of `schedule` (nothing followed or sampled) against a fake server: `handler`."""
+    config = LoadConfig(schedule=schedule, follow=False, sample_interval_s=None, **options)
+    transport = httpx.MockTransport(handler)
+    async with httpx.AsyncClient(transport=transport, base_url="http://fake") as client:
+        return await run_load(config, client=client, timer=timer)
 
 
 async def test_a_run_counts_what_the_service_stored_and_fulfilled(start_app: StartApp) -> None:
@@ -83,11 +101,7 @@ async def test_sends_do_not_wait_for_answers() -> None:
         await everyone.wait()
         return httpx.Response(503, json={"type": "about:blank", "title": "busy", "status": 503})
 
-    config = LoadConfig(schedule=Schedule.constant(100, 0.2), follow=False, sample_interval_s=None)
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(handler), base_url="http://fake"
-    ) as client:
-        run = await asyncio.wait_for(run_load(config, client=client), timeout=5)
+    run = await asyncio.wait_for(fake_run(handler, Schedule.constant(100, 0.2)), timeout=5)
 
     assert len(arrived) == 20
     spread = arrived[-1] - arrived[0]
@@ -138,17 +152,7 @@ async def test_retries_wait_as_retry_after_says_and_reuse_the_idempotency_key() 
         return answers.pop(0) if answers else accepted()
 
     timer = Ticker()
-    config = LoadConfig(
-        schedule=Schedule.constant(1, 1),
-        retries=3,
-        idempotency_keys=True,
-        follow=False,
-        sample_interval_s=None,
-    )
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(handler), base_url="http://fake"
-    ) as client:
-        run = await run_load(config, client=client, timer=timer)
+    run = await fake_run(handler, Schedule.constant(1, 1), timer, retries=3, idempotency_keys=True)
 
     [order] = run.orders
     assert order.attempts == 3 and order.outcome == "accepted"
@@ -166,16 +170,7 @@ async def test_without_retries_a_refusal_is_final_and_keys_are_unique() -> None:
         keys.append(request.headers.get("idempotency-key"))
         return httpx.Response(503, headers={"Retry-After": "2"}, json={"type": "x", "status": 503})
 
-    config = LoadConfig(
-        schedule=Schedule.constant(5, 1),
-        idempotency_keys=True,
-        follow=False,
-        sample_interval_s=None,
-    )
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(handler), base_url="http://fake"
-    ) as client:
-        run = await run_load(config, client=client, timer=Ticker())
+    run = await fake_run(handler, Schedule.constant(5, 1), Ticker(), idempotency_keys=True)
     assert len(keys) == len(set(keys)) == 5
     assert all(o.attempts == 1 and o.status == 503 for o in run.orders)
 
@@ -184,11 +179,7 @@ async def test_transport_errors_are_errors_not_refusals() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    config = LoadConfig(schedule=Schedule.constant(5, 1), follow=False, sample_interval_s=None)
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(handler), base_url="http://fake"
-    ) as client:
-        run = await run_load(config, client=client, timer=Ticker())
+    run = await fake_run(handler, Schedule.constant(5, 1), Ticker())
     summary = summarize(run)
     assert summary.errors_by_kind == {"ConnectError": 5}
     assert summary.accepted == summary.refused == 0
@@ -207,18 +198,14 @@ async def test_only_a_key_still_in_flight_makes_a_409_worth_retrying() -> None:
         attempts[kind] += 1
         return answers[kind] if attempts[kind] == 1 else accepted()
 
-    config = LoadConfig(
-        schedule=Schedule.constant(2, 1),
+    run = await fake_run(
+        handler,
+        Schedule.constant(2, 1),
+        Ticker(),
         skus=("MUG-1", "TEE-M"),
         retries=2,
         idempotency_keys=True,
-        follow=False,
-        sample_interval_s=None,
     )
-    async with httpx.AsyncClient(
-        transport=httpx.MockTransport(handler), base_url="http://fake"
-    ) as client:
-        run = await run_load(config, client=client, timer=Ticker())
     assert attempts == {"in-use": 2, "stock": 1}
     assert [o.outcome for o in run.orders] == ["accepted", "refused"]
     assert summarize(run).refused_by_problem == {"409 insufficient-stock": 1}

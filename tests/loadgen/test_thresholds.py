@@ -4,71 +4,29 @@ build, and output paths checked before the first order is sent."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from retail.cli import app
 from retail.loadgen import report
 from retail.loadgen.plots import timeline_rows
-from retail.loadgen.runner import LoadConfig, LoadRun, OrderResult
-from retail.loadgen.schedule import Schedule
+from retail.loadgen.runner import OrderResult
 from retail.loadgen.thresholds import parse_threshold
-from retail.web.app import create_app
-from tests.conftest import make_settings
-from tests.serving import free_port, serve_in_thread
-
-WIDE = {"COLUMNS": "160"}
-T0 = 1_900_000_000.0
-
-Serve = Callable[..., AbstractContextManager[str]]
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Serve:
-    def start(**settings: object) -> AbstractContextManager[str]:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'retail.db'}"
-        return serve_in_thread(create_app(make_settings(url, **settings)))
-
-    return start
+from tests.commands import retail
+from tests.loadgen.conftest import Serve
+from tests.loadgen.runs import T0, load_run, order
+from tests.serving import free_port
 
 
 def accepted(index: int, **fields: object) -> OrderResult:
-    result = OrderResult(
-        index=index,
-        due_s=index * 0.1,
-        sku="MUG-1",
-        started_s=index * 0.1,
-        answered_s=index * 0.1 + 0.01,
-        attempts=1,
-        status=202,
-        order_id=f"id-{index}",
-        service_level="full",
-    )
-    for name, value in fields.items():
-        setattr(result, name, value)
-    return result
-
-
-def run_of(orders: list[OrderResult]) -> LoadRun:
-    return LoadRun(
-        url="http://127.0.0.1:8000/",
-        config=LoadConfig(schedule=Schedule.constant(10, 1.0)),
-        run_id="t",
-        customer="load-t",
-        started_epoch=T0,
-        elapsed_s=5.0,
-        orders=orders,
-        samples=[],
-    )
+    answer = {"answered_s": index * 0.1 + 0.01, "attempts": 1, "status": 202}
+    placed = {"order_id": f"id-{index}", "service_level": "full"}
+    return order(index, spacing_s=0.1, **{**answer, **placed, **fields})
 
 
 def sample_summary() -> report.Summary:
     return report.summarize(
-        run_of(
+        load_run(
             [
                 accepted(
                     0,
@@ -109,7 +67,7 @@ def test_a_threshold_compares_the_summary(text: str, passed: bool, observed: flo
 
 
 def test_a_threshold_with_nothing_measured_fails() -> None:
-    result = parse_threshold("p99_refused<1s").check(report.summarize(run_of([accepted(0)])))
+    result = parse_threshold("p99_refused<1s").check(report.summarize(load_run([accepted(0)])))
     assert not result.passed and "nothing measured" in result.describe()
 
 
@@ -123,7 +81,7 @@ def test_a_bad_threshold_says_what_is_accepted(text: str) -> None:
 
 
 def test_the_timeline_includes_accepted_orders_that_never_started() -> None:
-    run = run_of(
+    run = load_run(
         [
             accepted(0, order_status="fulfilled", created_at=T0, started_at=T0, finished_at=T0 + 1),
             accepted(1, order_status="queued", created_at=T0 + 0.1),  # never started
@@ -139,28 +97,10 @@ def test_the_timeline_includes_accepted_orders_that_never_started() -> None:
 
 def test_thresholds_exit_99_naming_the_one_missed(serve: Serve, tmp_path: Path) -> None:
     with serve(capacity=1, fulfilment_delay="0.2", overload_mode="queue") as url:
-        result = CliRunner().invoke(
-            app,
-            [
-                "load",
-                "--url",
-                url,
-                "--rate",
-                "10",
-                "--duration",
-                "0.3",
-                "--threshold",
-                "refused<1%",
-                "--threshold",
-                "p99_start<1ms",
-                "--threshold",
-                "p99_http<30s",
-                "--summary-export",
-                str(tmp_path / "summary.json"),
-                "--html",
-                str(tmp_path / "report.html"),
-            ],
-            env=WIDE,
+        result = retail(
+            f"load --url {url} --rate 10 --duration 0.3",
+            "--threshold 'refused<1%' --threshold 'p99_start<1ms' --threshold 'p99_http<30s'",
+            *("--summary-export", tmp_path / "summary.json", "--html", tmp_path / "report.html"),
         )
     assert result.exit_code == 99, result.output
     error = result.stderr.strip().splitlines()
@@ -183,13 +123,9 @@ def test_thresholds_exit_99_naming_the_one_missed(serve: Serve, tmp_path: Path) 
 
 def test_thresholds_that_hold_exit_0(serve: Serve) -> None:
     with serve(capacity=4, fulfilment_delay="0") as url:
-        result = CliRunner().invoke(
-            app,
-            [
-                *("load", "--url", url, "--rate", "10", "--duration", "0.2"),
-                *("--threshold", "refused<1%", "--threshold", "errors<1"),
-            ],
-            env=WIDE,
+        result = retail(
+            f"load --url {url} --rate 10 --duration 0.2",
+            "--threshold 'refused<1%' --threshold 'errors<1'",
         )
     assert result.exit_code == 0, result.output
     assert "refused<1%: ok" in result.stdout
@@ -202,7 +138,7 @@ def test_output_paths_are_checked_before_the_run(option: str, tmp_path: Path) ->
     target = blocker / ("charts" if option == "--plot" else "out.json")
     # no service on this port: the path problem must be found before any request
     url = f"http://127.0.0.1:{free_port()}"
-    result = CliRunner().invoke(app, ["load", "--url", url, option, str(target)], env=WIDE)
+    result = retail(f"load --url {url} {option}", target)
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {option} {target}: cannot write")
@@ -211,7 +147,7 @@ def test_output_paths_are_checked_before_the_run(option: str, tmp_path: Path) ->
 
 def test_a_bad_threshold_is_reported_before_the_run() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    result = CliRunner().invoke(app, ["load", "--url", url, "--threshold", "p99<2s"], env=WIDE)
+    result = retail(f"load --url {url} --threshold 'p99<2s'")
     assert result.exit_code == 2
     assert "unknown metric 'p99'" in result.stderr
 
@@ -219,7 +155,7 @@ def test_a_bad_threshold_is_reported_before_the_run() -> None:
 def test_demo_checks_its_output_paths_before_starting(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = CliRunner().invoke(app, ["demo", "--plot", str(blocker / "docs")], env=WIDE)
+    result = retail("demo --plot", blocker / "docs")
     assert result.exit_code == 2
     assert result.stderr.startswith(f"Error: --plot {blocker / 'docs'}: cannot write")
     assert "Starting a private service" not in result.stdout

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from retail.cli import app
+from tests.commands import WIDE, retail
 from tests.serving import PYTHON, ROOT, environment, free_port, serving
 
-WIDE = {"COLUMNS": "160"}
 KEYS = {
     "orders",
     "accepted",
@@ -32,30 +32,10 @@ KEYS = {
 
 
 def test_simulate_prints_the_report_and_writes_json_and_a_chart(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "simulate",
-            "--capacity",
-            "2",
-            "--fulfilment-delay",
-            "exponential:1",
-            "--overload-mode",
-            "reject",
-            "--rate",
-            "4",
-            "--orders",
-            "2000",
-            "--arrivals",
-            "poisson",
-            "--seed",
-            "3",
-            "--json",
-            str(tmp_path / "run.json"),
-            "--plot",
-            str(tmp_path / "run.png"),
-        ],
-        env=WIDE,
+    result = retail(
+        "simulate --capacity 2 --fulfilment-delay exponential:1 --overload-mode reject",
+        "--rate 4 --orders 2000 --arrivals poisson --seed 3",
+        *("--json", tmp_path / "run.json", "--plot", tmp_path / "run.png"),
     )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "run.json").read_text())
@@ -70,11 +50,9 @@ def test_simulate_prints_the_report_and_writes_json_and_a_chart(tmp_path: Path) 
 
 
 def test_the_environment_sets_the_service_as_for_serve() -> None:
-    result = CliRunner().invoke(
-        app,
-        ["simulate", "--rate", "10", "--duration", "5", "--seed", "1", "--json", "-"],
+    result = retail(
+        "simulate --rate 10 --duration 5 --seed 1 --json -",
         env={
-            **WIDE,
             "RETAIL_CAPACITY": "1",
             "RETAIL_FULFILMENT_DELAY": "1",
             "RETAIL_QUEUE_LIMIT": "0",
@@ -88,24 +66,9 @@ def test_the_environment_sets_the_service_as_for_serve() -> None:
 
 
 def test_plan_prints_a_recommendation_and_the_neighbours() -> None:
-    result = CliRunner().invoke(
-        app,
-        [
-            "plan",
-            "--rate",
-            "10",
-            "--fulfilment-delay",
-            "0",
-            "--step-delays",
-            "pick=exponential:1",
-            "--p99-wait",
-            "1.5",
-            "--orders",
-            "5000",
-            "--json",
-            "-",
-        ],
-        env=WIDE,
+    result = retail(
+        "plan --rate 10 --fulfilment-delay 0 --step-delays pick=exponential:1",
+        "--p99-wait 1.5 --orders 5000 --json -",
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -116,66 +79,52 @@ def test_plan_prints_a_recommendation_and_the_neighbours() -> None:
 
 
 def test_bad_settings_are_reported_plainly() -> None:
-    result = CliRunner().invoke(app, ["simulate", "--fulfilment-delay", "gamma:2"], env=WIDE)
+    result = retail("simulate --fulfilment-delay gamma:2")
     assert result.exit_code == 2
     assert "Invalid settings" in result.output and "gamma" in result.output
 
 
-# Settings under which a live server on a busy machine still decides as the simulation
-# does: a few orders per second, evenly spaced, fixed delays (so the live run and the
-# simulation face the same plans, not two draws of them), overload from the first seconds.
-# Each run says how far behind its plans the live server may fall and still decide alike
-# (`slack_s`):
-# - reject: two slots, 1 s plans, an arrival every 0.476 s: a slot frees 0.43 s before the
-#   next arrival that can take it, and nobody waits, so lateness does not add up. One
-#   order in three is refused.
-# - queue: the queue stays full, so each slot runs a chain of orders end to end and the
-#   lateness of each start and end adds up along it. A slot freed late gives its place to
-#   a later arrival instead (no count changes) unless the window ends first: the last
-#   ends before the last arrival are 0.5 and 0.75 s ahead of it. Over 40 % refused.
-LIVE_RUNS: dict[str, tuple[dict[str, Any], list[str], float]] = {
+def bursts(count: int, every_s: float, orders: int, rate: float) -> list[str]:
+    """`--schedule` segments: `count` bursts of `orders` orders `every_s` seconds, each sent
+    at `rate` orders per second (with `--arrivals fixed`, evenly spaced)."""
+    on_s = orders / rate
+    return [f"{rate:g}@{on_s:g}", f"0@{every_s - on_s:g}"] * count
+
+
+# Settings and arrivals under which the live server, even on a busy machine, faces the
+# decisions the simulation makes at the same instants. Fixed delays and fixed arrivals, so
+# both face the same plans and the same due times; arrivals come in short bursts, so that
+# every instant a decision turns on (a slot freeing, the queue draining) lies far, 0.4 s
+# or more, from every arrival: a live server late by less than that, or a load generator
+# sending that late, decides as the simulation does. The simulation itself decides the
+# same with every plan from 0.8x to 1.3x (reject) or 0.6x to 1.6x (queue) its length.
+# Each run overloads the service (about half the orders refused, or more) with enough
+# orders that one order decided differently moves neither figure by 5 %.
+# - reject: 8 slots held 1.8 s; 10 orders every 1.2 s. A burst finds the slots of the one
+#   before still busy (they free 0.55 s after its last order) and those of the one before
+#   that free (since 0.6 s before its first order): every other burst takes 8 orders.
+# - queue: 6 slots, 6 queue places, 1 s plans; 24 orders every 3 s, after two orders that
+#   warm the server up. A burst starts 6, queues 6 and is refused 12 (no slot frees during
+#   the 0.6 s it lasts); the queue drains by 2 s, 1 s before the next burst. An order
+#   waits in the queue until a worker claims it, even with a slot free: arrivals 25 ms
+#   apart give the workers 150 ms to claim the first six before the queue looks full.
+LIVE_RUNS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "reject": (
-        {"capacity": 2, "fulfilment_delay": "1", "overload_mode": "reject"},
-        ["--rate", "2.1", "--duration", "15"],
-        0.35,
+        {"capacity": 8, "fulfilment_delay": "1.8", "overload_mode": "reject"},
+        bursts(8, 1.2, 10, rate=80),
     ),
     "queue": (
-        {"capacity": 2, "fulfilment_delay": "1", "overload_mode": "queue", "queue_limit": 4},
-        ["--rate", "4", "--duration", "15"],
-        0.6,
+        {"capacity": 6, "fulfilment_delay": "1", "overload_mode": "queue", "queue_limit": 6},
+        ["2@1", "0@1", *bursts(3, 3.0, 24, rate=40)],
     ),
 }
-PLANNED_S = 1.0
-
-
-def behind_s(report: dict[str, Any], waits: bool) -> float:
-    """How far the live server fell behind the plans the simulation keeps to, in seconds.
-
-    Without waiting, each order: from its due time plus its plan to its end. With a full
-    queue, each slot's chain: the mean lateness per order (held past its plan, plus from
-    the end before it, or its being stored, to its start) times the orders in the window.
-    """
-    t0 = report["started_at"]
-    done = [o for o in report["orders"] if o["outcome"] == "accepted" and o["finished_at"]]
-    if not done:
-        return 0.0
-    if not waits:
-        return float(max(o["finished_at"] - t0 - o["due_s"] - PLANNED_S for o in done))
-    ends = sorted(o["finished_at"] for o in done)
-    late = [
-        (o["finished_at"] - o["started_at"] - PLANNED_S)
-        + o["started_at"]
-        - max([o["created_at"], *(end for end in ends if end <= o["started_at"])])
-        for o in done
-    ]
-    return float(sum(late) / len(late) * report["summary"]["duration_s"] / PLANNED_S)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", sorted(LIVE_RUNS))
 def test_the_simulation_agrees_with_the_live_service(tmp_path: Path, mode: str) -> None:
-    service, window, slack_s = LIVE_RUNS[mode]
-    arrivals = [*window, "--arrivals", "fixed", "--seed", "5"]
+    service, schedule = LIVE_RUNS[mode]
+    arrivals = ["--schedule", "step:" + ",".join(schedule), "--arrivals", "fixed", "--seed", "5"]
     port = free_port()
     # The database on a RAM disk where there is one: the slots should be held for their
     # planned time, not for the disk's syncs at each step.
@@ -227,20 +176,13 @@ def test_the_simulation_agrees_with_the_live_service(tmp_path: Path, mode: str) 
     live_rate = measured["fulfilled"] / measured["duration_s"]
     sim_rate = predicted["fulfilled"] / predicted["duration_s"]
     live_refused = measured["refused"]["total"] / measured["orders"]
-    figures = (
-        f"fulfilled/s live {live_rate:.3f} sim {sim_rate:.3f}; "
-        f"refused live {live_refused:.3f} sim {predicted['refused_share']:.3f}"
-    )
-    print(f"{mode}: {figures}")
-    behind = behind_s(report, waits=service["overload_mode"] == "queue")
     lag_s = max((o["send_lag_s"] or 0.0) for o in report["orders"])
-    if behind + lag_s > slack_s:
-        # The comparison holds the policy to account, not the machine.
-        pytest.skip(
-            f"the live server fell {behind:.2f} s behind its plans (and the load generator "
-            f"sent up to {lag_s * 1000:.0f} ms late), more than the {slack_s:g} s these "
-            f"arrivals leave: a machine too busy to compare; {figures}"
-        )
-    assert predicted["refused_share"] > 0.25  # overloaded, or the comparison says little
-    assert live_rate == pytest.approx(sim_rate, rel=0.05)
-    assert live_refused == pytest.approx(predicted["refused_share"], rel=0.05)
+    figures = (
+        f"{mode}: fulfilled/s live {live_rate:.3f} sim {sim_rate:.3f}; refused live "
+        f"{live_refused:.3f} sim {predicted['refused_share']:.3f}; the load generator sent "
+        f"up to {lag_s * 1000:.0f} ms late"
+    )
+    print(figures)
+    assert predicted["refused_share"] > 0.45, figures  # overloaded, so the test says something
+    assert live_rate == pytest.approx(sim_rate, rel=0.05), figures
+    assert live_refused == pytest.approx(predicted["refused_share"], rel=0.05), figures

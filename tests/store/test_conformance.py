@@ -25,6 +25,7 @@ from retail.store.base import (
     Claim,
     Keyed,
     LeaseLost,
+    OrderQuery,
     Outcome,
     Placing,
     Store,
@@ -278,27 +279,27 @@ async def test_orders_are_listed_newest_first_filtered_and_paged(store: Store) -
     await store.cancel_order(stored[2].order.id, now=NOW)
     newest_first = [p.order.id for p in reversed(stored)]
 
-    page, cursor = await store.list_orders(limit=3)
+    page, cursor = await store.list_orders(OrderQuery(limit=3))
     assert [o.id for o in page] == newest_first[:3] and cursor == page[-1].seq
     seen = [o.id for o in page]
     while cursor is not None:
-        page, cursor = await store.list_orders(limit=3, before_seq=cursor)
+        page, cursor = await store.list_orders(OrderQuery(limit=3, before_seq=cursor))
         seen += [o.id for o in page]
     assert seen == newest_first
-    everything, last = await store.list_orders(limit=7)
+    everything, last = await store.list_orders(OrderQuery(limit=7))
     assert len(everything) == 7 and last is None
 
-    alice, _ = await store.list_orders(customer_id="alice")
+    alice, _ = await store.list_orders(OrderQuery(customer_id="alice"))
     assert [o.id for o in alice] == [stored[i].order.id for i in (6, 4, 2, 0)]
-    queued_alice, _ = await store.list_orders(customer_id="alice", status=QUEUED)
+    queued_alice, _ = await store.list_orders(OrderQuery(customer_id="alice", status=QUEUED))
     assert [o.id for o in queued_alice] == [stored[i].order.id for i in (6, 4, 0)]
-    cancelled, _ = await store.list_orders(status=OrderStatus.CANCELLED)
+    cancelled, _ = await store.list_orders(OrderQuery(status=OrderStatus.CANCELLED))
     assert [(o.id, o.status) for o in cancelled] == [(stored[2].order.id, OrderStatus.CANCELLED)]
-    first_page, cursor = await store.list_orders(customer_id="alice", limit=2)
+    first_page, cursor = await store.list_orders(OrderQuery(customer_id="alice", limit=2))
     assert cursor is not None
-    rest, end = await store.list_orders(customer_id="alice", limit=2, before_seq=cursor)
+    rest, end = await store.list_orders(OrderQuery(customer_id="alice", limit=2, before_seq=cursor))
     assert [o.id for o in first_page + rest] == [o.id for o in alice] and end is None
-    assert await store.list_orders(customer_id="nobody") == ([], None)
+    assert await store.list_orders(OrderQuery(customer_id="nobody")) == ([], None)
 
     with pytest.raises(OrderNotFound):
         await store.get_order(uuid.uuid4())
@@ -337,7 +338,7 @@ async def test_active_orders_are_counted_per_customer(store: Store) -> None:
     assert first.customer_id == "alice"
     assert await store.count_active_by_customer() == {"alice": 2, "bob": 1, "carol": 1}
     await store.finish(first, now=NOW + HOUR, status=OrderStatus.FULFILLED)
-    bobs = await store.list_orders(customer_id="bob")
+    bobs = await store.list_orders(OrderQuery(customer_id="bob"))
     await store.cancel_order(bobs[0][0].id, now=NOW + HOUR)
     assert await store.count_active_by_customer() == {"alice": 1, "carol": 1}
 
@@ -458,11 +459,13 @@ async def test_orders_are_listed_by_priority(store: Store) -> None:
         order(("MUG-1", 1)),
         order(("MUG-1", 1), priority=Priority.CRITICAL),
     )
-    page, cursor = await store.list_orders(priority=Priority.CRITICAL, limit=1)
+    page, cursor = await store.list_orders(OrderQuery(priority=Priority.CRITICAL, limit=1))
     assert ([o.id for o in page], cursor) == ([critical_2.order.id], critical_2.order.seq)
-    page, cursor = await store.list_orders(priority=Priority.CRITICAL, before_seq=cursor)
+    page, cursor = await store.list_orders(
+        OrderQuery(priority=Priority.CRITICAL, before_seq=cursor)
+    )
     assert ([o.id for o in page], cursor) == ([critical.order.id], None)
-    assert (await store.list_orders(priority=Priority.SHEDDABLE))[0] == []
+    assert (await store.list_orders(OrderQuery(priority=Priority.SHEDDABLE)))[0] == []
 
 
 async def test_an_order_past_its_start_deadline_is_never_claimed_and_expires_once(
@@ -584,7 +587,7 @@ async def test_released_leases_are_resumed_at_once(store: Store) -> None:
     with pytest.raises(LeaseLost):
         await store.finish(mine[0], now=NOW, status=OrderStatus.FULFILLED)
     await store.finish(other, now=NOW, status=OrderStatus.FULFILLED)
-    assert {o.id for o in (await store.list_orders(status=PROCESSING))[0]} == {
+    assert {o.id for o in (await store.list_orders(OrderQuery(status=PROCESSING)))[0]} == {
         first.order.id,
         second.order.id,
     }

@@ -21,7 +21,8 @@ from retail.core import events as core
 from retail.core.errors import InvalidTransition, OrderNotFound, RetailError
 from retail.core.events import OrderEvent as Event
 from retail.core.orders import Allocation, NewOrder, Placed, Stock, allocate
-from retail.core.types import OrderStatus, Priority
+from retail.core.types import OrderStatus
+from retail.store.base import OrderQuery
 from retail.store.sql import products
 from retail.store.sql.bulk import BulkInsert
 from retail.store.sql.models import Order, OrderEvent, OrderLine, Product, table
@@ -168,25 +169,20 @@ async def get_order(*, session: AsyncSession, order_id: uuid.UUID) -> Order:
 
 
 async def list_orders(
-    *,
-    session: AsyncSession,
-    status: OrderStatus | None,
-    customer_id: str | None,
-    before_seq: int | None,
-    limit: int,
-    priority: Priority | None = None,
+    *, session: AsyncSession, query: OrderQuery
 ) -> tuple[Sequence[Order], int | None]:
     """Newest first, keyset-paginated on `seq`; returns the page and the next cursor."""
-    query = select(Order).options(selectinload(Order.lines)).order_by(Order.seq.desc())
-    if status is not None:
-        query = query.where(Order.status == status.value)
-    if customer_id is not None:
-        query = query.where(Order.customer_id == customer_id)
-    if priority is not None:
-        query = query.where(Order.priority == priority.rank)
-    if before_seq is not None:
-        query = query.where(Order.seq < before_seq)
-    rows = (await session.scalars(query.limit(limit + 1))).all()
+    statement = select(Order).options(selectinload(Order.lines)).order_by(Order.seq.desc())
+    if query.status is not None:
+        statement = statement.where(Order.status == query.status.value)
+    if query.customer_id is not None:
+        statement = statement.where(Order.customer_id == query.customer_id)
+    if query.priority is not None:
+        statement = statement.where(Order.priority == query.priority.rank)
+    if query.before_seq is not None:
+        statement = statement.where(Order.seq < query.before_seq)
+    limit = query.limit
+    rows = (await session.scalars(statement.limit(limit + 1))).all()
     if len(rows) > limit:
         return rows[:limit], rows[limit - 1].seq
     return rows, None

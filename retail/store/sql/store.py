@@ -30,6 +30,7 @@ from retail.store.base import (
     ACCEPTED,
     Claim,
     Expired,
+    OrderQuery,
     Outcome,
     Placing,
     Product,
@@ -140,24 +141,9 @@ class SqlStore:
         async with self.db.read() as session:
             return _view(await orders.get_order(session=session, order_id=order_id))
 
-    async def list_orders(
-        self,
-        *,
-        status: OrderStatus | None = None,
-        customer_id: str | None = None,
-        before_seq: int | None = None,
-        limit: int = 50,
-        priority: Priority | None = None,
-    ) -> tuple[list[OrderView], int | None]:
+    async def list_orders(self, query: OrderQuery) -> tuple[list[OrderView], int | None]:
         async with self.db.read() as session:
-            rows, cursor = await orders.list_orders(
-                session=session,
-                status=status,
-                customer_id=customer_id,
-                before_seq=before_seq,
-                limit=limit,
-                priority=priority,
-            )
+            rows, cursor = await orders.list_orders(session=session, query=query)
             return [_view(row) for row in rows], cursor
 
     async def queue_position(self, order: OrderView) -> int:
