@@ -19,6 +19,7 @@ import atexit
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import re
 import sys
@@ -209,6 +210,7 @@ class LogQueue(logging.handlers.QueueHandler):
         self._listener = logging.handlers.QueueListener(lines, writer)
         self._listener.start()
         self._writing = True
+        self._pid = os.getpid()  # a forked child has the queue but not the thread
         atexit.register(self.close)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
@@ -216,11 +218,11 @@ class LogQueue(logging.handlers.QueueHandler):
         return record
 
     def flush(self) -> None:
-        if self._writing:
+        if self._writing and os.getpid() == self._pid:
             self._lines.join()
 
     def close(self) -> None:
-        if self._writing:
+        if self._writing and os.getpid() == self._pid:
             self._writing = False
             self._listener.stop()  # writes what is queued first
         atexit.unregister(self.close)
