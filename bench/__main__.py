@@ -1,11 +1,11 @@
-"""`python -m bench [ingest|overload|simulate|all]`: run the benchmarks, print markdown tables.
+"""`python -m bench [ingest|overload|fulfilment|simulate|fleet|all]`: benchmarks as tables.
 
     uv run python -m bench all --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 
 Every server runs on 127.0.0.1 on a free port with a fresh database (SQLite file in a
 temporary folder; with `--postgres`, a `retail_bench_*` database created on that
 server and dropped afterwards). Load is bounded: wrk runs for `--duration` seconds,
-the open-loop runs for `--overload-duration` seconds each. `all` takes about 6 minutes.
+the open-loop runs for `--overload-duration` seconds each. `all` takes about 8 minutes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ingest, overload, report
+from bench import fleet, fulfilment, ingest, overload, report
 from bench import simulate as sim_bench
 
 
@@ -37,12 +37,16 @@ def _machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "what", nargs="?", choices=("ingest", "overload", "simulate", "all"), default="all"
+        "what",
+        nargs="?",
+        choices=("ingest", "overload", "fulfilment", "simulate", "fleet", "all"),
+        default="all",
     )
     parser.add_argument(
         "--postgres",
         metavar="URL",
-        help="also run ingest on PostgreSQL (any database of the server; a fresh one is made)",
+        help="also run ingest and fulfilment on PostgreSQL (any database of the server; "
+        "a fresh one is made)",
     )
     parser.add_argument("--duration", type=float, default=12.0, help="wrk seconds per run")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
@@ -124,6 +128,40 @@ def main(argv: list[str] | None = None) -> int:
         print(report.overload_tables(runs, saturations, config), flush=True)
         raw["overload"] = [asdict(r) for r in runs]
         raw["saturation"] = [asdict(s) for s in saturations]
+
+    if args.what in ("fulfilment", "all"):
+        fulfilment_config = fulfilment.FulfilmentConfig(duration_s=args.overload_duration)
+        fulfilled, refusals = fulfilment.run(
+            fulfilment_config, postgres_url=args.postgres, workdir=workdir
+        )
+        print(report.fulfilment_tables(fulfilled, refusals, fulfilment_config), flush=True)
+        raw["fulfilment"] = [asdict(r) for r in fulfilled]
+        raw["fulfilment_refusals"] = asdict(refusals)
+
+    if args.what == "fleet" or (args.what == "all" and args.postgres):
+        if not args.postgres:
+            parser.error("fleet needs --postgres URL")
+        config = overload.OverloadConfig(
+            capacity=args.capacity,
+            delay_s=args.delay,
+            duration_s=args.overload_duration,
+            multiples=(2.0,),
+            modes=("queue", "reject"),
+        )
+        scaled = fleet.scaling(
+            args.postgres, duration_s=args.duration, connections=args.connections, workdir=workdir
+        )
+        fleet_runs = fleet.overload_runs(args.postgres, config, workdir=workdir)
+        print(
+            fleet.tables(
+                scaled, fleet_runs, config, connections=args.connections, duration_s=args.duration
+            ),
+            flush=True,
+        )
+        raw["fleet"] = {
+            "scaling": asdict(scaled),
+            "overload": [asdict(r) for r in fleet_runs],
+        }
 
     if args.what == "simulate":
         results = [

@@ -237,33 +237,58 @@ def open_loop(
     return data["started_epoch"], [Sent(**order) for order in data["orders"]]
 
 
-def run_one(workdir: Path, mode: str, multiple: float, config: OverloadConfig) -> OverloadResult:
-    rate = multiple * config.limit_rate
+def run_one(
+    workdir: Path,
+    mode: str,
+    multiple: float,
+    config: OverloadConfig,
+    *,
+    postgres_url: str | None = None,
+) -> OverloadResult:
+    """One open-loop run against a fresh server (SQLite, or PostgreSQL with `postgres_url`)."""
     port = servers.free_port()
+    name = f"{mode}-{multiple:g}{'-pg' if postgres_url else ''}"
     with (
-        servers.fresh_database(None, workdir) as database_url,
+        servers.fresh_database(postgres_url, workdir) as database_url,
         servers.serving(
             servers.retail_serve_command(port),
             port=port,
             env=servers.environment(**serve_settings(database_url, mode, config)),
-            log=workdir / f"serve-{mode}-{multiple:g}.log",
+            log=workdir / f"serve-{name}.log",
         ) as server,
     ):
-        ingest.put_product(server.url, SKU, STOCK)
-        memory = servers.MemorySampler(server.pid).start()
-        try:
-            t0, orders = open_loop(
-                server.url,
-                rate=rate,
-                duration_s=config.duration_s,
-                seed=config.seed,
-                out=workdir / f"openloop-{mode}-{multiple:g}.json",
-            )
-            window_end = t0 + config.duration_s
-            time.sleep(max(0.0, window_end + SETTLE_S - time.time()))
-        finally:
+        return measure(server.url, database_url, server.pid, workdir, mode, multiple, config)
+
+
+def measure(
+    url: str,
+    database_url: str,
+    pid: int | None,
+    workdir: Path,
+    mode: str,
+    multiple: float,
+    config: OverloadConfig,
+) -> OverloadResult:
+    """Offer `multiple` times the limit to the service at `url`, open loop; what it fulfilled
+    (read from `database_url`) and how it answered. `pid`: the process whose memory is
+    sampled (None: none)."""
+    rate = multiple * config.limit_rate
+    ingest.put_product(url, SKU, STOCK)
+    memory = servers.MemorySampler(pid).start() if pid is not None else None
+    try:
+        t0, orders = open_loop(
+            url,
+            rate=rate,
+            duration_s=config.duration_s,
+            seed=config.seed,
+            out=workdir / f"openloop-{mode}-{multiple:g}.json",
+        )
+        window_end = t0 + config.duration_s
+        time.sleep(max(0.0, window_end + SETTLE_S - time.time()))
+    finally:
+        if memory is not None:
             memory.stop()
-        fulfilled = asyncio.run(_fulfilled(database_url))
+    fulfilled = asyncio.run(_fulfilled(database_url))
     warmup_s = WARMUP_SERVICE_TIMES * config.delay_s
     window = (t0 + warmup_s, t0 + config.duration_s)
     window_s = window[1] - window[0]
@@ -292,7 +317,9 @@ def run_one(workdir: Path, mode: str, multiple: float, config: OverloadConfig) -
         refusal_sent_ms=percentiles_ms(_values([o.from_send_s for o in refused])),
         accept_ms=percentiles_ms(_values([o.latency_s for o in accepted])),
         replay_rate=replay_in_window / window_s,
-        rss_kib=(memory.rss_at(0.25), memory.rss_at(1.0), memory.peak_kib),
+        rss_kib=(
+            (memory.rss_at(0.25), memory.rss_at(1.0), memory.peak_kib) if memory else (0, 0, 0)
+        ),
         service_s=sum(full) / len(full) if full else 0.0,
         wait_ms=percentiles_ms(waits),
         retry_after_error=retry_after_accuracy(orders),

@@ -5,6 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from bench.fulfilment import (
+    ACCEPT_P99_TARGET_MS,
+    FULFILLED_TARGET,
+    REFUSAL_P99_TARGET_MS,
+    FulfilmentConfig,
+    FulfilmentResult,
+)
 from bench.ingest import IngestResult
 from bench.overload import (
     OverloadConfig,
@@ -122,11 +129,8 @@ def _retry_after(error: dict[str, Any]) -> str:
     return f"{error['median']:.0%} ({error['within_target']:.0%}, {error['early']:.0%})"
 
 
-def overload_tables(
-    runs: Sequence[OverloadResult],
-    saturations: Sequence[SaturationResult],
-    config: OverloadConfig,
-) -> str:
+def overload_runs_table(runs: Sequence[OverloadResult]) -> str:
+    """One row per open-loop run: what was sent, fulfilled, refused, how fast, memory."""
     rows = []
     for r in runs:
         limit = r.limit_rate
@@ -145,10 +149,10 @@ def overload_tables(
                 _ms(r.accept_ms),
                 _ms(r.wait_ms),
                 _retry_after(r.retry_after_error),
-                f"{r.rss_kib[2] / 1024:.0f} ({rss_growth(r):.2f})",
+                f"{r.rss_kib[2] / 1024:.0f} ({rss_growth(r):.2f})" if r.rss_kib[2] else "-",
             ]
         )
-    main = table(
+    return table(
         [
             "mode",
             "offered",
@@ -167,6 +171,14 @@ def overload_tables(
         ],
         rows,
     )
+
+
+def overload_tables(
+    runs: Sequence[OverloadResult],
+    saturations: Sequence[SaturationResult],
+    config: OverloadConfig,
+) -> str:
+    main = overload_runs_table(runs)
     notes = []
     for r in runs:
         if r.of_limit is not None:
@@ -223,4 +235,62 @@ def overload_tables(
         f"{config.duration_s:g} s per run, SQLite\n\n{main}\n\n"
         f"## Refusing at saturation: wrk, 64 connections\n\n{sat}\n\n"
         "Targets:\n\n" + "\n".join(notes) + "\n"
+    )
+
+
+def fulfilment_tables(
+    results: Sequence[FulfilmentResult], refusals: OverloadResult, config: FulfilmentConfig
+) -> str:
+    rows = [
+        [
+            r.backend,
+            f"{r.offered_rate:.1f}",
+            f"{r.run.fulfilled_rate:.1f}",
+            f"**{r.of_offered:.3f}**",
+            _ms(r.run.accept_ms),
+            f"{r.run.service_s * 1000:.0f}",
+            f"{r.run.errors}",
+            _target(r.ok),
+        ]
+        for r in results
+    ]
+    fulfilment = table(
+        [
+            "database",
+            "offered orders/s",
+            "fulfilled/s",
+            "fulfilled / offered",
+            "202 p50 / p99 ms",
+            "mean service ms",
+            "errors",
+            f"target (>= {FULFILLED_TARGET}, 202 p99 <= {ACCEPT_P99_TARGET_MS:g} ms)",
+        ],
+        rows,
+    )
+    refusal_p99 = refusals.refusal_ms[1] if refusals.refusal_ms else float("inf")
+    refusing = table(
+        [
+            "capacity / D",
+            "offered orders/s",
+            "fulfilled/s (of Erlang-B)",
+            "503 p50 / p99 ms (from due)",
+            "503 p50 / p99 ms (from send)",
+            f"target (p99 <= {REFUSAL_P99_TARGET_MS:g} ms)",
+        ],
+        [
+            [
+                f"{refusals.capacity} / {refusals.delay_s:g} s",
+                f"{refusals.rate:.0f}",
+                f"{refusals.fulfilled_rate:.1f} ({refusals.of_limit or 0:.3f})",
+                _ms(refusals.refusal_ms),
+                _ms(refusals.refusal_sent_ms),
+                _target(refusal_p99 <= REFUSAL_P99_TARGET_MS),
+            ]
+        ],
+    )
+    return (
+        f"## Fulfilment: capacity {config.capacity}, {config.delay_s:g} s orders, "
+        f"{config.rate:g} orders/s offered, {config.duration_s:g} s\n\n{fulfilment}\n\n"
+        f"## Refusals while fulfilment runs: reject mode, {config.refusal_multiple:g}x\n\n"
+        f"{refusing}\n"
     )

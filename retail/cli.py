@@ -13,6 +13,7 @@ import typer
 from retail.cli_support import Capacity, DatabaseUrl, Delay, Mode, QueueLimit
 from retail.cli_support import fail as _fail
 from retail.cli_support import settings_or_exit as _settings
+from retail.config import Settings
 from retail.loadgen.cli import demo, load
 from retail.sim.cli import plan, simulate
 
@@ -71,6 +72,18 @@ def serve(
         bool | None, typer.Option(help="Migrate the schema on start [RETAIL_MIGRATE_ON_START].")
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="API processes on the one port (PostgreSQL: they form a fleet, each "
+            "with its own fulfilment slots).",
+        ),
+    ] = 1,
+    reuse_port: Annotated[
+        bool,
+        typer.Option(help="Bind the port with SO_REUSEPORT, beside other processes on it."),
+    ] = False,
 ) -> None:
     """Start the HTTP API and the fulfilment workers."""
     import uvicorn
@@ -90,6 +103,27 @@ def serve(
         fulfilment_delay=fulfilment_delay,
         migrate_on_start=migrate,
     )
+    if workers > 1:
+        from retail.runtime.processes import serve_processes
+
+        problem = _fleet_problem(settings)
+        if problem is not None:
+            raise _fail(problem, 2)
+        _check_database(settings.database_url)
+        if settings.migrate_on_start:  # once, here: the processes would race each other
+            _migrate(settings.database_url)
+        overrides = {
+            "host": host,
+            "port": port,
+            "database_url": database_url,
+            "capacity": capacity,
+            "overload_mode": overload_mode.value if overload_mode is not None else None,
+            "queue_limit": queue_limit,
+            "fulfilment_delay": fulfilment_delay,
+        }
+        raise typer.Exit(
+            serve_processes(workers, overrides, port=settings.port, access_log=access_log)
+        )
     _check_database(settings.database_url)
     configure_logging(settings.log_format, settings.log_level, access_log=access_log)
     application = create_app(settings)
@@ -110,7 +144,35 @@ def serve(
         timeout_keep_alive=settings.keep_alive_timeout_s,
         limit_concurrency=settings.max_connections,
     )
-    Server(config, on_stop=lambda: announce_stop(application)).run()
+    sockets = [_reusable_socket(settings.host, settings.port)] if reuse_port else None
+    Server(config, on_stop=lambda: announce_stop(application)).run(sockets=sockets)
+
+
+def _fleet_problem(settings: Settings) -> str | None:
+    """Why several processes cannot share this database (None: they can)."""
+    if settings.database_url.startswith("sqlite"):
+        return (
+            "--workers (several processes, one fleet) needs PostgreSQL "
+            "(RETAIL_DATABASE_URL=postgresql+asyncpg://…): SQLite is one process; run "
+            "`retail serve` without --workers, it fulfils orders itself"
+        )
+    if settings.port == 0:
+        return "--workers needs a fixed --port: the processes share it"
+    return None
+
+
+def _reusable_socket(host: str, port: int) -> Any:
+    """A listening socket several processes bind at once; the kernel spreads connections."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 @app.command()
@@ -139,6 +201,9 @@ def worker(
             err=True,
         )
         raise typer.Exit(2)
+    # A worker is always one of the fleet: it announces its slots, beats, and wakes on
+    # the database's notice when orders are stored.
+    settings = settings.model_copy(update={"fleet": True})
     _check_database(settings.database_url)
     configure_logging(settings.log_format, settings.log_level)
 
@@ -156,6 +221,19 @@ def worker(
     asyncio.run(run())
 
 
+def _migrate(url: str, revision: str = "head", *, downgrade: bool = False) -> None:
+    from retail.store.sql.migrations import migrate
+
+    async def run() -> None:
+        db = _engine(url)
+        try:
+            await migrate(db.writer, revision, downgrade=downgrade)
+        finally:
+            await db.dispose()
+
+    _run_db(url, run)
+
+
 def _engine(database_url: str) -> Any:
     from retail.store.sql.engine import Database
 
@@ -168,18 +246,7 @@ def db_upgrade(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Migrate the schema up (to the newest revision by default)."""
-    from retail.store.sql.migrations import migrate
-
-    url = _settings(database_url=database_url).database_url
-
-    async def run() -> None:
-        db = _engine(url)
-        try:
-            await migrate(db.writer, revision)
-        finally:
-            await db.dispose()
-
-    _run_db(url, run)
+    _migrate(_settings(database_url=database_url).database_url, revision)
     typer.echo(f"database at {revision}")
 
 
@@ -189,18 +256,7 @@ def db_downgrade(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Migrate the schema down."""
-    from retail.store.sql.migrations import migrate
-
-    url = _settings(database_url=database_url).database_url
-
-    async def run() -> None:
-        db = _engine(url)
-        try:
-            await migrate(db.writer, revision, downgrade=True)
-        finally:
-            await db.dispose()
-
-    _run_db(url, run)
+    _migrate(_settings(database_url=database_url).database_url, revision, downgrade=True)
     typer.echo(f"database at {revision}")
 
 

@@ -211,6 +211,20 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long in-flight orders may run before they are left.",
     )
 
+    # --- the fleet: many processes on one PostgreSQL database -----------------------
+    fleet: bool = Field(
+        False,
+        description="Share one capacity with every process on the database (PostgreSQL): "
+        "admission counts the live workers' slots and the fleet's orders.",
+    )
+    heartbeat_s: float = Field(1.0, gt=0, le=60, description="Fleet: how often a worker beats.")
+    worker_dead_after_s: float = Field(
+        5.0, gt=0, le=600, description="Fleet: a worker silent this long leaves the fleet."
+    )
+    fleet_reconcile_s: float = Field(
+        1.0, gt=0, le=60, description="Fleet: how often the whole fleet is read again."
+    )
+
     # --- live views: dashboard, /ws, SSE --------------------------------------------
     max_streams: int = Field(
         100,
@@ -286,6 +300,20 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_delays(self) -> Settings:
         self.pipeline()  # raises ValueError with a readable message
+        return self
+
+    @model_validator(mode="after")
+    def _fleet_needs_postgres(self) -> Settings:
+        if self.fleet and not self.database_url.startswith("postgresql"):
+            raise ValueError(
+                "RETAIL_FLEET=true needs PostgreSQL (RETAIL_DATABASE_URL=postgresql+asyncpg://…): "
+                "SQLite is one process; run `retail serve` alone, it fulfils orders itself"
+            )
+        if self.fleet and self.worker_dead_after_s <= self.heartbeat_s:
+            raise ValueError(
+                "RETAIL_WORKER_DEAD_AFTER_S must be longer than RETAIL_HEARTBEAT_S, or live "
+                "workers are given up for dead"
+            )
         return self
 
     @model_validator(mode="after")

@@ -91,8 +91,13 @@ def test_every_setting_reaches_the_app_through_env_file() -> None:
     assert all(
         entry.get("required") is False for entry in app["env_file"] if isinstance(entry, dict)
     )
-    # only what must differ inside compose is pinned in `environment`
-    assert set(environment("app")) == {"RETAIL_DATABASE_URL", "RETAIL_MIGRATE_ON_START"}
+    # only what must differ inside compose is pinned in `environment` (the app shares its
+    # database with the worker service: one fleet)
+    assert set(environment("app")) == {
+        "RETAIL_DATABASE_URL",
+        "RETAIL_MIGRATE_ON_START",
+        "RETAIL_FLEET",
+    }
 
 
 def env_example() -> dict[str, str | None]:
@@ -218,3 +223,23 @@ def test_the_image_has_what_the_service_reads_at_run_time() -> None:
     )
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not set(ignored) & copied
+
+
+def test_a_scalable_worker_service_joins_the_apps_fleet(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = SERVICES["worker"]
+    command = worker["command"]
+    words = command if isinstance(command, list) else shlex.split(command)
+    assert words[:2] == ["retail", "worker"]
+    assert typer.main.get_command(cli).commands["worker"]  # type: ignore[attr-defined]
+    # Scalable: no fixed name and no published port for copies to fight over.
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    # The same database as the app, migrated by the app before any worker starts.
+    assert environment("worker")["RETAIL_DATABASE_URL"] == environment("app")["RETAIL_DATABASE_URL"]
+    assert worker["depends_on"]["app"]["condition"] == "service_healthy"
+    for name, value in environment("worker").items():
+        monkeypatch.setenv(name, with_defaults(value))
+    assert Settings(_env_file=None).database_url.startswith("postgresql")  # type: ignore[call-arg]
+    # The app shares its capacity with the workers.
+    monkeypatch.setenv("RETAIL_FLEET", environment("app")["RETAIL_FLEET"])
+    assert Settings(_env_file=None).fleet  # type: ignore[call-arg]

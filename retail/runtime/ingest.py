@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from retail.core.errors import Unavailable
 from retail.core.orders import Placed
+from retail.runtime.batching import next_batch
 from retail.runtime.bus import EventBus
 from retail.runtime.clock import Clock
 from retail.store.base import Placing, Store, StoredResponse
@@ -95,9 +96,7 @@ class Ingest:
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH_ORDERS and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = await next_batch(self._queue, MAX_BATCH_ORDERS)
             try:
                 await self._write(batch)
             except Exception as error:

@@ -37,6 +37,7 @@ MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ORDER_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300, 600)
 WAIT_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 STEP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+NOTICE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 OUTCOMES: dict[type, str] = {
@@ -111,6 +112,16 @@ class Metrics:
             registry=registry,
             buckets=STEP_BUCKETS_S,
         )
+        self.fulfilment_writes = Counter(
+            "retail_fulfilment_writes",
+            "Transactions in which the workers wrote step transitions (their group commit).",
+            registry=registry,
+        )
+        self.fulfilment_transitions = Counter(
+            "retail_fulfilment_transitions_written",
+            "Step transitions (step boundaries and ends) the workers wrote.",
+            registry=registry,
+        )
         self.orders_finished = Counter(
             "retail_orders_finished",
             "Orders that reached a terminal status, by status.",
@@ -160,6 +171,33 @@ class Metrics:
         )
         self._fair_checks: dict[str, Counter] = {}
 
+        # The fleet (RETAIL_FLEET): every process shows the same fleet, so the most recent.
+        def fleet_gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(
+                f"retail_fleet_{name}",
+                f"Fleet: {documentation}",
+                labels,
+                registry=registry,
+                multiprocess_mode="livemostrecent",
+            )
+
+        self.fleet_capacity = fleet_gauge("capacity", "the live workers' slots, all together.")
+        self.fleet_in_flight = fleet_gauge("orders_in_flight", "orders in fulfilment anywhere.")
+        self.fleet_queued = fleet_gauge("orders_queued", "orders waiting, as admission counts.")
+        self.fleet_workers = fleet_gauge("workers", "live worker processes.")
+        self.fleet_worker_slots = fleet_gauge(
+            "worker_slots", "each live worker process's slots.", ("worker",)
+        )
+        self.fleet_worker_heartbeat_age = fleet_gauge(
+            "worker_heartbeat_age_seconds", "how long ago each live worker beat.", ("worker",)
+        )
+        self.fleet_notice_delay = Histogram(
+            "retail_fleet_notice_delay_seconds",
+            "Fleet: from a change's commit to this process applying its notice.",
+            registry=registry,
+            buckets=NOTICE_BUCKETS_S,
+        )
+
         # Children by label values, for the series touched on every request: `labels()`
         # checks and joins its arguments each time. The label sets are bounded (modes,
         # outcomes, methods, route templates, statuses).
@@ -190,6 +228,11 @@ class Metrics:
 
     def step_done(self, step: str, seconds: float) -> None:
         self.step_duration.labels(step).observe(max(0.0, seconds))
+
+    def fulfilment_written(self, transitions: int) -> None:
+        """The workers' writer committed `transitions` step transitions in one transaction."""
+        self.fulfilment_writes.inc()
+        self.fulfilment_transitions.inc(transitions)
 
     def order_done(self, fulfilment_s: float) -> None:
         """A worker brought an order to fulfilled or failed, `fulfilment_s` after it started."""
@@ -233,6 +276,24 @@ class Metrics:
         for rank in range(top_n):
             count = top_refused[rank] if rank < len(top_refused) else 0
             self.fair_share_top_refused.labels(str(rank + 1)).set(count)
+
+    def fleet_notice(self, delay_s: float) -> None:
+        self.fleet_notice_delay.observe(delay_s)
+
+    def refresh_fleet(
+        self, *, capacity: int, in_flight: int, queued: int, workers: list[tuple[str, int, float]]
+    ) -> None:
+        """Set the fleet gauges just before a scrape; `workers`: (id, slots, heartbeat age)."""
+        self.fleet_capacity.set(capacity)
+        self.fleet_in_flight.set(in_flight)
+        self.fleet_queued.set(queued)
+        self.fleet_workers.set(len(workers))
+        if multiprocess_dir() is None:  # (not kept per process: gone workers' series stay)
+            self.fleet_worker_slots.clear()
+            self.fleet_worker_heartbeat_age.clear()
+        for worker, slots, age_s in workers:
+            self.fleet_worker_slots.labels(worker).set(slots)
+            self.fleet_worker_heartbeat_age.labels(worker).set(max(0.0, age_s))
 
     def refresh(self, *, queued: int, oldest_age_s: float | None) -> None:
         """Set the queue gauges just before a scrape (the worker pool keeps in-flight current)."""

@@ -1,8 +1,10 @@
 """The worker pool: claims orders from the store and runs their steps.
 
 One dispatcher task claims orders in start order (by priority, then first come
-first served) while the `Dispatcher` (the core's in-flight timetable, shared with
-admission) has a free slot, and starts one named task per order. Once per poll
+first served), as many at once as the `Dispatcher` (the core's in-flight timetable,
+shared with admission) has free slots, in one transaction, and starts one named task
+per order. Each order's step boundaries and its end go through the `Completer`, which
+writes the transitions of all orders waiting at that moment in one transaction. Once per poll
 interval it ends the waiting orders whose start deadline has passed (`expired`,
 their stock back); a claim never takes one, so no slot is spent on it. Capacity
 `1` is the synchronous server (one order at a time); capacity `N` fulfils up to N
@@ -26,10 +28,11 @@ from retail.core.pipeline import PAYMENT_STEP, Pipeline, Plan
 from retail.core.types import OrderStatus
 from retail.runtime.bus import EventBus
 from retail.runtime.clock import Clock
+from retail.runtime.completer import Completer
 from retail.runtime.idempotency import Idempotency
 from retail.runtime.metrics import Metrics
 from retail.runtime.pacing import Paced
-from retail.store.base import Claim, LeaseLost, Store
+from retail.store.base import Claim, Ending, LeaseLost, Store, Transition
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,9 @@ class WorkerPool:
         self._resync_pace = Paced(clock, poll_interval_s)
         self._expiry_pace = Paced(clock, poll_interval_s)
         self._dispatcher = admission.dispatcher
+        self._completer = Completer(
+            store=store, clock=clock, lease_s=lease_s, on_written=self._metrics.fulfilment_written
+        )
 
     @property
     def in_flight(self) -> int:
@@ -107,6 +113,7 @@ class WorkerPool:
             self._wake.set()
 
     async def start(self) -> None:
+        self._completer.start()
         self._claimer = asyncio.create_task(self._dispatch(), name="retail-dispatcher")
 
     async def stop(self) -> None:
@@ -114,12 +121,15 @@ class WorkerPool:
         self._wake.set()
         if self._claimer is not None:
             await asyncio.gather(self._claimer, return_exceptions=True)
-        if not self._tasks:
-            return
-        _, unfinished = await asyncio.wait(self._tasks, timeout=self._shutdown_timeout_s)
+        unfinished: set[asyncio.Task[None]] = set()
+        if self._tasks:
+            _, unfinished = await asyncio.wait(self._tasks, timeout=self._shutdown_timeout_s)
         for task in unfinished:
             task.cancel()
         await asyncio.gather(*unfinished, return_exceptions=True)
+        # The transitions already handed over are written before the leases are given up,
+        # so none of them renews a released lease.
+        await self._completer.stop()
         if unfinished:
             released = await self._store.release_leases(owner=self.owner, now=self._clock.now())
             log.warning("shutdown: left %d unfinished orders for the next start", released)
@@ -184,10 +194,16 @@ class WorkerPool:
         await self._clock.wait(self._wake, self._poll_interval_s)
 
     async def _claim_and_start(self) -> bool:
+        """Claim as many orders as there are free slots, in one transaction, and start them."""
         now = self._clock.now()
-        claim = await self._store.claim_next(owner=self.owner, now=now, lease_s=self._lease_s)
-        if claim is None:
-            return False
+        claims = await self._store.claim_many(
+            owner=self.owner, now=now, lease_s=self._lease_s, limit=self._dispatcher.free_slots
+        )
+        for claim in claims:
+            self._start(claim, now)
+        return bool(claims)
+
+    def _start(self, claim: Claim, now: datetime) -> None:
         if not claim.resumed:
             self._admission.left_queue(claim.priority)
         self._metrics.order_started(
@@ -205,7 +221,6 @@ class WorkerPool:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return True
 
     async def _fulfil(self, claim: Claim, plan: Plan, started: datetime) -> None:
         try:
@@ -238,19 +253,10 @@ class WorkerPool:
         # recording the claim or a step boundary, or waking up late, comes out of the next
         # step, so an order holds its slot for its planned time, not that plus the writes.
         step_start = started
-        while True:
-            starting = (steps[index].name, steps[index].delay_s) if index < len(steps) else None
-            events = await self._store.step_boundary(
-                claim,
-                now=self._clock.now(),
-                completed=completed,
-                starting=starting,
-                lease_s=self._lease_s,
-            )
-            for event in events:
+        while index < len(steps):
+            starting = (steps[index].name, steps[index].delay_s)
+            for event in await self._completer.write(Transition(claim, completed, starting)):
                 self._bus.publish(event)
-            if starting is None:
-                break
             running = self._dispatcher.running.get(claim.order_id)
             if running is not None:
                 running.step = starting[0]
@@ -270,7 +276,10 @@ class WorkerPool:
                 )
             completed = (starting[0], index + 1, took_s)
             index += 1
-        return await self._finish(claim, OrderStatus.FULFILLED, skipped=list(plan.skipped))
+        # The last step's end and the order's end are one write.
+        return await self._finish(
+            claim, OrderStatus.FULFILLED, skipped=list(plan.skipped), completed=completed
+        )
 
     async def _finish(
         self,
@@ -281,6 +290,7 @@ class WorkerPool:
         code: str | None = None,
         step: str | None = None,
         skipped: list[str] | None = None,
+        completed: tuple[str, int, float] | None = None,
     ) -> OrderStatus:
         """End the order; `code` names a failure's reason in metrics."""
         detail: dict[str, object] = {}
@@ -290,9 +300,10 @@ class WorkerPool:
             detail["skipped_steps"] = skipped
         if status is OrderStatus.FAILED:
             detail["stock_released"] = True
-        event = await self._store.finish(
-            claim, now=self._clock.now(), status=status, reason=reason, detail=detail
-        )
+        ending = Ending(status, reason, detail)
+        *steps, event = await self._completer.write(Transition(claim, completed, ending=ending))
+        for step_event in steps:
+            self._bus.publish(step_event)
         self._admission.order_ended(claim.customer_id)
         self._metrics.order_done((event.at - claim.started_at).total_seconds())
         if code is not None:

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from retail.config import Settings
 from retail.core.admission import Admission, LevelObserver
 from retail.core.fairness import FairShare
+from retail.core.fleet import FleetView
 from retail.core.pipeline import Pipeline
 from retail.core.types import AutoLevel
 from retail.runtime.bus import EventBus
 from retail.runtime.clock import Clock
+from retail.runtime.fleet import Fleet, FleetAdmission, FleetTiming
 from retail.runtime.idempotency import Idempotency
 from retail.runtime.ingest import Ingest
 from retail.runtime.logs import log_level_switch, log_transition
@@ -41,6 +43,7 @@ class Services:
     idempotency: Idempotency
     streams: StreamSlots
     metrics: Metrics
+    fleet: Fleet | None = None  # on a fleet (RETAIL_FLEET): admission plans with its load
 
 
 def _level_observer(metrics: Metrics) -> LevelObserver:
@@ -83,14 +86,32 @@ async def running_services(
         if fair_limits is not None:
             fairness = FairShare(fair_limits, on_outcome=metrics.fair_checked)
             fairness.rebuild(await store.count_active_by_customer())
-        admission = Admission(
-            settings.limits(),
-            pipeline,
-            on_decision=metrics.decided,
-            fairness=fairness,
-            on_level=_level_observer(metrics),
-        )
+        admission: Admission
+        fleet_admission = None
+        if settings.fleet:
+            admission = fleet_admission = FleetAdmission(
+                FleetView(pipeline),
+                settings.limits(),
+                pipeline,
+                on_decision=metrics.decided,
+                fairness=fairness,
+                on_level=_level_observer(metrics),
+            )
+        else:
+            admission = Admission(
+                settings.limits(),
+                pipeline,
+                on_decision=metrics.decided,
+                fairness=fairness,
+                on_level=_level_observer(metrics),
+            )
         admission.restore(counts)
+        # On a fleet admission plans with every process's load; this process's workers
+        # keep their own slots (`--capacity`) and timetable.
+        pool_admission = admission
+        if fleet_admission is not None:
+            pool_admission = Admission(settings.limits(), pipeline)
+            pool_admission.restore(counts)
         bus = EventBus()
         bus.listen(log_transition)
         bus.listen(metrics.notice)
@@ -100,7 +121,7 @@ async def running_services(
             idempotency=idempotency,
             clock=clock,
             pipeline=pipeline,
-            admission=admission,
+            admission=pool_admission,
             bus=bus,
             lease_s=settings.lease_s,
             poll_interval_s=settings.poll_interval_s,
@@ -115,6 +136,23 @@ async def running_services(
             idempotency_ttl_s=settings.idempotency_ttl_s,
             on_committed=pool.work_arrived,
         )
+        fleet = None
+        if fleet_admission is not None:
+            fleet = Fleet(
+                database_url=settings.database_url,
+                clock=clock,
+                admission=fleet_admission,
+                timing=FleetTiming(
+                    heartbeat_s=settings.heartbeat_s,
+                    dead_after_s=settings.worker_dead_after_s,
+                    reconcile_s=settings.fleet_reconcile_s,
+                ),
+                member=(pool.owner, settings.capacity if settings.workers_enabled else 0),
+                on_work=pool.notify,
+                metrics=metrics,
+            )
+        if fleet is not None:
+            await fleet.start()  # the fleet's load is known before the first order
         await ingest.start()
         await pool.start()
         try:
@@ -130,11 +168,14 @@ async def running_services(
                 idempotency=idempotency,
                 streams=StreamSlots(settings.max_streams),
                 metrics=metrics,
+                fleet=fleet,
             )
         finally:
             bus.close()  # waiters answer and streams end now
             await ingest.stop()
             await pool.stop()
+            if fleet is not None:
+                await fleet.stop()
     finally:
         await store.close()
         metrics.process_exit()

@@ -115,6 +115,58 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class Ending:
+    """An order's terminal state, as `Store.finish` writes it."""
+
+    status: OrderStatus
+    reason: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+# One event a transition records: (kind, status, step, detail).
+EventSpec = tuple[str, OrderStatus, str | None, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One fenced write of a claim: a step boundary (the end of one step and/or the start
+    of the next, renewing the lease past it), or the order's end (`ending`).
+
+    `completed` is (step name, new step_index, seconds it took); `starting` is (step name,
+    planned seconds). A batch of them (`Store.transition`) is one transaction.
+    """
+
+    claim: Claim
+    completed: tuple[str, int, float] | None = None
+    starting: tuple[str, float] | None = None
+    ending: Ending | None = None
+
+    def lease_for(self, lease_s: float) -> float:
+        """Seconds the lease runs from the write: past the planned step."""
+        return lease_s + (self.starting[1] if self.starting is not None else 0.0)
+
+    def events(self) -> list[EventSpec]:
+        """The events it records, in order (the same in every store)."""
+        processing = OrderStatus.PROCESSING
+        specs: list[EventSpec] = []
+        if self.completed is not None:
+            took = {"took_s": round(self.completed[2], 6)}
+            specs.append(("step_completed", processing, self.completed[0], took))
+        if self.starting is not None:
+            planned = {"planned_s": round(self.starting[1], 6)}
+            specs.append(("step_started", processing, self.starting[0], planned))
+        if self.ending is not None:
+            end = self.ending
+            detail = {**(end.detail or {}), **({"reason": end.reason} if end.reason else {})}
+            specs.append((end.status.value, end.status, None, detail))
+        return specs
+
+
+# Per transition of a batch: the events it recorded, or `LeaseLost` (nothing written).
+Transitioned = list[OrderEvent] | LeaseLost
+
+
+@dataclass(frozen=True, slots=True)
 class Expired:
     """A waiting order whose start deadline passed: ended `expired`, its stock back."""
 
@@ -202,6 +254,22 @@ class Store(Protocol):
     async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None:
         """The next order in start order, under a lease; never a queued one whose start
         deadline is `now` or earlier (`expire_due` ends those)."""
+        ...
+
+    async def claim_many(
+        self, *, owner: str, now: datetime, lease_s: float, limit: int
+    ) -> list[Claim]:
+        """Up to `limit` orders in start order, each as `claim_next` takes one, in one
+        transaction (expired leases first, then queued ones by priority and age)."""
+        ...
+
+    async def transition(
+        self, batch: Sequence[Transition], *, now: datetime, lease_s: float
+    ) -> list[Transitioned]:
+        """Write a batch of claims' transitions in one transaction, each fenced on its own:
+        one whose claim was taken over (or whose order ended) writes nothing and gives
+        `LeaseLost`, the others are applied. An ending gives a failure's stock back (once).
+        At most one transition per order in a batch. Results in the batch's order."""
         ...
 
     async def step_boundary(

@@ -37,6 +37,7 @@ from retail.store.base import (
     ACCEPTED,
     DEMO_CATALOGUE,
     Claim,
+    Ending,
     Expired,
     LeaseLost,
     OrderQuery,
@@ -44,6 +45,8 @@ from retail.store.base import (
     Placing,
     Product,
     StoredResponse,
+    Transition,
+    Transitioned,
 )
 
 if TYPE_CHECKING:
@@ -318,6 +321,55 @@ class MemoryStore:
             raise LeaseLost(str(claim.order_id))
         return record
 
+    async def claim_many(
+        self, *, owner: str, now: datetime, lease_s: float, limit: int
+    ) -> list[Claim]:
+        claims: list[Claim] = []
+        while len(claims) < limit:
+            claim = await self.claim_next(owner=owner, now=now, lease_s=lease_s)
+            if claim is None:
+                break
+            claims.append(claim)
+        return claims
+
+    async def transition(
+        self, batch: Sequence[Transition], *, now: datetime, lease_s: float
+    ) -> list[Transitioned]:
+        results: list[Transitioned] = []
+        for change in batch:
+            try:
+                results.append(self._transition(change, now, lease_s))
+            except LeaseLost as lost:
+                results.append(lost)
+        return results
+
+    def _transition(self, change: Transition, now: datetime, lease_s: float) -> list[OrderEvent]:
+        record = self._fenced(change.claim)
+        view = record.view
+        if change.completed is not None:
+            view = replace(view, step_index=change.completed[1])
+        ending = change.ending
+        if ending is None:
+            record.lease_expires_at = now + timedelta(seconds=change.lease_for(lease_s))
+            record.view = replace(view, updated_at=now)
+        else:
+            del self._processing[view.seq]
+            record.lease_owner = None
+            record.lease_expires_at = None
+            record.view = replace(
+                view,
+                status=ending.status,
+                finished_at=now,
+                updated_at=now,
+                failure_reason=ending.reason,
+            )
+            if ending.status is OrderStatus.FAILED:
+                self._restock(record, now)
+        return [
+            self._add_event(record, kind, status, now, step, detail)
+            for kind, status, step, detail in change.events()
+        ]
+
     async def step_boundary(
         self,
         claim: Claim,
@@ -327,27 +379,7 @@ class MemoryStore:
         starting: tuple[str, float] | None,
         lease_s: float,
     ) -> list[OrderEvent]:
-        record = self._fenced(claim)
-        planned = starting[1] if starting is not None else 0.0
-        record.lease_expires_at = now + timedelta(seconds=lease_s + planned)
-        record.view = replace(
-            record.view,
-            updated_at=now,
-            step_index=completed[1] if completed is not None else record.view.step_index,
-        )
-        events = []
-        processing = OrderStatus.PROCESSING
-        if completed is not None:
-            detail = {"took_s": round(completed[2], 6)}
-            events.append(
-                self._add_event(record, "step_completed", processing, now, completed[0], detail)
-            )
-        if starting is not None:
-            detail = {"planned_s": round(starting[1], 6)}
-            events.append(
-                self._add_event(record, "step_started", processing, now, starting[0], detail)
-            )
-        return events
+        return self._transition(Transition(claim, completed, starting), now, lease_s)
 
     async def finish(
         self,
@@ -358,22 +390,8 @@ class MemoryStore:
         reason: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> OrderEvent:
-        record = self._fenced(claim)
-        del self._processing[record.view.seq]
-        record.lease_owner = None
-        record.lease_expires_at = None
-        record.view = replace(
-            record.view, status=status, finished_at=now, updated_at=now, failure_reason=reason
-        )
-        if status is OrderStatus.FAILED:
-            self._restock(record, now)
-        return self._add_event(
-            record,
-            status.value,
-            status,
-            now,
-            detail={**(detail or {}), **({"reason": reason} if reason else {})},
-        )
+        ending = Ending(status, reason, detail)
+        return self._transition(Transition(claim, ending=ending), now, 0.0)[-1]
 
     async def release_leases(self, *, owner: str, now: datetime) -> int:
         released = [r for r in self._processing.values() if r.lease_owner == owner]

@@ -10,6 +10,7 @@ from retail.core.types import OrderStatus
 from retail.runtime.services import Services
 from retail.web.bounded import within
 from retail.web.deps import ServicesDep
+from retail.web.presenters import fleet_read
 
 router = APIRouter()
 log = logging.getLogger(__name__)
@@ -47,6 +48,14 @@ async def metrics(services: ServicesDep, request: Request) -> Response:
     except Exception as error:
         log.warning("metrics: could not read the queue: %s", error)
     services.metrics.refresh(queued=queued, oldest_age_s=oldest_age_s)
+    fleet = fleet_read(services)
+    if fleet is not None:
+        services.metrics.refresh_fleet(
+            capacity=fleet.capacity,
+            in_flight=fleet.in_flight,
+            queued=fleet.queued,
+            workers=[(w.id, w.slots, w.heartbeat_age_s) for w in fleet.live_workers],
+        )
     services.admission.level_at(services.clock.seconds())  # the level gauge, current
     fairness = services.admission.fairness
     if fairness is not None:

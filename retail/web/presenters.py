@@ -19,6 +19,8 @@ from retail.store.base import Product
 from retail.web.schemas import (
     CapacityCounters,
     CapacityRead,
+    FleetRead,
+    FleetWorkerRead,
     OrderEventRead,
     OrderRead,
     PriorityCapacity,
@@ -34,7 +36,7 @@ def capacity_snapshot(services: Services) -> CapacityRead:
     return CapacityRead(
         **asdict(admission.limits),
         level=admission.level_at(services.clock.seconds()),
-        in_flight=services.pool.in_flight,
+        in_flight=admission.dispatcher.in_flight,
         queued=admission.queued,
         full_service_s=round(services.pipeline.mean_s(ServiceLevel.FULL), SECONDS_DECIMALS),
         degraded_service_s=round(services.pipeline.mean_s(ServiceLevel.DEGRADED), SECONDS_DECIMALS),
@@ -46,6 +48,35 @@ def capacity_snapshot(services: Services) -> CapacityRead:
             )
             for priority in Priority
         },
+        fleet=fleet_read(services),
+    )
+
+
+def fleet_read(services: Services) -> FleetRead | None:
+    if services.fleet is None:
+        return None
+    status = services.fleet.status()
+    now = services.clock.now()
+    return FleetRead(
+        capacity=status.capacity,
+        in_flight=status.in_flight,
+        queued=status.queued,
+        live_workers=[
+            FleetWorkerRead(
+                id=worker.id,
+                slots=worker.slots,
+                started_at=worker.started_at,
+                last_heartbeat_at=worker.heartbeat_at,
+                heartbeat_age_s=round(
+                    max(0.0, (now - worker.heartbeat_at).total_seconds()), SECONDS_DECIMALS
+                ),
+            )
+            for worker in status.workers
+        ],
+        read_at=status.read_at,
+        reconcile_interval_s=status.reconcile_s,
+        dead_after_s=status.dead_after_s,
+        notice_delay_max_s=round(status.notice_delay_max_s, SECONDS_DECIMALS),
     )
 
 

@@ -175,6 +175,29 @@ class PriorityCapacity(BaseModel):
     counters: CapacityCounters
 
 
+class FleetWorkerRead(BaseModel):
+    id: str = Field(description="The worker process (the lease owner of its orders).")
+    slots: int = Field(description="Orders it fulfils at once (its `--capacity`).")
+    started_at: datetime
+    last_heartbeat_at: datetime
+    heartbeat_age_s: float = Field(description="Seconds since its last heartbeat.")
+
+
+class FleetRead(BaseModel):
+    """Every process on the database, as this process sees it (`RETAIL_FLEET=true`)."""
+
+    capacity: int = Field(description="The live workers' slots, all together.")
+    in_flight: int = Field(description="Orders in fulfilment on any worker.")
+    queued: int = Field(description="Orders of the whole fleet waiting for a slot.")
+    live_workers: list[FleetWorkerRead]
+    read_at: datetime | None = Field(description="When the fleet was last read whole.")
+    reconcile_interval_s: float = Field(description="How often it is read whole.")
+    dead_after_s: float = Field(description="A worker silent this long leaves the fleet.")
+    notice_delay_max_s: float = Field(
+        description="Longest delay from a change's commit to this view since the last read."
+    )
+
+
 class CapacityRead(BaseModel):
     mode: OverloadMode
     capacity: int
@@ -201,6 +224,11 @@ class CapacityRead(BaseModel):
     by_priority: dict[Priority, PriorityCapacity] = Field(
         description="Waiting orders and decisions per priority (`counters` is their sum; a "
         "refusal before the body is read counts as standard)."
+    )
+    fleet: FleetRead | None = Field(
+        None,
+        description="On a fleet: the live workers and the fleet's load that `capacity`, "
+        "`in_flight` and `queued` count (absent when this process counts only itself).",
     )
 
 

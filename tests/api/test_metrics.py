@@ -98,6 +98,10 @@ async def test_metrics_follow_orders_from_admission_to_the_end(start_app: StartA
     for step, share in SHARES.items():
         took = after("retail_fulfilment_step_duration_seconds_sum", step=step)
         assert took == pytest.approx(3 * 2 * share, abs=0.35), step
+    # One order at a time: each of its step boundaries and its end is a write of its own.
+    writes = 3 * (len(STEPS) + 1)
+    assert after("retail_fulfilment_writes_total") == writes
+    assert after("retail_fulfilment_transitions_written_total") == writes
 
 
 async def test_refusals_are_counted_by_mode_and_outcome(start_app: StartApp) -> None:

@@ -23,6 +23,7 @@ from retail.core.types import OrderStatus, Priority, ServiceLevel
 from retail.store.base import (
     DEMO_CATALOGUE,
     Claim,
+    Ending,
     Keyed,
     LeaseLost,
     OrderQuery,
@@ -30,6 +31,7 @@ from retail.store.base import (
     Placing,
     Store,
     StoredResponse,
+    Transition,
 )
 from tests.store.conftest import NOW
 
@@ -592,6 +594,147 @@ async def test_released_leases_are_resumed_at_once(store: Store) -> None:
         second.order.id,
     }
     assert third.order.id == other.order_id
+
+
+async def test_claim_many_takes_orders_in_start_order_in_one_go(store: Store) -> None:
+    await product(store, "MUG-1", stock=10)
+    stalled, standard, critical, sheddable = await placed(
+        store,
+        order(("MUG-1", 1)),
+        order(("MUG-1", 1)),
+        order(("MUG-1", 1), priority=Priority.CRITICAL),
+        order(("MUG-1", 1), priority=Priority.SHEDDABLE),
+    )
+    (first,) = await store.claim_many(owner="A", now=NOW, lease_s=5, limit=1)
+    assert first.order_id == critical.order.id
+    await store.step_boundary(
+        first, now=NOW, completed=("reserve", 1, 0.1), starting=None, lease_s=5
+    )
+    later = NOW + timedelta(seconds=6)  # A's lease has run out
+    claims = await store.claim_many(owner="B", now=later, lease_s=5, limit=3)
+    assert [c.order_id for c in claims] == [critical.order.id, stalled.order.id, standard.order.id]
+    assert [(c.resumed, c.token, c.step_index) for c in claims] == [
+        (True, 2, 1),
+        (False, 1, 0),
+        (False, 1, 0),
+    ]
+    assert [c.event.kind for c in claims] == ["resumed", "started", "started"]
+    assert [c.event.detail for c in claims] == [
+        {"worker": "B", "attempt": 2, "from_step": 1},
+        {"worker": "B", "attempt": 1, "from_step": 0},
+        {"worker": "B", "attempt": 1, "from_step": 0},
+    ]
+    for got in claims:
+        assert (await store.list_events(got.order_id))[-1] == got.event
+        assert (await store.get_order(got.order_id)).status is PROCESSING
+    assert claims[0].started_at == NOW and claims[1].started_at == later
+    assert await store.queued_by_priority() == {
+        **dict.fromkeys(Priority, 0),
+        sheddable.order.priority: 1,
+    }
+    rest = await store.claim_many(owner="C", now=later, lease_s=5, limit=10)
+    assert [c.order_id for c in rest] == [sheddable.order.id]
+    assert await store.claim_many(owner="C", now=later, lease_s=5, limit=10) == []
+
+
+async def test_step_boundaries_in_one_batch_each_move_their_own_order(store: Store) -> None:
+    await product(store, "MUG-1", stock=10)
+    await placed(store, *(order(("MUG-1", 1)) for _ in range(3)))
+    first, second, third = await store.claim_many(owner="A", now=NOW, lease_s=5, limit=3)
+    results = await store.transition(
+        [
+            Transition(first, ("reserve", 1, 0.1), ("pay", 10.0)),
+            Transition(second, starting=("reserve", 1.0)),
+            Transition(third, ("pick", 4, 0.3)),
+        ],
+        now=NOW,
+        lease_s=5,
+    )
+    assert [[e.kind for e in r] for r in results if not isinstance(r, LeaseLost)] == [
+        ["step_completed", "step_started"],
+        ["step_started"],
+        ["step_completed"],
+    ]
+    steps = [(await store.get_order(c.order_id)).step_index for c in (first, second, third)]
+    assert steps == [1, 0, 4]
+    # Each lease runs past its own planned step: 5 s, 6 s and 15 s from the write.
+    soon = await store.claim_many(owner="B", now=NOW + timedelta(seconds=5.5), lease_s=60, limit=3)
+    assert [(c.order_id, c.step_index) for c in soon] == [(third.order_id, 4)]
+    later = await store.claim_many(owner="B", now=NOW + timedelta(seconds=6), lease_s=60, limit=3)
+    assert [(c.order_id, c.step_index) for c in later] == [(second.order_id, 0)]
+
+
+async def test_a_batch_of_transitions_is_fenced_claim_by_claim(store: Store) -> None:
+    await product(store, "MUG-1", stock=10)
+    taken_over, stepping, fulfilling, failing = await placed(
+        store, *(order(("MUG-1", 2)) for _ in range(4))
+    )
+    stale = await claim(store, "A", lease_s=5)
+    later = NOW + timedelta(seconds=6)
+    current = await claim(store, "B", now=later, lease_s=5)  # A's order, taken over
+    b, c, d = await store.claim_many(owner="B", now=later, lease_s=5, limit=3)
+    assert await stock(store, "MUG-1") == 2
+    before = {p.order.id: await store.list_events(p.order.id) for p in (taken_over,)}
+
+    results = await store.transition(
+        [
+            Transition(stale, ("reserve", 1, 0.1), ("pay", 0.2)),
+            Transition(b, ("reserve", 1, 0.25), ("pay", 10.0)),
+            Transition(c, ("ship", 6, 0.5), ending=Ending(OrderStatus.FULFILLED)),
+            Transition(d, ending=Ending(OrderStatus.FAILED, "payment declined", {"step": "pay"})),
+        ],
+        now=later,
+        lease_s=5,
+    )
+    lost, stepped, fulfilled, failed = results
+    assert isinstance(lost, LeaseLost)
+    assert await store.list_events(taken_over.order.id) == before[taken_over.order.id]
+    assert (await store.get_order(taken_over.order.id)).step_index == 0
+    assert current.order_id == taken_over.order.id
+
+    assert not isinstance(stepped, LeaseLost)
+    assert [(e.kind, e.step, e.detail, e.at) for e in stepped] == [
+        ("step_completed", "reserve", {"took_s": 0.25}, later),
+        ("step_started", "pay", {"planned_s": 10.0}, later),
+    ]
+    assert (await store.get_order(stepping.order.id)).step_index == 1
+    assert not isinstance(fulfilled, LeaseLost)
+    assert [(e.kind, e.status, e.step) for e in fulfilled] == [
+        ("step_completed", PROCESSING, "ship"),
+        ("fulfilled", OrderStatus.FULFILLED, None),
+    ]
+    view = await store.get_order(fulfilling.order.id)
+    assert (view.status, view.step_index, view.finished_at) == (
+        OrderStatus.FULFILLED,
+        6,
+        later,
+    )
+    assert not isinstance(failed, LeaseLost)
+    assert [(e.kind, e.detail) for e in failed] == [
+        ("failed", {"step": "pay", "reason": "payment declined"})
+    ]
+    view = await store.get_order(failing.order.id)
+    assert (view.status, view.failure_reason) == (OrderStatus.FAILED, "payment declined")
+    assert await stock(store, "MUG-1") == 4  # the failed order's 2 back, nobody else's
+
+    # What was written is what is stored, each order's events in the order written.
+    for got, events in ((b, stepped), (c, fulfilled), (d, failed)):
+        stored = await store.list_events(got.order_id)
+        assert stored[-len(events) :] == events
+        assert [e.id for e in stored] == sorted(e.id for e in stored)
+
+    # The step's lease runs past its planned 10 s; the ended orders take no more writes.
+    soon = later + timedelta(seconds=14.9)
+    lapsed = await store.claim_many(owner="C", now=soon, lease_s=5, limit=5)
+    assert [got.order_id for got in lapsed] == [taken_over.order.id]  # B's 5 s lease on it
+    again = await store.transition(
+        [Transition(c, ending=Ending(OrderStatus.FAILED)), Transition(d, ("pay", 3, 0.1))],
+        now=later,
+        lease_s=5,
+    )
+    assert all(isinstance(result, LeaseLost) for result in again)
+    assert await stock(store, "MUG-1") == 4
+    assert (await store.get_order(fulfilling.order.id)).status is OrderStatus.FULFILLED
 
 
 # --- the catalogue ------------------------------------------------------------------------

@@ -123,11 +123,12 @@ async def test_a_crashed_workers_order_is_resumed_from_its_last_step(
     await until(
         lambda: clock.sleepers == 1 and first.current_step(uuid.UUID(order_id)) != "reserve"
     )
-    # kill -9: every task stops where it is, no lease is given back.
-    for task in [first._claimer, *first._tasks]:
+    # kill -9: every task stops where it is (the writer's too), no lease is given back.
+    tasks = [first._claimer, *first._tasks, *first._completer._tasks]
+    for task in tasks:
         assert task is not None
         task.cancel()
-    await asyncio.gather(*(t for t in [first._claimer, *first._tasks] if t), return_exceptions=True)
+    await asyncio.gather(*(t for t in tasks if t), return_exceptions=True)
     api.admission.dispatcher.running.clear()
 
     second = pool()

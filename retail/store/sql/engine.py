@@ -22,7 +22,8 @@ import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.ext.asyncio import (
@@ -60,6 +61,16 @@ def _configure_sqlite(engine: Engine, *, begin: str) -> None:
         connection.exec_driver_sql(begin)
 
 
+@dataclass(eq=False, slots=True)
+class _Waiting:
+    """A write waiting for the SQLite writer thread, then its outcome."""
+
+    write: Callable[[Connection], Any]
+    done: bool = False
+    result: Any = None
+    error: Exception | None = None
+
+
 class Database:
     """The process's engines and session factories; built and disposed by the lifespan."""
 
@@ -80,6 +91,8 @@ class Database:
         self._write_lock = asyncio.Lock()
         self._bulk_writer: Engine | None = None
         self._bulk_thread: ThreadPoolExecutor | None = None
+        self._waiting: list[_Waiting] = []
+        self.bulk_transactions = 0  # transactions of the writer thread (`run_write`)
         if self.path is not None:
             sync_url = make_url(url).set(drivername="sqlite+pysqlite")
             # One connection, used by one thread at a time (the bulk thread). Multi-row
@@ -105,18 +118,51 @@ class Database:
         return self._write_lock if self.is_sqlite else nullcontext()
 
     async def run_write(self, write: Callable[[Connection], T]) -> T:
-        """`write(connection)` inside one transaction, committed if it returns."""
+        """`write(connection)` inside one transaction, committed if it returns.
+
+        On a SQLite file, the writes waiting together (the ingest batch, the workers'
+        transitions, a claim) share one transaction, each in a savepoint of its own:
+        one commit, so one fsync, for all of them; one that raises is rolled back alone
+        and raises to its caller.
+        """
         if self._bulk_writer is None or self._bulk_thread is None:
             async with self._writing(), self.writer.begin() as connection:
                 return await connection.run_sync(write)
-        engine = self._bulk_writer
+        waiting = _Waiting(write)
+        self._waiting.append(waiting)
+        while not waiting.done:
+            async with self._write_lock:
+                if waiting.done:  # written by the holder before
+                    break
+                batch, self._waiting = self._waiting, []
+                await asyncio.get_running_loop().run_in_executor(
+                    self._bulk_thread, self._commit_together, batch
+                )
+        if waiting.error is not None:
+            raise waiting.error
+        return cast("T", waiting.result)
 
-        def transaction() -> T:
-            with engine.begin() as connection:
-                return write(connection)
-
-        async with self._write_lock:
-            return await asyncio.get_running_loop().run_in_executor(self._bulk_thread, transaction)
+    def _commit_together(self, batch: list[_Waiting]) -> None:
+        """In the writer thread: the batch's writes in one transaction."""
+        assert self._bulk_writer is not None
+        self.bulk_transactions += 1
+        try:
+            with self._bulk_writer.begin() as connection:
+                if len(batch) == 1:
+                    batch[0].result = batch[0].write(connection)
+                else:
+                    for waiting in batch:
+                        try:
+                            with connection.begin_nested():
+                                waiting.result = waiting.write(connection)
+                        except Exception as error:
+                            waiting.error = error
+        except Exception as error:  # not committed: every write of the batch failed
+            for waiting in batch:
+                waiting.error = waiting.error or error
+        finally:
+            for waiting in batch:
+                waiting.done = True
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -182,3 +182,14 @@ def table(model: type[Base]) -> Table:
     """The Core table of a model, for multi-row statements that skip the ORM."""
     assert isinstance(model.__table__, Table)
     return model.__table__
+
+
+class Worker(Base):
+    """A process that fulfils orders, as it announced itself; live while it beats."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # its lease owner name
+    slots: Mapped[int] = mapped_column(Integer)  # orders it fulfils at once
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]  # the database's clock (UTC), so machines need not agree

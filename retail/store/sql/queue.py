@@ -9,195 +9,293 @@ overwrite the newer owner's state; it sees `LeaseLost` and walks away.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from retail.core.events import OrderEvent as Event
 from retail.core.events import iso
 from retail.core.types import OrderStatus, Priority, ServiceLevel
-from retail.store.base import Claim, LeaseLost
-from retail.store.sql.models import Order, OrderEvent
-from retail.store.sql.orders import add_event, core_event, release_stock
+from retail.store.base import Claim, EventSpec, LeaseLost, Transition, Transitioned
+from retail.store.sql.bulk import BulkInsert
+from retail.store.sql.models import Order, OrderEvent, OrderLine, Product, table
+from retail.store.sql.orders import add_event, release_stock
 
-__all__ = ["LeaseLost", "claim_next", "expire_due", "finish", "release_leases", "step_boundary"]
+__all__ = ["LeaseLost", "claim_many", "expire_due", "release_leases", "transition"]
+
+PROCESSING = OrderStatus.PROCESSING.value
+_orders = table(Order)
+
+# The batch's statements, built once (see `orders.py`).
+_ROWS_PER_UPDATE = 240  # 4 values a row: under SQLite's 999 parameters of old versions
+_lines = table(OrderLine)
+_products = table(Product)
+_EVENTS = BulkInsert(table(OrderEvent), ("order_id", "kind", "status", "step", "at", "detail"))
+_TOKENS = (
+    select(_orders.c.id, _orders.c.lease_token)
+    .where(_orders.c.id.in_(bindparam("ids", expanding=True)), _orders.c.status == PROCESSING)
+    .order_by(_orders.c.id)
+)
+_TOKENS_LOCKED = _TOKENS.with_for_update()
+_FENCE = and_(
+    _orders.c.id == bindparam("b_id"),
+    _orders.c.lease_token == bindparam("b_token"),
+    _orders.c.status == PROCESSING,
+)
+_NEW_STEP = func.coalesce(bindparam("b_step", type_=Integer), _orders.c.step_index)
+_STEP = (
+    update(_orders)
+    .where(_FENCE)
+    .values(
+        step_index=_NEW_STEP, lease_expires_at=bindparam("b_lease"), updated_at=bindparam("b_now")
+    )
+)
+_END = (
+    update(_orders)
+    .where(_FENCE)
+    .values(
+        step_index=_NEW_STEP,
+        status=bindparam("b_status"),
+        failure_reason=bindparam("b_reason"),
+        finished_at=bindparam("b_now"),
+        updated_at=bindparam("b_now"),
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+)
 
 
-async def claim_next(
-    *, session: AsyncSession, owner: str, now: datetime, lease_s: float
-) -> Claim | None:
-    """Claim the next available order, or return None when there is none."""
-    postgres = session.get_bind().dialect.name == "postgresql"
-    candidates = [
+def _claimable(now: datetime) -> list[tuple[ColumnElement[bool], tuple[Any, ...]]]:
+    """Which orders a claim may take, in the order it takes them."""
+    return [
         # Orders whose worker vanished come first: they are older than anything queued.
         (
-            and_(Order.status == OrderStatus.PROCESSING.value, Order.lease_expires_at <= now),
-            (Order.seq,),
+            and_(_orders.c.status == PROCESSING, _orders.c.lease_expires_at <= now),
+            (_orders.c.seq,),
         ),
         # Then the queued ones in start order; one whose deadline passed never starts.
         (
             and_(
-                Order.status == OrderStatus.QUEUED.value,
-                or_(Order.start_deadline.is_(None), Order.start_deadline > now),
+                _orders.c.status == OrderStatus.QUEUED.value,
+                or_(_orders.c.start_deadline.is_(None), _orders.c.start_deadline > now),
             ),
-            (Order.priority, Order.seq),
+            (_orders.c.priority, _orders.c.seq),
         ),
     ]
+
+
+def claim_many(
+    *, connection: Connection, owner: str, now: datetime, lease_s: float, limit: int
+) -> list[Claim]:
+    """Claim up to `limit` orders in start order: one select per kind, one update, one
+    insert of their `started`/`resumed` events. On PostgreSQL the chosen rows are locked
+    (`SKIP LOCKED`: two processes never wait on, or take, the same order)."""
+    postgres = connection.dialect.name == "postgresql"
+    candidates = _claimable(now)
+    seqs: list[int] = []
     for condition, start_order in candidates:
-        query = select(Order.seq).where(condition).order_by(*start_order).limit(1)
+        query = select(_orders.c.seq).where(condition).order_by(*start_order)
+        query = query.limit(limit - len(seqs))
         if postgres:
             query = query.with_for_update(skip_locked=True)
-        seq = await session.scalar(query)
-        if seq is not None:
+        seqs.extend(connection.scalars(query).all())
+        if len(seqs) >= limit:
             break
-    else:
-        return None
-    row = (
-        await session.execute(
-            update(Order)
-            .where(Order.seq == seq, condition)
-            .values(
-                status=OrderStatus.PROCESSING.value,
-                lease_owner=owner,
-                lease_token=Order.lease_token + 1,
-                lease_expires_at=now + timedelta(seconds=lease_s),
-                started_at=func.coalesce(Order.started_at, now),
-                updated_at=now,
-            )
-            .returning(
-                Order.id,
-                Order.lease_token,
-                Order.step_index,
-                Order.line_count,
-                Order.service_level,
-                Order.created_at,
-                Order.started_at,
-                Order.priority,
-                Order.customer_id,
-            )
+    if not seqs:
+        return []
+    returned = connection.execute(
+        update(_orders)
+        .where(_orders.c.seq.in_(seqs), or_(*(condition for condition, _ in candidates)))
+        .values(
+            status=PROCESSING,
+            lease_owner=owner,
+            lease_token=_orders.c.lease_token + 1,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            started_at=func.coalesce(_orders.c.started_at, now),
+            updated_at=now,
         )
-    ).one_or_none()
-    if row is None:  # taken between the select and the update (another process)
-        return None
-    resumed = row.lease_token > 1
-    event = await add_event(
-        session=session,
-        order_id=row.id,
-        kind="resumed" if resumed else "started",
-        status=OrderStatus.PROCESSING,
-        at=now,
-        detail={"worker": owner, "attempt": row.lease_token, "from_step": row.step_index},
-    )
-    return Claim(
-        order_id=row.id,
-        seq=seq,
-        token=row.lease_token,
-        step_index=row.step_index,
-        line_count=row.line_count,
-        service_level=ServiceLevel(row.service_level),
-        resumed=resumed,
-        event=core_event(event),
-        created_at=row.created_at,
-        started_at=row.started_at,
-        priority=Priority.of_rank(row.priority),
-        customer_id=row.customer_id,
-    )
-
-
-async def _fenced(session: AsyncSession, claim: Claim, now: datetime, **values: Any) -> None:
-    updated = await session.scalar(
-        update(Order)
-        .where(
-            Order.id == claim.order_id,
-            Order.lease_token == claim.token,
-            Order.status == OrderStatus.PROCESSING.value,
+        .returning(
+            _orders.c.seq,
+            _orders.c.id,
+            _orders.c.lease_token,
+            _orders.c.step_index,
+            _orders.c.line_count,
+            _orders.c.service_level,
+            _orders.c.created_at,
+            _orders.c.started_at,
+            _orders.c.priority,
+            _orders.c.customer_id,
         )
-        .values(updated_at=now, **values)
-        .returning(Order.seq)
+    ).all()
+    place = {seq: index for index, seq in enumerate(seqs)}
+    rows = sorted(returned, key=lambda row: place[row.seq])
+    details = [
+        {"worker": owner, "attempt": row.lease_token, "from_step": row.step_index} for row in rows
+    ]
+    kinds = ["resumed" if row.lease_token > 1 else "started" for row in rows]
+    ids = _EVENTS.returning(
+        connection,
+        [
+            (row.id, kind, PROCESSING, None, now, detail)
+            for row, kind, detail in zip(rows, kinds, details, strict=True)
+        ],
+        key="order_id",
+        value="id",
     )
-    if updated is None:
-        raise LeaseLost(str(claim.order_id))
+    return [
+        Claim(
+            order_id=row.id,
+            seq=row.seq,
+            token=row.lease_token,
+            step_index=row.step_index,
+            line_count=row.line_count,
+            service_level=ServiceLevel(row.service_level),
+            resumed=row.lease_token > 1,
+            event=Event(event_id, row.id, kind, OrderStatus.PROCESSING, None, now, detail),
+            created_at=row.created_at,
+            started_at=row.started_at,
+            priority=Priority.of_rank(row.priority),
+            customer_id=row.customer_id,
+        )
+        for row, kind, detail, event_id in zip(rows, kinds, details, ids, strict=True)
+    ]
 
 
-async def step_boundary(
-    *,
-    session: AsyncSession,
-    claim: Claim,
-    now: datetime,
-    completed: tuple[str, int, float] | None,
-    starting: tuple[str, float] | None,
-    lease_s: float,
-) -> list[OrderEvent]:
-    """Record the end of one step and/or the start of the next, renewing the lease.
+def transition(
+    *, connection: Connection, batch: Sequence[Transition], now: datetime, lease_s: float
+) -> list[Transitioned]:
+    """Apply a batch of claims' transitions in one transaction, each fenced on its own.
 
-    `completed` is (step name, new step_index, seconds it took); `starting` is
-    (step name, planned seconds). The lease is extended past the planned delay.
+    One read of the batch's orders (locked on PostgreSQL, in id order; on SQLite the
+    transaction's `BEGIN IMMEDIATE` holds the lock) says which claims still hold their
+    order; only those are written: one statement for the step boundaries, one for the
+    endings, the stock of failed orders back, and the events in at most three multi-row
+    inserts (an order's first event in the first, its second in the second...), so each
+    order's events keep their order.
     """
-    values: dict[str, Any] = {}
-    if completed is not None:
-        values["step_index"] = completed[1]
-    planned = starting[1] if starting is not None else 0.0
-    values["lease_expires_at"] = now + timedelta(seconds=lease_s + planned)
-    await _fenced(session, claim, now, **values)
-    events = []
-    if completed is not None:
-        events.append(
-            await add_event(
-                session=session,
-                order_id=claim.order_id,
-                kind="step_completed",
-                status=OrderStatus.PROCESSING,
-                step=completed[0],
-                at=now,
-                detail={"took_s": round(completed[2], 6)},
-            )
+    if not batch:
+        return []
+
+    def _fence(change: Transition, now: datetime) -> dict[str, Any]:
+        return {
+            "b_id": change.claim.order_id,
+            "b_token": change.claim.token,
+            "b_step": change.completed[1] if change.completed else None,
+            "b_lease": now + timedelta(seconds=change.lease_for(lease_s)),
+            "b_now": now,
+        }
+
+    query = _TOKENS_LOCKED if connection.dialect.name == "postgresql" else _TOKENS
+    ids = sorted({change.claim.order_id for change in batch})
+    tokens: dict[uuid.UUID, int] = {
+        row.id: row.lease_token for row in connection.execute(query, {"ids": ids})
+    }
+    live = [change for change in batch if tokens.get(change.claim.order_id) == change.claim.token]
+    steps = [_fence(change, now) for change in live if change.ending is None]
+    if steps:
+        _update_steps(connection, steps, now)
+    endings = [(change, change.ending) for change in live if change.ending is not None]
+    if endings:
+        connection.execute(
+            _END,
+            [
+                {**_fence(change, now), "b_status": ending.status.value, "b_reason": ending.reason}
+                for change, ending in endings
+            ],
         )
-    if starting is not None:
-        events.append(
-            await add_event(
-                session=session,
-                order_id=claim.order_id,
-                kind="step_started",
-                status=OrderStatus.PROCESSING,
-                step=starting[0],
-                at=now,
-                detail={"planned_s": round(starting[1], 6)},
+        failed = [c.claim.order_id for c, e in endings if e.status is OrderStatus.FAILED]
+        if failed:
+            _restock(connection, failed, now)
+    specs = [change.events() for change in live]
+    recorded: list[list[Event]] = [[] for _ in live]
+    for round_ in range(max((len(s) for s in specs), default=0)):
+        members = [i for i, s in enumerate(specs) if len(s) > round_]
+        rows = [(live[i].claim.order_id, *_spec_row(specs[i][round_], now)) for i in members]
+        event_ids = _EVENTS.returning(connection, rows, key="order_id", value="id")
+        for i, event_id in zip(members, event_ids, strict=True):
+            kind, status, step, detail = specs[i][round_]
+            recorded[i].append(
+                Event(event_id, live[i].claim.order_id, kind, status, step, now, detail)
             )
-        )
-    return events
+    written = {id(change): events for change, events in zip(live, recorded, strict=True)}
+    return [written.get(id(change)) or LeaseLost(str(change.claim.order_id)) for change in batch]
 
 
-async def finish(
-    *,
-    session: AsyncSession,
-    claim: Claim,
-    now: datetime,
-    status: OrderStatus,
-    reason: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> OrderEvent:
-    """Move the order to a terminal state; a failure gives its stock back (once)."""
-    await _fenced(
-        session,
-        claim,
-        now,
-        status=status.value,
-        finished_at=now,
-        failure_reason=reason,
-        lease_owner=None,
-        lease_expires_at=None,
-    )
-    if status is OrderStatus.FAILED:
-        await release_stock(session=session, order_id=claim.order_id, now=now)
-    return await add_event(
-        session=session,
-        order_id=claim.order_id,
-        kind=status.value,
-        status=status,
-        at=now,
-        detail={**(detail or {}), **({"reason": reason} if reason else {})},
-    )
+def _update_steps(connection: Connection, steps: list[dict[str, Any]], now: datetime) -> None:
+    """The step boundaries' fenced update.
+
+    On SQLite one `UPDATE … FROM (VALUES …)` statement per 240 orders rather than
+    `executemany`, which steps once per row and lets go of the GIL each time, so a big
+    batch would keep the writer thread (and with it every write waiting) for as many
+    turns of the event loop. PostgreSQL pipelines `executemany` in one round trip.
+    """
+    dialect = connection.dialect
+    if dialect.name != "sqlite" or _sqlite_version(connection) < (3, 33, 0):
+        connection.execute(_STEP, steps)
+        return
+    to_id = _orders.c.id.type.dialect_impl(dialect).bind_processor(dialect)
+    to_time = _orders.c.lease_expires_at.type.dialect_impl(dialect).bind_processor(dialect)
+    assert to_id is not None and to_time is not None
+    stamp = to_time(now)
+    for start in range(0, len(steps), _ROWS_PER_UPDATE):
+        chunk = steps[start : start + _ROWS_PER_UPDATE]
+        values: list[Any] = [stamp]
+        for step in chunk:
+            values += [
+                to_id(step["b_id"]),
+                step["b_token"],
+                step["b_step"],
+                to_time(step["b_lease"]),
+            ]
+        rows = ", ".join(["(?, ?, ?, ?)"] * len(chunk))
+        connection.exec_driver_sql(
+            f"UPDATE {_orders.name} SET step_index = COALESCE(v.column3, step_index), "
+            f"lease_expires_at = v.column4, updated_at = ? FROM (VALUES {rows}) AS v "
+            f"WHERE {_orders.name}.id = v.column1 AND lease_token = v.column2 "
+            f"AND status = '{PROCESSING}'",
+            tuple(values),
+        )
+
+
+def _sqlite_version(connection: Connection) -> tuple[int, ...]:
+    version: tuple[int, ...] = connection.dialect.dbapi.sqlite_version_info  # type: ignore[union-attr]
+    return version
+
+
+def _restock(connection: Connection, order_ids: list[uuid.UUID], now: datetime) -> None:
+    """Give the stock of these (failed) orders back, in SKU order (one lock order)."""
+    lines = connection.execute(
+        select(_lines.c.sku, func.sum(_lines.c.quantity))
+        .where(_lines.c.order_id.in_(order_ids))
+        .group_by(_lines.c.sku)
+        .order_by(_lines.c.sku)
+    ).all()
+    if lines:
+        connection.execute(
+            update(_products)
+            .where(_products.c.sku == bindparam("b_sku"))
+            .values(stock=_products.c.stock + bindparam("b_quantity"), updated_at=now),
+            [{"b_sku": sku, "b_quantity": int(quantity)} for sku, quantity in lines],
+        )
+
+
+def _spec_row(spec: EventSpec, now: datetime) -> tuple[Any, ...]:
+    kind, status, step, detail = spec
+    return (kind, status.value, step, now, detail)
 
 
 async def release_leases(*, session: AsyncSession, owner: str, now: datetime) -> int:

@@ -29,13 +29,17 @@ from retail.core.types import OrderStatus, Priority, ServiceLevel
 from retail.store.base import (
     ACCEPTED,
     Claim,
+    Ending,
     Expired,
+    LeaseLost,
     OrderQuery,
     Outcome,
     Placing,
     Product,
     Store,
     StoredResponse,
+    Transition,
+    Transitioned,
 )
 from retail.store.sql import idempotency, orders, products, queue
 from retail.store.sql import models as m
@@ -200,8 +204,36 @@ class SqlStore:
 
     # --- the work queue -------------------------------------------------------------------
     async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None:
-        async with self.db.write() as session:
-            return await queue.claim_next(session=session, owner=owner, now=now, lease_s=lease_s)
+        claims = await self.claim_many(owner=owner, now=now, lease_s=lease_s, limit=1)
+        return claims[0] if claims else None
+
+    async def claim_many(
+        self, *, owner: str, now: datetime, lease_s: float, limit: int
+    ) -> list[Claim]:
+        if limit < 1:
+            return []
+        return await self.db.run_write(
+            lambda connection: queue.claim_many(
+                connection=connection, owner=owner, now=now, lease_s=lease_s, limit=limit
+            )
+        )
+
+    async def transition(
+        self, batch: Sequence[Transition], *, now: datetime, lease_s: float
+    ) -> list[Transitioned]:
+        if not batch:
+            return []
+        return await self.db.run_write(
+            lambda connection: queue.transition(
+                connection=connection, batch=batch, now=now, lease_s=lease_s
+            )
+        )
+
+    async def _one(self, change: Transition, now: datetime, lease_s: float) -> list[OrderEvent]:
+        (result,) = await self.transition([change], now=now, lease_s=lease_s)
+        if isinstance(result, LeaseLost):
+            raise result
+        return result
 
     async def step_boundary(
         self,
@@ -212,16 +244,7 @@ class SqlStore:
         starting: tuple[str, float] | None,
         lease_s: float,
     ) -> list[OrderEvent]:
-        async with self.db.write() as session:
-            events = await queue.step_boundary(
-                session=session,
-                claim=claim,
-                now=now,
-                completed=completed,
-                starting=starting,
-                lease_s=lease_s,
-            )
-            return [core_event(event) for event in events]
+        return await self._one(Transition(claim, completed, starting), now, lease_s)
 
     async def finish(
         self,
@@ -232,11 +255,8 @@ class SqlStore:
         reason: str | None = None,
         detail: dict[str, Any] | None = None,
     ) -> OrderEvent:
-        async with self.db.write() as session:
-            event = await queue.finish(
-                session=session, claim=claim, now=now, status=status, reason=reason, detail=detail
-            )
-            return core_event(event)
+        change = Transition(claim, ending=Ending(status, reason, detail))
+        return (await self._one(change, now, 0.0))[-1]
 
     async def release_leases(self, *, owner: str, now: datetime) -> int:
         async with self.db.write() as session:

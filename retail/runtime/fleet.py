@@ -1,0 +1,255 @@
+"""The fleet at run time: one PostgreSQL database, many `retail serve` and `retail worker`.
+
+`Fleet` keeps this process's `FleetView` current and feeds it to admission:
+
+- capacity is the sum of the live workers' slots (at least 1 for the policy while none
+  is live; `GET /capacity` shows the real sum under `fleet`);
+- the orders in flight anywhere, with their expected ends, are admission's timetable;
+- the queued orders of the whole fleet, per priority, are admission's waiting counts
+  (plus the orders this process admitted and has not stored yet), so
+  `RETAIL_QUEUE_LIMIT` is one limit for the fleet and a refusal reads no database.
+
+Every process of the fleet announces itself (`workers` table) with its workers' slots
+(0 for an API-only process) and beats every `RETAIL_HEARTBEAT_S`; workers are woken by
+the database's notice when orders are stored (the pool's poll is only a fallback).
+Every process reads the fleet whole every `RETAIL_FLEET_RECONCILE_S` and clears out
+workers silent for
+`RETAIL_WORKER_DEAD_AFTER_S`: their capacity leaves the fleet and their orders' leases
+end, so live workers resume them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from retail.core import capacity
+from retail.core.admission import Admission, DecisionObserver, LevelObserver
+from retail.core.fairness import FairShare
+from retail.core.fleet import FleetView, FleetWorker
+from retail.core.pipeline import Pipeline
+from retail.core.types import Priority
+from retail.runtime.clock import Clock
+from retail.runtime.metrics import Metrics
+from retail.store.sql.fleet import FleetChannel
+
+log = logging.getLogger(__name__)
+
+RECONNECT_S = 1.0
+
+
+class FleetAdmission(Admission):
+    """Admission on the fleet's load: the view's timetable, its queue and this process's
+    orders not stored yet.
+
+    An order this process stores shows in the view once its notice arrives, which may be
+    a moment before or after its ticket is kept: the waiting count is taken from the view
+    again whenever a ticket settles, so an order is never counted twice for longer than
+    that moment.
+    """
+
+    def __init__(
+        self,
+        view: FleetView,
+        limits: capacity.Limits,
+        pipeline: Pipeline,
+        *,
+        on_decision: DecisionObserver | None = None,
+        fairness: FairShare | None = None,
+        on_level: LevelObserver | None = None,
+    ) -> None:
+        super().__init__(
+            limits,
+            pipeline,
+            view.dispatcher,
+            on_decision=on_decision,
+            fairness=fairness,
+            on_level=on_level,
+        )
+        self.view = view
+
+    def _settled(self, priority: Priority, *, queued: int) -> None:
+        super()._settled(priority, queued=queued)
+        self.restore(self.view.queued_by_priority())
+
+
+@dataclass(frozen=True)
+class FleetTiming:
+    heartbeat_s: float
+    dead_after_s: float
+    reconcile_s: float
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """What `GET /capacity` and `/metrics` show of the fleet."""
+
+    capacity: int
+    in_flight: int
+    queued: int
+    workers: list[FleetWorker]
+    read_at: datetime | None
+    reconcile_s: float
+    dead_after_s: float
+    notice_delay_max_s: float
+    notices: int
+    last_drift: int
+
+
+class Fleet:
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        clock: Clock,
+        admission: FleetAdmission,
+        timing: FleetTiming,
+        member: tuple[str, int],
+        on_work: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._channel = FleetChannel(database_url)
+        self._clock = clock
+        self._admission = admission
+        self.view = admission.view
+        self.timing = timing
+        self._member = member  # (id, slots): every process of a fleet beats, API-only with 0
+        self._on_work = on_work
+        self._metrics = metrics
+        self._reread = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_reconcile = -math.inf
+        self._last_heartbeat = -math.inf
+        self.notice_delay_max_s = 0.0  # since the last reconcile
+
+    # --- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, announce this process's workers and read the fleet once, then keep it."""
+        await self._open()
+        self._task = asyncio.create_task(self._keep(), name="retail-fleet")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._reread.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._channel.connected:
+            try:
+                await self._channel.leave(self._member[0])
+            except Exception:
+                log.exception("fleet: leaving failed; the others clear this worker out")
+        await self._channel.close()
+
+    async def _open(self) -> None:
+        await self._channel.connect(self._received)
+        await self._channel.announce(*self._member)
+        self._last_heartbeat = self._clock.monotonic()
+        await self._reconcile()
+
+    async def _keep(self) -> None:
+        tick = min(self.timing.heartbeat_s, self.timing.reconcile_s)
+        while not self._stopping:
+            await self._clock.wait(self._reread, tick)
+            if self._stopping:
+                return
+            try:
+                if not self._channel.connected:
+                    await self._open()
+                    log.info("fleet: connected again")
+                await self._beat()
+                if (
+                    self._reread.is_set()
+                    or self._clock.monotonic() - self._last_reconcile >= self.timing.reconcile_s
+                ):
+                    await self._clear_dead()
+                    await self._reconcile()
+            except Exception as error:
+                log.warning("fleet: %s; connecting again", error)
+                await self._channel.close()
+                await self._clock.wait(asyncio.Event(), RECONNECT_S)
+
+    async def _beat(self) -> None:
+        if self._clock.monotonic() - self._last_heartbeat < self.timing.heartbeat_s:
+            return
+        self._last_heartbeat = self._clock.monotonic()
+        if not await self._channel.heartbeat(*self._member):
+            log.warning("fleet: this process had been given up for dead; announcing it again")
+            await self._channel.announce(*self._member)
+
+    async def _clear_dead(self) -> None:
+        dead = await self._channel.clear_dead(self.timing.dead_after_s, self._clock.now())
+        if dead:
+            log.warning("fleet: workers %s stopped beating; their orders resume", dead)
+            self._on_work()
+
+    async def _reconcile(self) -> None:
+        self._reread.clear()
+        fairness = self._admission.fairness
+        state = await self._channel.read(
+            self.timing.dead_after_s, per_customer=fairness is not None
+        )
+        self._last_reconcile = self._clock.monotonic()
+        self.view.reconcile(state, self._clock.seconds())
+        if fairness is not None:
+            fairness.rebuild(state.active_by_customer)
+        self.notice_delay_max_s = 0.0
+        self._feed()
+
+    # --- notices ---------------------------------------------------------------------------
+
+    def _received(self, payload: str) -> None:
+        try:
+            notice = json.loads(payload)
+        except ValueError:
+            log.warning("fleet: an unreadable notice: %.80s", payload)
+            return
+        if notice.get("k") == "w":  # a worker came or left
+            self._reread.set()
+            self._on_work()
+            return
+        applied = self.view.notice(notice, self._clock.seconds())
+        if applied.reread:
+            self._reread.set()
+            self._on_work()
+            return
+        if not applied.counted:
+            return
+        if applied.sent_at is not None:
+            delay_s = max(0.0, self._clock.seconds() - applied.sent_at)
+            self.notice_delay_max_s = max(self.notice_delay_max_s, delay_s)
+            if self._metrics is not None:
+                self._metrics.fleet_notice(delay_s)
+        for customer in applied.ended_customers:
+            self._admission.order_ended(customer)
+        self._feed()
+        if applied.work_arrived:
+            self._on_work()
+
+    def _feed(self) -> None:
+        """Admission plans with the fleet: its slots, timetable and queue."""
+        capacity = max(1, self.view.capacity)
+        if self._admission.limits.capacity != capacity:
+            self._admission.update(capacity=capacity)
+        self._admission.restore(self.view.queued_by_priority())
+
+    def status(self) -> FleetStatus:
+        view = self.view
+        return FleetStatus(
+            capacity=view.capacity,
+            in_flight=view.in_flight,
+            queued=view.queued,
+            workers=sorted(view.workers.values(), key=lambda worker: worker.id),
+            read_at=view.read_at,
+            reconcile_s=self.timing.reconcile_s,
+            dead_after_s=self.timing.dead_after_s,
+            notice_delay_max_s=self.notice_delay_max_s,
+            notices=view.notices,
+            last_drift=view.drift,
+        )

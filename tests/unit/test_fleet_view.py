@@ -1,0 +1,94 @@
+"""The fleet view: a read of the database plus the notices it has not seen, once each."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from retail.core.fleet import FleetState, FleetView, FleetWorker, Processing, Snapshot
+from retail.core.pipeline import Pipeline
+from retail.core.types import Priority, ServiceLevel
+
+T0 = datetime(2026, 12, 5, tzinfo=UTC)
+
+
+def view() -> FleetView:
+    return FleetView(Pipeline.build(fulfilment_delay="fixed:6"))
+
+
+def state(snapshot: str, *, queued: int = 0, processing: tuple[int, ...] = ()) -> FleetState:
+    return FleetState(
+        snapshot=Snapshot.parse(snapshot),
+        read_at=T0,
+        workers=[FleetWorker("w1", 2, T0, T0), FleetWorker("w2", 3, T0, T0)],
+        processing=[
+            Processing(seq, Priority.STANDARD, ServiceLevel.FULL, 0, "w1") for seq in processing
+        ],
+        queued={Priority.STANDARD: queued},
+    )
+
+
+def inserted(xid: int, seq: int, count: int = 1, rank: int = 1) -> dict[str, Any]:
+    return {"k": "i", "x": str(xid), "s": seq, "q": [[rank, count]], "t": 1.0}
+
+
+def started(xid: int, seq: int, step_index: int = 0) -> dict[str, Any]:
+    return {"k": "u", "x": str(xid), "s": [[seq, 1, "full", step_index, "w1"]], "t": 1.0}
+
+
+def ended(xid: int, seq: int) -> dict[str, Any]:
+    return {"k": "u", "x": str(xid), "e": [[seq, "alice"]], "t": 1.0}
+
+
+def test_a_snapshot_sees_what_committed_before_it_and_nothing_in_progress() -> None:
+    snapshot = Snapshot.parse("100:105:101,103")
+    assert [x for x in range(98, 108) if snapshot.sees(x)] == [98, 99, 100, 102, 104]
+
+
+def test_capacity_is_the_sum_of_the_live_workers_slots() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:"), now=0.0)
+    assert fleet.capacity == 5
+
+
+def test_notices_the_read_already_counted_are_not_counted_again() -> None:
+    fleet = view()
+    fleet.notice(inserted(8, seq=1), now=0.0)  # before the read: the read counts it too
+    fleet.reconcile(state("10:12:11", queued=1), now=0.0)
+    assert fleet.queued == 1
+    fleet.notice(inserted(9, seq=2), now=0.0)  # committed before the read, arrives after
+    assert fleet.queued == 1
+    fleet.notice(inserted(11, seq=3, count=2), now=0.0)  # in progress during the read
+    fleet.notice(inserted(12, seq=5), now=0.0)  # after it
+    assert fleet.queued == 4
+    assert fleet.queued_by_priority()[Priority.STANDARD] == 4
+
+
+def test_starts_move_orders_from_the_queue_to_the_timetable_and_ends_free_them() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", queued=2), now=100.0)
+    fleet.notice(started(10, seq=1), now=100.0)
+    fleet.notice(started(11, seq=2, step_index=3), now=101.0)
+    assert (fleet.queued, fleet.in_flight) == (0, 2)
+    # A whole order plans the mean; one three steps in, what its steps left take.
+    remaining = sorted(fleet.dispatcher.remaining_s(101.0))
+    assert remaining[1] == 5.0
+    assert 0 < remaining[0] < 5.0
+    applied = fleet.notice(ended(12, seq=1), now=102.0)
+    assert applied.ended_customers == ["alice"]
+    assert fleet.in_flight == 1
+
+
+def test_a_reconcile_keeps_known_ends_and_drops_orders_no_longer_in_flight() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", processing=(1, 2)), now=100.0)
+    ends = dict(fleet.dispatcher.running)
+    fleet.reconcile(state("20:20:", processing=(2, 3)), now=103.0)
+    assert set(fleet.dispatcher.running) == {2, 3}
+    assert fleet.dispatcher.running[2] is ends[2]
+    assert fleet.drift == 2  # one ended and one started without a notice
+
+
+def test_a_notice_too_large_to_send_asks_for_a_read() -> None:
+    fleet = view()
+    assert fleet.notice({"k": "r"}, now=0.0).reread
