@@ -1,4 +1,4 @@
-"""`python -m bench [ingest|overload|fulfilment|simulate|fleet|all]`: benchmarks as tables.
+"""`python -m bench [ingest|overload|fulfilment|priorities|simulate|fleet|all]`: tables.
 
     uv run python -m bench all --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import fleet, fulfilment, ingest, overload, report
+from bench import fleet, fulfilment, ingest, overload, priorities, report
 from bench import simulate as sim_bench
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "what",
         nargs="?",
-        choices=("ingest", "overload", "fulfilment", "simulate", "fleet", "all"),
+        choices=("ingest", "overload", "fulfilment", "priorities", "simulate", "fleet", "all"),
         default="all",
     )
     parser.add_argument(
@@ -71,6 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sim-factor", type=float, default=1.0, help="simulate: offered load / capacity rate"
+    )
+    parser.add_argument(
+        "--priority-modes",
+        default=",".join(priorities.MODES),
+        help="priorities: overload modes (queue,reject,degrade; auto where it exists)",
+    )
+    parser.add_argument(
+        "--priority-multiples", default="4,8", help="priorities: multiples of the capacity rate"
+    )
+    parser.add_argument(
+        "--priority-recovery", type=float, default=30.0, help="priorities: seconds at 0.5x after"
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
@@ -128,6 +139,19 @@ def main(argv: list[str] | None = None) -> int:
         print(report.overload_tables(runs, saturations, config), flush=True)
         raw["overload"] = [asdict(r) for r in runs]
         raw["saturation"] = [asdict(s) for s in saturations]
+
+    if args.what in ("priorities", "all"):
+        config = priorities.PriorityConfig(
+            capacity=args.capacity,
+            delay_s=args.delay,
+            duration_s=args.overload_duration,
+            recovery_s=args.priority_recovery,
+            multiples=tuple(float(m) for m in args.priority_multiples.split(",") if m.strip()),
+            modes=tuple(m.strip() for m in args.priority_modes.split(",") if m.strip()),
+        )
+        found = priorities.run(config, workdir=workdir)
+        print(priorities.tables(found, config), flush=True)
+        raw["priorities"] = [asdict(r) for r in found]
 
     if args.what in ("fulfilment", "all"):
         fulfilment_config = fulfilment.FulfilmentConfig(duration_s=args.overload_duration)

@@ -10,8 +10,13 @@ request was written. Plain asyncio streams and a minimal HTTP/1.1 client, in a
 process of their own with the garbage collector paused: the client adds as little
 of its own delay as it can, so the figures are the server's.
 
+With `--mix critical=0.2,...` every order carries the priority `retail load` would
+give it for the same seed (`retail.loadgen.mix`); `--schedule` takes a rate over time
+as `retail load` does (e.g. `32@20,4@30`) instead of `--rate` and `--duration`.
+
 The output is JSON: `started_epoch` (wall clock at due time 0) and one record per
-order: `due_s`, `sent_s`, `answered_s` (seconds from the start), `status`, `location`.
+order: `due_s`, `sent_s`, `answered_s` (seconds from the start), `status`, `location`,
+`priority`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from retail.loadgen.schedule import Arrivals, Schedule, due_times
+from retail.loadgen.mix import Mix
+from retail.loadgen.schedule import Arrivals, Schedule, due_times, parse_schedule
 
 MAX_CONNECTIONS = 512
 IDLE_REUSE_S = 2.0
@@ -40,11 +46,16 @@ class Record:
     status: int | None = None
     location: str | None = None
     error: str | None = None
+    priority: str | None = None
     retry_after: str | None = None
 
 
-def request_bytes(host: str, sku: str, index: int) -> bytes:
-    body = f'{{"customer_id":"openloop-{index % 1000}","items":[{{"sku":"{sku}","quantity":1}}]}}'
+def request_bytes(host: str, sku: str, index: int, priority: str | None = None) -> bytes:
+    extra = f',"priority":"{priority}"' if priority else ""
+    body = (
+        f'{{"customer_id":"openloop-{index % 1000}","items":[{{"sku":"{sku}","quantity":1}}]'
+        f"{extra}}}"
+    )
     data = body.encode()
     head = (
         f"POST /orders HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
@@ -100,14 +111,25 @@ class Connections:
 
 
 async def run(
-    url: str, *, rate: float, duration_s: float, seed: int, sku: str
+    url: str,
+    *,
+    rate: float,
+    duration_s: float,
+    seed: int,
+    sku: str,
+    mix: Mix | None = None,
+    schedule: Schedule | None = None,
 ) -> tuple[float, list[Record]]:
     parts = urlsplit(url)
     if parts.hostname not in ("127.0.0.1", "localhost"):
         raise ValueError("the benchmarks only ever load 127.0.0.1")
     host, port = parts.hostname, parts.port or 80
-    dues = due_times(Schedule.constant(rate, duration_s), Arrivals.POISSON, seed=seed)
-    records = [Record(due) for due in dues]
+    plan = schedule or Schedule.constant(rate, duration_s)
+    dues = due_times(plan, Arrivals.POISSON, seed=seed)
+    priorities = mix.assign(len(dues), seed) if mix else [None] * len(dues)
+    records = [
+        Record(due, priority=priority) for due, priority in zip(dues, priorities, strict=True)
+    ]
     connections = Connections(host, port)
 
     async def send(index: int, start: float) -> None:
@@ -116,7 +138,7 @@ async def run(
         try:
             reader, writer = await connections.get()
             record.sent_s = time.perf_counter() - start
-            writer.write(request_bytes(parts.netloc, sku, index))
+            writer.write(request_bytes(parts.netloc, sku, index, record.priority))
             status, headers = await read_response(reader)
             record.answered_s = time.perf_counter() - start
             record.status, record.location = status, headers.get("location")
@@ -152,8 +174,10 @@ async def run(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.openloop")
     parser.add_argument("url")
-    parser.add_argument("--rate", type=float, required=True, help="orders per second")
-    parser.add_argument("--duration", type=float, required=True, help="seconds")
+    parser.add_argument("--rate", type=float, default=0.0, help="orders per second")
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds")
+    parser.add_argument("--schedule", help="rate over time instead (RATE@SECONDS,...)")
+    parser.add_argument("--mix", help="priorities, e.g. critical=0.2,standard=0.5,sheddable=0.3")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sku", default="MUG-1")
     parser.add_argument("--out", type=Path, required=True)
@@ -165,7 +189,15 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     gc.disable()  # a run holds a few thousand small records at most
     started_epoch, records = run_loop(
-        run(args.url, rate=args.rate, duration_s=args.duration, seed=args.seed, sku=args.sku)
+        run(
+            args.url,
+            rate=args.rate,
+            duration_s=args.duration,
+            seed=args.seed,
+            sku=args.sku,
+            mix=Mix.parse(args.mix) if args.mix else None,
+            schedule=parse_schedule(args.schedule) if args.schedule else None,
+        )
     )
     gc.enable()
     args.out.write_text(

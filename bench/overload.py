@@ -33,9 +33,11 @@ import math
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -156,27 +158,38 @@ def serve_settings(database_url: str, mode: str, config: OverloadConfig) -> dict
     }
 
 
-async def _fulfilled(database_url: str) -> list[tuple[float, float, str, float]]:
-    """(started_at, finished_at, service level, created_at) of every fulfilled order,
-    epoch seconds."""
+async def order_rows(database_url: str, *columns: Any, fulfilled_only: bool = False) -> Any:
+    """`columns` of the `orders` table, row by row (of fulfilled orders only, if asked)."""
     from sqlalchemy import select
 
     from retail.core.types import OrderStatus
     from retail.store.sql.engine import Database
     from retail.store.sql.models import Order
 
+    query = select(*columns)
+    if fulfilled_only:
+        query = query.where(Order.status == OrderStatus.FULFILLED.value)
     db = Database(database_url)
     try:
         async with db.read() as session:
-            rows = (
-                await session.execute(
-                    select(
-                        Order.started_at, Order.finished_at, Order.service_level, Order.created_at
-                    ).where(Order.status == OrderStatus.FULFILLED.value)
-                )
-            ).all()
+            return (await session.execute(query)).all()
     finally:
         await db.dispose()
+
+
+async def _fulfilled(database_url: str) -> list[tuple[float, float, str, float]]:
+    """(started_at, finished_at, service level, created_at) of every fulfilled order,
+    epoch seconds."""
+    from retail.store.sql.models import Order
+
+    rows = await order_rows(
+        database_url,
+        Order.started_at,
+        Order.finished_at,
+        Order.service_level,
+        Order.created_at,
+        fulfilled_only=True,
+    )
     return [
         (started.timestamp(), finished.timestamp(), level, created.timestamp())
         for started, finished, level, created in rows
@@ -195,6 +208,7 @@ class Sent:
     location: str | None
     error: str | None
     retry_after: str | None = None
+    priority: str | None = None
 
     @property
     def latency_s(self) -> float | None:
@@ -214,9 +228,12 @@ def _values(values: list[float | None]) -> list[float]:
 
 
 def open_loop(
-    url: str, *, rate: float, duration_s: float, seed: int, out: Path
+    url: str, *, rate: float, duration_s: float, seed: int, out: Path, extra: tuple[str, ...] = ()
 ) -> tuple[float, list[Sent]]:
-    """Run `bench.openloop` in its own process; (wall clock at due time 0, orders)."""
+    """Run `bench.openloop` in its own process; (wall clock at due time 0, orders).
+
+    `extra`: more options for it (`--mix`, `--schedule`; `duration_s` must still cover
+    the schedule, it bounds the wait)."""
     subprocess.run(
         [
             servers.PYTHON,
@@ -228,6 +245,7 @@ def open_loop(
             f"--seed={seed}",
             f"--sku={SKU}",
             f"--out={out}",
+            *extra,
         ],
         cwd=servers.ROOT,
         check=True,
@@ -235,6 +253,25 @@ def open_loop(
     )
     data = json.loads(out.read_text())
     return data["started_epoch"], [Sent(**order) for order in data["orders"]]
+
+
+@contextmanager
+def fresh_server(
+    workdir: Path, log_name: str, settings: dict[str, object], *, postgres_url: str | None = None
+) -> Iterator[tuple[str, servers.Server]]:
+    """`retail serve` with `settings` on a fresh database (SQLite, or PostgreSQL with
+    `postgres_url`): (the database's URL, the server)."""
+    port = servers.free_port()
+    with (
+        servers.fresh_database(postgres_url, workdir) as database_url,
+        servers.serving(
+            servers.retail_serve_command(port),
+            port=port,
+            env=servers.environment(**{**settings, "database_url": database_url}),
+            log=workdir / log_name,
+        ) as server,
+    ):
+        yield database_url, server
 
 
 def run_one(
@@ -246,16 +283,11 @@ def run_one(
     postgres_url: str | None = None,
 ) -> OverloadResult:
     """One open-loop run against a fresh server (SQLite, or PostgreSQL with `postgres_url`)."""
-    port = servers.free_port()
     name = f"{mode}-{multiple:g}{'-pg' if postgres_url else ''}"
-    with (
-        servers.fresh_database(postgres_url, workdir) as database_url,
-        servers.serving(
-            servers.retail_serve_command(port),
-            port=port,
-            env=servers.environment(**serve_settings(database_url, mode, config)),
-            log=workdir / f"serve-{name}.log",
-        ) as server,
+    settings = serve_settings("", mode, config)
+    with fresh_server(workdir, f"serve-{name}.log", settings, postgres_url=postgres_url) as (
+        database_url,
+        server,
     ):
         return measure(server.url, database_url, server.pid, workdir, mode, multiple, config)
 
@@ -338,16 +370,36 @@ def retry_after_accuracy(orders: list[Sent]) -> dict[str, Any]:
     return retry_after_error(refusals, admitted)
 
 
-def run(
-    config: OverloadConfig | None = None, *, workdir: Path | None = None
-) -> list[OverloadResult]:
-    config = config or OverloadConfig()
+class Scenarios(Protocol):
+    """Runs of every mode at every multiple of the capacity rate."""
+
+    @property
+    def multiples(self) -> tuple[float, ...]: ...
+
+    @property
+    def modes(self) -> tuple[str, ...]: ...
+
+
+C = TypeVar("C", bound=Scenarios)
+R = TypeVar("R")
+
+
+def each_scenario(
+    run_one: Callable[[Path, str, float, C], R], config: C, workdir: Path | None
+) -> list[R]:
+    """`run_one` for each multiple (in order) and each mode, in one work directory."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="retail-bench-"))
     return [
         run_one(workdir, mode, multiple, config)
         for multiple in config.multiples
         for mode in config.modes
     ]
+
+
+def run(
+    config: OverloadConfig | None = None, *, workdir: Path | None = None
+) -> list[OverloadResult]:
+    return each_scenario(run_one, config or OverloadConfig(), workdir)
 
 
 def saturation(

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench import erlang, ingest, overload, report, wrk
+from bench import erlang, ingest, overload, priorities, report, wrk
 from bench.baseline import create_app
 from retail.loadgen.schedule import Arrivals, Schedule, due_times
 
@@ -170,3 +170,28 @@ def test_overload_at_tiny_scale(tmp_path: Path) -> None:
     assert error["count"] + error["unresolved"] == result.refused
     assert error["median"] >= 0
     assert result.wait_ms is not None
+
+
+@pytest.mark.slow
+def test_priorities_at_tiny_scale(tmp_path: Path) -> None:
+    config = priorities.PriorityConfig(
+        capacity=2, delay_s=0.2, duration_s=1.5, recovery_s=1.0, multiples=(4.0,), modes=("queue",)
+    )
+    [result] = priorities.run(config, workdir=tmp_path)
+    assert result.sent > 0 and result.errors == 0
+    live, sim = result.live, result.sim
+    assert 0 < live.critical_accepted <= 1 and 0 < sim.critical_accepted <= 1
+    assert live.fulfilled_rate > 0 and sim.fulfilled_rate > 0
+    assert set(live.goodput_by_priority) == {"critical", "standard", "sheddable"}
+    assert sum(live.goodput_by_priority.values()) == pytest.approx(live.fulfilled_rate)
+    table = priorities.tables([result], config)
+    assert "critical >= 99.5 %" in table and "retail simulate" in table
+
+
+def test_recovery_counts_from_the_queue_draining() -> None:
+    # (accepted at, wait): orders wait until 12 s; the queue is empty from 12 s to 12.5 s
+    # (drained); one order arriving at 13 s still waits 0.5 s; then waits are short.
+    accepted = [(1.0, 2.0), (9.0, 3.0), (11.0, 0.5), (12.5, 0.0), (13.0, 0.5), (15.0, 0.05)]
+    assert priorities._recovery(accepted, overload_s=10.0, delay_s=1.0) == pytest.approx(1.0)
+    # never drained while orders came: no figure
+    assert priorities._recovery([(9.0, 5.0), (12.0, 3.0)], overload_s=10.0, delay_s=1.0) is None

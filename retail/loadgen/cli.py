@@ -14,6 +14,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from retail.loadgen.mix import (
+    DEFAULT_RETRIES_PER_ORDER,
+    DEFAULT_RETRY_BUDGET,
+    Mix,
+    parse_start_within,
+)
 from retail.loadgen.schedule import Arrivals
 
 if TYPE_CHECKING:
@@ -32,6 +38,49 @@ SCHEDULE_HELP = (
     "FROM..TO@SECONDS (linear ramp) segments, optionally prefixed step: or ramp:; the last "
     "segment may omit @SECONDS to fill --duration. E.g. step:10@5,20@5 or ramp:5..40."
 )
+
+
+# What clients send and how they retry: the same options for `retail load` and
+# `retail simulate` (`retail.loadgen.mix`).
+MixOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Share of orders per priority, e.g. critical=0.2,standard=0.5,sheddable=0.3 "
+        "(adds up to 1; drawn per order from --seed, the same in load and simulate). "
+        "Default: no priority sent (standard).",
+    ),
+]
+StartWithinOption = Annotated[
+    float | None,
+    typer.Option(help="Send every order with this deadline (start_within_s, seconds)."),
+]
+RetryOption = Annotated[
+    bool,
+    typer.Option(
+        "--retry",
+        help="Retry refused orders after their Retry-After plus up to 50 % jitter, "
+        "within the retry budget (--retry-budget), up to --retries times (3 by default).",
+    ),
+]
+RetryBudgetOption = Annotated[
+    float,
+    typer.Option(min=0, help="With --retry: retries at most this share of the orders sent."),
+]
+
+
+def client_settings(
+    mix: str | None, start_within: float | None, retries: int | None, *, retry: bool
+) -> tuple[Mix | None, float | None, int]:
+    """The mix, the deadline and the retries per order from the options; `typer.Exit`
+    with a clear message when one is wrong."""
+    try:
+        return (
+            None if mix is None else Mix.parse(mix),
+            parse_start_within(start_within),
+            (DEFAULT_RETRIES_PER_ORDER if retry else 0) if retries is None else retries,
+        )
+    except ValueError as error:
+        raise _fail(str(error)) from None
 
 
 def _fail(message: str) -> typer.Exit:
@@ -171,13 +220,19 @@ def load(
         bool, typer.Option(help="Send a unique Idempotency-Key with every order.")
     ] = False,
     retries: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             help="Retry 503, 429, 409 (Idempotency-Key in use) and connection failures up "
-            "to N times, waiting as Retry-After says (exponential backoff without it).",
+            "to N times, waiting as Retry-After says (exponential backoff without it) "
+            "[default: 0; 3 with --retry].",
+            show_default=False,
         ),
-    ] = 0,
+    ] = None,
+    mix: MixOption = None,
+    start_within: StartWithinOption = None,
+    retry: RetryOption = False,
+    retry_budget: RetryBudgetOption = DEFAULT_RETRY_BUDGET,
     follow: Annotated[
         bool, typer.Option(help="Follow accepted orders to their end (needed for goodput).")
     ] = True,
@@ -255,6 +310,7 @@ def load(
         _writable_file(html_file, "--html")
     if plot is not None:
         _writable_dir(plot, "--plot")
+    sent_mix, deadline, retries_per_order = client_settings(mix, start_within, retries, retry=retry)
     seconds = duration if duration is not None else (5.0 if sweep else DEFAULT_DURATION_S)
     try:
         if schedule is not None:
@@ -269,9 +325,13 @@ def load(
             skus=tuple(sku or ("MUG-1",)),
             quantity=quantity,
             idempotency_keys=idempotency_keys,
-            retries=retries,
+            retries=retries_per_order,
             follow=follow or sweep,
             follow_timeout_s=follow_timeout,
+            mix=sent_mix,
+            start_within_s=deadline,
+            retry=retry,
+            retry_budget=retry_budget,
         )
     except ValueError as error:
         raise _fail(str(error)) from None

@@ -30,6 +30,8 @@ WORK_COLOUR = "#2f9e44"
 DEGRADED_COLOUR = "#7950f2"
 FAILED_COLOUR = "#e03131"
 MODE_COLOURS = {"queue": "#1c7ed6", "reject": "#e03131", "degrade": "#7950f2"}
+PRIORITY_COLOURS = {"critical": "#c0392b", "standard": "#2f6db5", "sheddable": "#9aa5b1"}
+PRIORITY_BINS = 40
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
@@ -310,13 +312,64 @@ def plot_timeline(run: LoadRun, path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def plot_priorities(run: LoadRun, path: Path) -> Path:
+    """Per priority: orders fulfilled and refused per second over the run, and each
+    order's wait in the queue by the moment it was due."""
+    figure = Figure(figsize=(10, 6.4), layout="constrained")
+    rate_ax, wait_ax = figure.subplots(2, 1, sharex=True)
+    names = [name for name in PRIORITY_COLOURS if any(o.priority == name for o in run.orders)]
+    finished = [o.finished_at - run.started_epoch for o in run.orders if o.finished_at]
+    end = max([run.config.schedule.duration_s, *finished, 1e-9])
+    width = end / PRIORITY_BINS
+    mids = [(i + 0.5) * width for i in range(PRIORITY_BINS)]
+
+    def per_second(times: list[float]) -> list[float]:
+        counts = [0] * PRIORITY_BINS
+        for t in times:
+            counts[min(PRIORITY_BINS - 1, max(0, int(t / width)))] += 1
+        return [n / width for n in counts]
+
+    for name in names:
+        mine = [o for o in run.orders if o.priority == name]
+        colour = PRIORITY_COLOURS[name]
+        done = [
+            o.finished_at - run.started_epoch
+            for o in mine
+            if o.order_status == "fulfilled" and o.finished_at is not None
+        ]
+        rate_ax.plot(mids, per_second(done), color=colour, label=f"{name} fulfilled/s")
+        refused = [o.due_s for o in mine if o.outcome == "refused"]
+        if refused:
+            rate_ax.plot(
+                mids, per_second(refused), color=colour, linestyle=":", label=f"{name} refused/s"
+            )
+        waited = [(o.due_s, o.wait_s) for o in mine if o.wait_s is not None]
+        wait_ax.scatter(
+            [due for due, _ in waited], [w for _, w in waited], s=6, color=colour, label=name
+        )
+    for ax in (rate_ax, wait_ax):
+        ax.axvline(run.config.schedule.duration_s, color="black", linewidth=0.8, linestyle="--")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    rate_ax.set_ylabel("orders/s")
+    rate_ax.set_title(f"By priority — {describe_run(run)}", fontsize=10)
+    wait_ax.set_ylabel("wait in the queue (s)")
+    wait_ax.set_xlabel("time (s from start; waits by due time); dashed: end of sending")
+    return save_figure(figure, path)
+
+
 def plot_run(run: LoadRun, directory: Path) -> list[Path]:
-    """latency.png, load.png and timeline.png in `directory`."""
-    return [
+    """latency.png, load.png and timeline.png in `directory`; priorities.png too when
+    orders were sent with a priority."""
+    paths = [
         plot_latency(run, directory / "latency.png"),
         plot_load(run, directory / "load.png"),
         plot_timeline(run, directory / "timeline.png"),
     ]
+    if any(order.priority is not None for order in run.orders):
+        paths.append(plot_priorities(run, directory / "priorities.png"))
+    return paths
 
 
 # --- a sweep --------------------------------------------------------------------------------

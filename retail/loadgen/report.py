@@ -22,7 +22,11 @@ Definitions used throughout:
   that is later. Work cannot start before the run does, so goodput never exceeds the
   service's limit (`capacity / full_service_s`, read from `GET /capacity` at the
   start) for orders served in full; when it does exceed it (degraded orders are
-  cheaper, or the server's clock is not this one's), `goodput_note` says why.
+  cheaper, or the server's clock is not this one's), `goodput_note` says why;
+- per priority (`by_priority`, when orders were sent with a priority, `--mix`): the
+  orders sent at each priority, accepted, degraded, refused, `expired` (accepted, but
+  the start deadline passed while it waited), fulfilled, goodput over the same window,
+  the queue wait and the refusals' latency.
 
 JSON report (`retail load --json FILE`), schema `retail.loadgen.report/1`. Times are
 seconds; `*_at` fields are Unix epoch seconds of the server's timestamps; `t_s`,
@@ -35,7 +39,8 @@ seconds; `*_at` fields are Unix epoch seconds of the server's timestamps; `t_s`,
       "elapsed_s": float,                   # the whole run, following included
       "config": {"schedule": "10@5,20@5", "duration_s", "arrivals", "seed",
                  "max_orders", "skus", "quantity", "idempotency_keys", "retries",
-                 "follow", "follow_timeout_s", "sample_interval_s"},
+                 "follow", "follow_timeout_s", "sample_interval_s", "mix",
+                 "start_within_s", "retry", "retry_budget"},
       "summary": {
         "orders": int, "duration_s": float, "offered_rate": float,
         "accepted": {"total": int, "full": int, "degraded": int},
@@ -45,18 +50,23 @@ seconds; `*_at` fields are Unix epoch seconds of the server's timestamps; `t_s`,
         "retries": int,                     # attempts beyond the first, all orders
         "late_sends": int, "late_for_connection": int, "max_send_lag_s": float | null,
         "followed": bool,
-        "fulfilled": int, "failed": int, "cancelled": int,
+        "fulfilled": int, "failed": int, "cancelled": int, "expired": int,
         "unfinished": int,                  # followed, not terminal by the deadline
         "goodput_per_s": float | null,      # null without --follow
         "limit_per_s": float | null,        # capacity / full_service_s, when known
         "goodput_note": str | null,         # why goodput is above limit_per_s
         "latency_accepted": PERCENTILES, "latency_refused": PERCENTILES,
-        "start": PERCENTILES, "fulfilment": PERCENTILES, "queue_wait": PERCENTILES
+        "start": PERCENTILES, "fulfilment": PERCENTILES, "queue_wait": PERCENTILES,
+        "retries_denied": int,              # retries the --retry budget did not allow
+        "by_priority": {"critical" | "standard" | "sheddable": {
+            "orders", "accepted", "degraded", "refused", "refused_share", "expired",
+            "fulfilled", "goodput_per_s", "queue_wait": PERCENTILES,
+            "latency_refused": PERCENTILES}}   # {} without --mix
       },
       "service": {"mode", "capacity", "full_service_s", "queue_limit", "limit_per_s"} | null,
       "histograms": {"latency_accepted": HISTOGRAM, "latency_refused": HISTOGRAM,
                      "start": HISTOGRAM, "fulfilment": HISTOGRAM, "queue_wait": HISTOGRAM},
-      "orders": [{"index", "due_s", "sku", "started_s", "sent_s", "answered_s",
+      "orders": [{"index", "due_s", "sku", "priority", "started_s", "sent_s", "answered_s",
                   "latency_s", "send_lag_s", "attempts", "outcome", "status", "error",
                   "problem_type", "retry_after_s", "order_id", "service_level",
                   "order_status", "created_at", "started_at", "finished_at", "wait_s",
@@ -73,6 +83,7 @@ seconds; `*_at` fields are Unix epoch seconds of the server's timestamps; `t_s`,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -83,9 +94,36 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 
 from retail.loadgen.histogram import LatencyHistogram, Percentiles
+from retail.loadgen.mix import PRIORITIES
 from retail.loadgen.runner import LATE_SEND_S, LoadRun, OrderResult
 
 SCHEMA = "retail.loadgen.report/1"
+
+
+@dataclass(frozen=True)
+class PrioritySummary:
+    """The figures of the orders sent at one priority."""
+
+    orders: int
+    accepted: int
+    degraded: int
+    refused: int
+    expired: int
+    fulfilled: int
+    goodput_per_s: float | None
+    queue_wait: Percentiles
+    latency_refused: Percentiles
+
+    @property
+    def refused_share(self) -> float:
+        return self.refused / self.orders if self.orders else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["refused_share"] = self.refused_share
+        data["queue_wait"] = self.queue_wait.to_json()
+        data["latency_refused"] = self.latency_refused.to_json()
+        return data
 
 
 @dataclass(frozen=True)
@@ -115,6 +153,9 @@ class Summary:
     start: Percentiles
     limit_per_s: float | None = None
     goodput_note: str | None = None
+    retries_denied: int = 0
+    expired: int = 0  # accepted, never started: the start deadline passed while it waited
+    by_priority: dict[str, PrioritySummary] | None = None
 
     @property
     def accepted(self) -> int:
@@ -152,6 +193,7 @@ class Summary:
             "fulfilled": self.fulfilled,
             "failed": self.failed,
             "cancelled": self.cancelled,
+            "expired": self.expired,
             "unfinished": self.unfinished,
             "goodput_per_s": self.goodput_per_s,
             "limit_per_s": self.limit_per_s,
@@ -161,6 +203,8 @@ class Summary:
             "start": self.start.to_json(),
             "fulfilment": self.fulfilment.to_json(),
             "queue_wait": self.queue_wait.to_json(),
+            "retries_denied": self.retries_denied,
+            "by_priority": {name: row.to_json() for name, row in (self.by_priority or {}).items()},
         }
 
 
@@ -196,14 +240,52 @@ def histograms(run: LoadRun) -> Histograms:
     return result
 
 
-def goodput(finished_at: list[float], duration_s: float, started_at: float) -> float:
+def goodput(
+    finished_at: list[float], duration_s: float, started_at: float, count: int | None = None
+) -> float:
     """Fulfilled orders per second over the offered window (see the module docstring):
     from `started_at` (the run's start) to the end of the schedule, or to the last
-    fulfilment when that is later."""
+    fulfilment when that is later. `count`: of those, the ones to count (one priority's)."""
     if not finished_at:
         return 0.0
+    count = len(finished_at) if count is None else count
     window = max(duration_s, max(finished_at) - started_at)
-    return len(finished_at) / window if window > 0 else float(len(finished_at))
+    return count / window if window > 0 else float(count)
+
+
+def priority_summaries(
+    run: LoadRun, sent: list[OrderResult], finished_at: list[float]
+) -> dict[str, PrioritySummary]:
+    """Per priority sent (none without a mix); goodput over the run's whole window."""
+    result: dict[str, PrioritySummary] = {}
+    duration = run.config.schedule.duration_s
+    for name in PRIORITIES:
+        mine = [o for o in sent if o.priority == name]
+        if not mine:
+            continue
+        accepted = [o for o in mine if o.outcome == "accepted"]
+        fulfilled = sum(1 for o in accepted if o.order_status == "fulfilled")
+        refused = [o for o in mine if o.outcome == "refused"]
+        result[name] = PrioritySummary(
+            orders=len(mine),
+            accepted=len(accepted),
+            degraded=sum(1 for o in accepted if o.service_level == "degraded"),
+            refused=len(refused),
+            expired=sum(1 for o in accepted if o.order_status == "expired"),
+            fulfilled=fulfilled,
+            goodput_per_s=(
+                goodput(finished_at, duration, run.started_epoch, fulfilled)
+                if run.config.follow
+                else None
+            ),
+            queue_wait=LatencyHistogram.from_values(
+                [w for o in accepted if (w := o.wait_s) is not None]
+            ).summary(),
+            latency_refused=LatencyHistogram.from_values(
+                [lat for o in refused if (lat := o.latency_s) is not None]
+            ).summary(),
+        )
+    return result
 
 
 def goodput_note(
@@ -243,7 +325,9 @@ def summarize(run: LoadRun, hists: Histograms | None = None) -> Summary:
         if o.order_status == "fulfilled" and o.finished_at is not None
     ]
     duration = run.config.schedule.duration_s
-    terminal = statuses["fulfilled"] + statuses["failed"] + statuses["cancelled"]
+    terminal = (
+        statuses["fulfilled"] + statuses["failed"] + statuses["cancelled"] + statuses["expired"]
+    )
     rate = goodput(finished, duration, run.started_epoch) if run.config.follow else None
     limit = run.service.limit_per_s if run.service is not None else None
     return Summary(
@@ -282,6 +366,9 @@ def summarize(run: LoadRun, hists: Histograms | None = None) -> Summary:
         start=hists.start.summary(),
         limit_per_s=limit,
         goodput_note=goodput_note(rate, limit, levels["degraded"]),
+        retries_denied=run.retries_denied,
+        expired=statuses["expired"],
+        by_priority=priority_summaries(run, sent, finished),
     )
 
 
@@ -350,8 +437,11 @@ def overview_table(summary: Summary, *, title: str | None = None) -> Table:
         f" ({_by(summary.errors_by_kind)})" if summary.errors_by_kind else ""
     )
     table.add_row("errors", errors)
-    if summary.retries:
-        table.add_row("retries", str(summary.retries))
+    if summary.retries or summary.retries_denied:
+        retried = str(summary.retries)
+        if run_budget := summary.retries_denied:
+            retried += f" ({run_budget} more not allowed by the retry budget)"
+        table.add_row("retries", retried)
     lag = ms(summary.max_send_lag_s)
     late = f"{summary.late_sends} later than {LATE_SEND_S * 1000:g} ms (max lag {lag} ms)"
     if summary.late_for_connection:
@@ -405,7 +495,34 @@ def latency_table(summary: Summary) -> Table:
 def render_summary(run: LoadRun, summary: Summary | None = None) -> RenderableType:
     summary = summary or summarize(run)
     title = f"[bold]retail load[/bold] {run.url} {describe_run(run)}"
-    return Group(overview_table(summary, title=title), "", latency_table(summary))
+    parts: list[RenderableType] = [overview_table(summary, title=title), "", latency_table(summary)]
+    if summary.by_priority:
+        parts += ["", priority_table(summary)]
+    return Group(*parts)
+
+
+def priority_table(summary: Summary) -> Table:
+    """Goodput, refusals and waits per priority."""
+    table = Table(title="by priority", title_justify="left")
+    for name in ("priority", "orders", "accepted", "refused", "degraded", "expired"):
+        table.add_column(name, justify="left" if name == "priority" else "right")
+    for name in ("fulfilled", "goodput/s", "wait p50 ms", "wait p99 ms", "refusal p99 ms"):
+        table.add_column(name, justify="right")
+    for name, row in (summary.by_priority or {}).items():
+        table.add_row(
+            name,
+            str(row.orders),
+            str(row.accepted),
+            f"{row.refused} ({row.refused_share:.1%})",
+            str(row.degraded),
+            str(row.expired),
+            str(row.fulfilled) if summary.followed else "-",
+            "-" if row.goodput_per_s is None else f"{row.goodput_per_s:,.2f}",
+            ms(row.queue_wait.p50_s),
+            ms(row.queue_wait.p99_s),
+            ms(row.latency_refused.p99_s),
+        )
+    return table
 
 
 def accepted_text(summary: Summary) -> str:
@@ -416,10 +533,11 @@ def accepted_text(summary: Summary) -> str:
 
 
 def fulfilled_text(summary: Summary) -> str:
-    """`10 (failed 1, cancelled 0, unfinished 1)`."""
+    """`10 (failed 1, cancelled 0, unfinished 1)` (and `expired N, ` when orders expired)."""
     return (
         f"{summary.fulfilled} (failed {summary.failed}, cancelled {summary.cancelled}, "
-        f"unfinished {summary.unfinished})"
+        + (f"expired {summary.expired}, " if summary.expired else "")
+        + f"unfinished {summary.unfinished})"
     )
 
 

@@ -11,6 +11,11 @@ Open loop, no coordinated omission:
 - every latency is measured from the moment the order was due, so time an order
   spent waiting for a connection or a retry is part of its latency.
 
+With a `mix` every order is sent with its priority (`retail.loadgen.mix`: drawn from the
+seed, as `retail simulate` draws it), with `start_within_s` its deadline; with `retry`
+a refused order comes back after its `Retry-After` plus jitter, while the retries stay
+within `retry_budget` of the orders sent so far.
+
 Accepted orders are then followed (`GET /orders/{id}`, waiting as long as each
 `Retry-After` says) to a terminal state or until the follow deadline, and their
 events are read for the timeline. `GET /capacity` is sampled throughout.
@@ -30,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from retail.loadgen.mix import DEFAULT_RETRY_BUDGET, Mix, RetryBudget, retry_delay
 from retail.loadgen.pacer import MonotonicTimer, Timer, pace
 from retail.loadgen.schedule import Arrivals, Schedule, due_times
 from retail.loadgen.timeline import elapsed
@@ -69,6 +75,12 @@ class LoadConfig:
     follow_timeout_s: float = DEFAULT_FOLLOW_TIMEOUT_S
     fetch_events: bool = True
     sample_interval_s: float | None = DEFAULT_SAMPLE_INTERVAL_S
+    mix: Mix | None = None  # priorities to send (None: none sent, so standard)
+    start_within_s: float | None = None  # the deadline sent with every order
+    retry: bool = False  # retries jittered and within `retry_budget`
+    retry_budget: float = (
+        DEFAULT_RETRY_BUDGET  # with `retry`: retries at most this share of the orders sent
+    )
 
     def __post_init__(self) -> None:
         if not self.skus:
@@ -81,6 +93,10 @@ class LoadConfig:
             raise ValueError("max_orders cannot be negative")
         if self.follow_timeout_s < 0:
             raise ValueError("follow_timeout_s cannot be negative")
+        if self.start_within_s is not None and not self.start_within_s > 0:
+            raise ValueError("start_within_s must be a positive number of seconds")
+        if self.retry_budget < 0:
+            raise ValueError("retry_budget cannot be negative")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,6 +112,10 @@ class LoadConfig:
             "follow": self.follow,
             "follow_timeout_s": self.follow_timeout_s,
             "sample_interval_s": self.sample_interval_s,
+            "mix": None if self.mix is None else self.mix.describe(),
+            "start_within_s": self.start_within_s,
+            "retry": self.retry,
+            "retry_budget": self.retry_budget if self.retry else None,
         }
 
 
@@ -107,6 +127,7 @@ class OrderResult:
     index: int
     due_s: float
     sku: str
+    priority: str | None = None  # as sent (None: not sent, so standard)
     started_s: float | None = None  # the pacer handed the order over
     sent_s: float | None = None  # its request headers started to go out
     answered_s: float | None = None  # the final answer (or error) arrived
@@ -178,6 +199,7 @@ class OrderResult:
             "index": self.index,
             "due_s": self.due_s,
             "sku": self.sku,
+            "priority": self.priority,
             "started_s": self.started_s,
             "sent_s": self.sent_s,
             "answered_s": self.answered_s,
@@ -305,6 +327,7 @@ class LoadRun:
     orders: list[OrderResult]
     samples: list[CapacitySample]
     service: ServiceInfo | None = None  # GET /capacity at the start, when it answered
+    retries_denied: int = 0  # retries the retry budget did not allow
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -342,6 +365,7 @@ class _Context:
     customer: str
     live: LiveCounts
     rng: random.Random
+    budget: RetryBudget | None = None
 
     def now_s(self) -> float:
         return self.timer.now() - self.start
@@ -360,8 +384,11 @@ async def run_load(
     dues = due_times(
         config.schedule, config.arrivals, seed=config.seed, max_orders=config.max_orders
     )
+    priorities: list[str | None] = (
+        list(config.mix.assign(len(dues), config.seed)) if config.mix else [None] * len(dues)
+    )
     orders = [
-        OrderResult(index, due, config.skus[index % len(config.skus)])
+        OrderResult(index, due, config.skus[index % len(config.skus)], priorities[index])
         for index, due in enumerate(dues)
     ]
     live.planned = len(orders)
@@ -379,6 +406,7 @@ async def run_load(
         customer=customer,
         live=live,
         rng=random.Random(config.seed),
+        budget=RetryBudget(config.retry_budget) if config.retry else None,
     )
     samples: list[CapacitySample] = []
     sampler = (
@@ -412,6 +440,7 @@ async def run_load(
         orders=orders,
         samples=samples,
         service=service,
+        retries_denied=context.budget.denied if context.budget is not None else 0,
     )
 
 
@@ -425,10 +454,16 @@ async def _order(context: _Context, order: OrderResult) -> None:
 async def _place(context: _Context, order: OrderResult) -> None:
     config, live = context.config, context.live
     order.started_s = context.now_s()
-    body = {
+    body: dict[str, Any] = {
         "customer_id": context.customer,
         "items": [{"sku": order.sku, "quantity": config.quantity}],
     }
+    if order.priority is not None:
+        body["priority"] = order.priority
+    if config.start_within_s is not None:
+        body["start_within_s"] = config.start_within_s
+    if context.budget is not None:
+        context.budget.sent()
     headers = {"Idempotency-Key": str(uuid.uuid4())} if config.idempotency_keys else {}
 
     async def trace(name: str, info: dict[str, Any]) -> None:
@@ -512,14 +547,18 @@ def _absorb(order: OrderResult, data: dict[str, Any]) -> None:
 
 
 async def _back_off(context: _Context, attempt: int, retry_after_s: float | None) -> bool:
-    """Wait before another attempt: `Retry-After` if the server gave one, otherwise
-    exponential backoff with jitter. False (no wait) when that would pass the deadline."""
+    """Wait before another attempt: `Retry-After` if the server gave one (plus jitter
+    with `retry`), otherwise exponential backoff with jitter. False (no wait) when that
+    would pass the deadline or, with `retry`, when the retry budget is spent."""
+    budget = context.budget
     if retry_after_s is not None:
-        delay = retry_after_s
+        delay = retry_after_s if budget is None else retry_delay(retry_after_s, context.rng)
     else:
         delay = RETRY_BACKOFF_S * 2**attempt * context.rng.uniform(0.5, 1.5)
     delay = min(delay, RETRY_WAIT_MAX_S)
     if context.timer.now() + delay > context.follow_deadline:
+        return False
+    if budget is not None and not budget.spend():
         return False
     await context.timer.sleep(delay)
     return True

@@ -17,6 +17,14 @@ import typer
 from retail.cli_support import Capacity, Delay, Mode, QueueLimit, fail, settings_or_exit
 from retail.config import Settings
 from retail.core.types import OverloadMode
+from retail.loadgen.cli import (
+    MixOption,
+    RetryBudgetOption,
+    RetryOption,
+    StartWithinOption,
+    client_settings,
+)
+from retail.loadgen.mix import DEFAULT_RETRY_BUDGET, PRIORITIES
 from retail.loadgen.schedule import Arrivals, Schedule, parse_schedule
 
 DEFAULT_RATE = 10.0
@@ -34,6 +42,10 @@ StepDelays = Annotated[
 Decline = Annotated[float | None, typer.Option(help="[RETAIL_PAYMENT_DECLINE_PROBABILITY]")]
 SkipSteps = Annotated[str | None, typer.Option(help="[RETAIL_DEGRADE_SKIP_STEPS]")]
 DelayFactor = Annotated[float | None, typer.Option(help="[RETAIL_DEGRADE_DELAY_FACTOR]")]
+CriticalReserve = Annotated[
+    int | None,
+    typer.Option(help="Room only critical orders may take [RETAIL_CRITICAL_RESERVE]."),
+]
 TargetWait = Annotated[
     float | None, typer.Option(help="Seconds, for --overload-mode auto [RETAIL_TARGET_WAIT_S].")
 ]
@@ -47,6 +59,24 @@ def _write_json(data: Any, target: str) -> None:
     path = Path(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def _clients(
+    mix: str | None,
+    start_within: float | None,
+    retries: int | None,
+    *,
+    retry: bool,
+    retry_budget: float,
+) -> dict[str, Any]:
+    """What the simulated clients send and how they retry (`SimConfig` fields)."""
+    sent_mix, deadline, retries_per_order = client_settings(mix, start_within, retries, retry=retry)
+    return {
+        "mix": sent_mix,
+        "start_within_s": deadline,
+        "retries": retries_per_order,
+        "retry_budget": retry_budget if retry else None,
+    }
 
 
 def _schedule(
@@ -93,14 +123,18 @@ def simulate(
         int | None, typer.Option(help="Seed for arrivals and delays (default: a random one).")
     ] = None,
     retries: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--retries",
-            "--retry",
             min=0,
-            help="A refused order comes back after its Retry-After, up to N times.",
+            help="A refused order comes back after its Retry-After, up to N times "
+            "(without --retry: exactly after it, with no budget).",
         ),
-    ] = 0,
+    ] = None,
+    mix: MixOption = None,
+    start_within: StartWithinOption = None,
+    retry: RetryOption = False,
+    retry_budget: RetryBudgetOption = DEFAULT_RETRY_BUDGET,
+    critical_reserve: CriticalReserve = None,
     sweep: Annotated[
         bool,
         typer.Option(help="Run 0.5x to 4x the capacity rate in every overload mode (a table)."),
@@ -137,8 +171,10 @@ def simulate(
         payment_decline_probability=payment_decline_probability,
         degrade_skip_steps=degrade_skip_steps,
         degrade_delay_factor=degrade_delay_factor,
+        critical_reserve=critical_reserve,
         target_wait_s=target_wait,
     )
+    clients = _clients(mix, start_within, retries, retry=retry, retry_budget=retry_budget)
     console = Console(stderr=json_file == "-")
     run_seed = seed if seed is not None else random.SystemRandom().randrange(1_000_000)
     pipeline = settings.pipeline()
@@ -152,7 +188,7 @@ def simulate(
             orders=orders,
             arrivals=arrivals,
             seed=run_seed,
-            retries=retries,
+            clients=clients,
             json_file=json_file,
             plot=plot,
         )
@@ -164,7 +200,7 @@ def simulate(
         arrivals=arrivals,
         seed=run_seed,
         max_orders=orders,
-        retries=retries,
+        **clients,
     )
     assert isinstance(config.limits, Limits)
     run = run_simulation(config)
@@ -188,10 +224,12 @@ def _sweep(
     orders: int | None,
     arrivals: Arrivals,
     seed: int,
-    retries: int,
+    clients: dict[str, Any],
     json_file: str | None,
     plot: Path | None,
 ) -> None:
+    import dataclasses
+
     from rich.table import Table
 
     from retail.core.types import ServiceLevel
@@ -210,28 +248,36 @@ def _sweep(
     for name in ("mode", "offered/s", "goodput/s", "refused", "degraded", "p99 wait ms"):
         table.add_column(name, justify="left" if name == "mode" else "right")
     table.add_column("p99 order → fulfilled ms", justify="right")
+    mix = clients.get("mix")
+    shown = [name for name in PRIORITIES if mix is not None and mix.share(name)]
+    for name in shown:
+        table.add_column(f"{name} goodput/s", justify="right")
+    if "critical" in shown:
+        table.add_column("critical p99 wait ms", justify="right")
     points = []
     for mode in mode_list:
         for factor in multiples:
             rate = factor * capacity_rate
-            limits = settings.limits()
             config = SimConfig(
-                limits=type(limits)(
-                    mode=mode,
-                    capacity=limits.capacity,
-                    queue_limit=limits.queue_limit,
-                    max_queue_wait_s=limits.max_queue_wait_s,
-                ),
+                limits=dataclasses.replace(settings.limits(), mode=mode),
                 pipeline=pipeline,
                 schedule=_schedule(rate, duration, None, orders),
                 arrivals=arrivals,
                 seed=seed,
                 max_orders=orders,
-                retries=retries,
+                **clients,
             )
             summary = summarize(run_simulation(config), timeline=False)
             summary["factor"] = factor
             points.append(summary)
+            rows = summary["by_priority"]
+            per_priority = [
+                f"{rows[name]['goodput_per_s']:.2f}" if name in rows else "-" for name in shown
+            ]
+            if "critical" in shown:
+                per_priority.append(
+                    ms(rows["critical"]["wait_s"]["p99"]) if "critical" in rows else "-"
+                )
             table.add_row(
                 mode.value,
                 f"{summary['offered_rate']:.2f}",
@@ -240,14 +286,19 @@ def _sweep(
                 str(summary["degraded"]),
                 ms(summary["wait_s"]["p99"]),
                 ms(summary["sojourn_s"]["p99"]),
+                *per_priority,
             )
     console.print(table)
     if json_file is not None:
         _write_json({"capacity_rate": capacity_rate, "points": points}, json_file)
     if plot is not None:
-        from retail.sim.plots import plot_sweep
+        from retail.sim.plots import plot_priority_sweep, plot_sweep
 
-        console.print(f"chart: {plot_sweep(points, capacity_rate, plot)}")
+        if shown:
+            chart = plot_priority_sweep(points, capacity_rate, plot)
+        else:
+            chart = plot_sweep(points, capacity_rate, plot)
+        console.print(f"chart: {chart}")
 
 
 def plan(

@@ -2,14 +2,22 @@
 
 One run drives exactly what `retail serve` runs, minus HTTP and the database:
 
-- an arrival calls `Admission.admit(now, SIM_CUSTOMER)` (every order of a run is one
-  customer's, as with `retail load`: a customer alone has the whole service); a refusal
-  (`CapacityExceeded`) is the `503`, and a client with retries left comes back after
-  its `Retry-After`;
-- an admitted order `keep()`s its ticket (it is stored) and joins the `WaitingLine`;
-- whenever the `Dispatcher` has a free slot, the next waiting order starts: it leaves
-  the line (`Admission.left_queue`), the `Pipeline` plans it at its service level and
-  `Dispatcher.start` holds the slot for the planned time;
+- an arrival calls `Admission.admit(now, SIM_CUSTOMER, priority=..., start_within_s=...)`
+  (every order of a run is one customer's, as with `retail load`: a customer alone has
+  the whole service; its priority comes from the `--mix`, as `retail load` draws it); a
+  refusal (`CapacityExceeded`) is the `503`, and a client with retries left comes back
+  after its `Retry-After` (with `retry_budget`: stretched by a random 0-50 %, and only
+  while the retries stay within that share of the orders sent so far, as `retail load
+  --retry` does);
+- an admitted order `keep()`s its ticket (it is stored) and joins the `WaitingLine` at
+  its priority;
+- whenever the `Dispatcher` has a free slot, the next waiting order (by priority, then
+  first come first served) starts: it leaves the line (`Admission.left_queue`), the
+  `Pipeline` plans it at its service level and `Dispatcher.start` holds the slot for
+  the planned time;
+- a waiting order whose start deadline passes ends `expired` at that instant (it leaves
+  the line and the count of waiting orders, as the worker pool expires it) and never
+  takes a slot;
 - at the end of its plan (or at the end of the payment step, if payment is declined,
   as the worker pool does) `Dispatcher.finish` frees the slot.
 
@@ -38,7 +46,8 @@ from retail.core.capacity import Limits
 from retail.core.dispatch import WaitingLine
 from retail.core.errors import CapacityExceeded
 from retail.core.pipeline import PAYMENT_STEP, Pipeline
-from retail.core.types import ServiceLevel
+from retail.core.types import Priority, ServiceLevel
+from retail.loadgen.mix import Mix, RetryBudget, retry_delay
 from retail.loadgen.schedule import Arrivals, Schedule, due_times
 
 TIMELINE_POINTS = 600  # samples of the queue over the arrivals; the drain goes on at that pace
@@ -46,6 +55,9 @@ MAX_TIMELINE_POINTS = 4 * TIMELINE_POINTS
 
 _END = 0  # event kinds, in the order they run at the same instant
 _RETRY = 1
+_EXPIRE = 2  # an order that starts exactly at its deadline is in time
+# Sums of delays land a rounding error either side of a deadline they meet exactly.
+_DEADLINE_SLACK_S = 1e-9
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,11 @@ class SimConfig:
     max_orders: int | None = None
     retries: int = 0  # a refused order comes back after its Retry-After, up to this often
     line_count: int = 1  # lines per order (delays grow with RETAIL_DELAY_PER_EXTRA_LINE)
+    mix: Mix | None = None  # priorities of the orders (None: every order standard)
+    start_within_s: float | None = None  # every order's start deadline, if any
+    # With a budget, retries are jittered and at most this share of the orders sent so far
+    # (None: every refused order with retries left comes back after exactly Retry-After).
+    retry_budget: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +82,21 @@ class Sample:
     t_s: float
     in_flight: int
     queued: int
+
+
+@dataclass
+class PriorityCounts:
+    """One priority's orders: what admission decided, then how they ended."""
+
+    orders: int = 0
+    accepted: int = 0  # degraded ones included
+    degraded: int = 0
+    refused: int = 0  # on their last attempt
+    waits: array[float] = field(default_factory=lambda: array("d"))  # of started orders
+    expired: int = 0
+    fulfilled: int = 0
+    ends: array[float] = field(default_factory=lambda: array("d"))  # of fulfilled orders
+    sojourns: array[float] = field(default_factory=lambda: array("d"))
 
 
 @dataclass
@@ -85,9 +117,11 @@ class SimRun:
     wall_seconds: float = 0.0
     first_fulfilled_s: float | None = None
     last_fulfilled_s: float | None = None
-    # per started order: when it started and how long it waited (from the accepted attempt)
+    # per started order: when it started, how long it waited (from the accepted attempt)
+    # and the time its plan held the slot (the service time it drew)
     starts: array[float] = field(default_factory=lambda: array("d"))
     waits: array[float] = field(default_factory=lambda: array("d"))
+    services: array[float] = field(default_factory=lambda: array("d"))
     # per fulfilled order: when it ended and its time in the system (from its first due time)
     ends: array[float] = field(default_factory=lambda: array("d"))
     sojourns: array[float] = field(default_factory=lambda: array("d"))
@@ -97,6 +131,13 @@ class SimRun:
     refusal_retry_after: array[float] = field(default_factory=lambda: array("d"))
     accepted_at: array[float] = field(default_factory=lambda: array("d"))
     timeline: list[Sample] = field(default_factory=list)
+    expired: int = 0  # accepted, never started: the start deadline passed in the queue
+    retries_denied: int = 0  # retries the retry budget did not allow
+    # Per priority (index `Priority.rank`): orders, accepted, degraded, refused, expired,
+    # fulfilled; and the waits of started orders.
+    by_priority: list[PriorityCounts] = field(
+        default_factory=lambda: [PriorityCounts() for _ in Priority]
+    )
 
     @property
     def max_queued(self) -> int:
@@ -119,6 +160,7 @@ def arrival_times(config: SimConfig) -> tuple[list[float], float]:
 
 
 SIM_CUSTOMER = "sim"
+_WAITING, _STARTED, _EXPIRED = 0, 1, 2
 
 
 def simulate(config: SimConfig) -> SimRun:
@@ -128,18 +170,34 @@ def simulate(config: SimConfig) -> SimRun:
     run = SimRun(config=config, duration_s=window_s)
     admission = Admission(config.limits, config.pipeline)
     dispatcher = admission.dispatcher
-    line: WaitingLine[tuple[int, float, float, ServiceLevel]] = WaitingLine()
+    line: WaitingLine[tuple[int, float, float, ServiceLevel, int]] = WaitingLine()
     pipeline = config.pipeline
     rng = random.Random(f"retail-sim:{config.seed}")
     retries = config.retries
     line_count = config.line_count
+    # Each order's priority (rank) as `retail load` draws it for the same seed.
+    ranks = (
+        [Priority(name).rank for name in config.mix.assign(len(due), config.seed)]
+        if config.mix is not None
+        else None
+    )
+    by_rank = tuple(Priority.of_rank(rank) for rank in range(len(Priority)))
+    per = run.by_priority
+    standard = Priority.STANDARD.rank
+    within = config.start_within_s
+    budget = RetryBudget(config.retry_budget) if config.retry_budget is not None else None
+    jitter_rng = random.Random(f"retail-sim-retry:{config.seed}")
+    expired = 0
+    stale = 0  # expired orders still in `line` (taken out when they reach its head)
 
-    heap: list[tuple[float, int, int, float, int]] = []  # (t, kind, key, first due, attempt)
+    # (t, kind, key, first due, attempt); for an arrival or retry the key is the order's
+    # index, for an end the order's seq.
+    heap: list[tuple[float, int, int, float, int]] = []
     push, pop = heapq.heappush, heapq.heappop
     admit, left_queue, ended = admission.admit, admission.left_queue, admission.order_ended
     plan_of, start, finish = pipeline.plan, dispatcher.start, dispatcher.finish
     running = dispatcher.running
-    starts_add, waits_add = run.starts.append, run.waits.append
+    starts_add, waits_add, services_add = run.starts.append, run.waits.append, run.services.append
     ends_add, sojourns_add = run.ends.append, run.sojourns.append
     refused_add = run.refused_at.append
     refusal_add, retry_after_add = run.refusal_at.append, run.refusal_retry_after.append
@@ -152,7 +210,9 @@ def simulate(config: SimConfig) -> SimRun:
 
     seq = 0  # accepted orders, in the order they were stored (the server's `seq`)
     accepted = degraded_count = refused = refusals = fulfilled = failed = 0
-    retry_key = 0
+    # by seq (1-based, slot 0 unused): the rank of each accepted order
+    seq_rank = array("b", [0])
+    seq_state = array("b", [0])  # by seq: _WAITING, _STARTED or _EXPIRED (with deadlines)
     first_fulfilled: float | None = None
     last_fulfilled = 0.0
     now = 0.0
@@ -168,17 +228,29 @@ def simulate(config: SimConfig) -> SimRun:
                 break
             now, kind, key, first_due, attempt = pop(heap)
         else:
-            now, kind, key, first_due, attempt = arrival_t, _RETRY, -1, arrival_t, 0
+            now, kind, key, first_due, attempt = arrival_t, _RETRY, index, arrival_t, 0
             index += 1
+            if budget is not None:
+                budget.sent()
 
         while next_sample <= now:
-            timeline.append(Sample(next_sample, len(running), len(line)))
+            timeline.append(Sample(next_sample, len(running), len(line) - stale))
             next_sample += interval
             if len(timeline) >= MAX_TIMELINE_POINTS:
                 del timeline[1::2]
                 interval *= 2
                 next_sample = timeline[-1].t_s + interval
 
+        if kind == _EXPIRE:
+            if seq_state[key] == _WAITING:  # still waiting at its deadline
+                seq_state[key] = _EXPIRED
+                rank = seq_rank[key]
+                expired += 1
+                stale += 1
+                per[rank].expired += 1
+                left_queue(by_rank[rank])
+                ended(SIM_CUSTOMER)
+            continue
         if kind == _END:
             finish(key)
             ended(SIM_CUSTOMER)
@@ -191,36 +263,57 @@ def simulate(config: SimConfig) -> SimRun:
                 last_fulfilled = now
                 ends_add(now)
                 sojourns_add(now - first_due)
+                counts = per[seq_rank[key]]
+                counts.fulfilled += 1
+                counts.ends.append(now)
+                counts.sojourns.append(now - first_due)
         else:
+            rank = ranks[key] if ranks is not None else standard
+            priority = by_rank[rank]
+            counts = per[rank]
+            if not attempt:
+                counts.orders += 1
             try:
-                ticket = admit(now, SIM_CUSTOMER)
+                ticket = admit(now, SIM_CUSTOMER, priority=priority, start_within_s=within)
             except CapacityExceeded as refusal:
                 refusals += 1
                 refusal_add(now)
                 retry_after_add(refusal.retry_after_s)
-                if attempt < retries:
-                    retry_key += 1
-                    push(
-                        heap,
-                        (now + refusal.retry_after_s, _RETRY, retry_key, first_due, attempt + 1),
-                    )
+                if attempt < retries and (budget is None or budget.spend()):
+                    delay = float(refusal.retry_after_s)
+                    if budget is not None:
+                        delay = retry_delay(delay, jitter_rng)
+                    push(heap, (now + delay, _RETRY, key, first_due, attempt + 1))
                 else:
                     refused += 1
+                    counts.refused += 1
                     refused_add(now)
                 continue
             ticket.keep()
             accepted += 1
+            counts.accepted += 1
             accepted_add(now)
             level = ticket.decision.service_level
             if level is degraded:
                 degraded_count += 1
+                counts.degraded += 1
             seq += 1
-            line.push((seq, first_due, now, level))
+            seq_rank.append(rank)
+            line.push((seq, first_due, now, level, rank), priority)
+            if within is not None:
+                seq_state.append(_WAITING)
+                push(heap, (now + within + _DEADLINE_SLACK_S, _EXPIRE, seq, first_due, 0))
 
         # Free slots take the next waiting orders, first come first served.
         while line and len(running) < dispatcher.capacity:
-            order, order_due, accepted_at, level = line.pop()
-            left_queue()
+            order, order_due, accepted_at, level, rank = line.pop()
+            if within is not None:
+                if seq_state[order] == _EXPIRED:  # left already, at its deadline
+                    stale -= 1
+                    continue
+                seq_state[order] = _STARTED
+            left_queue(by_rank[rank])
+            per[rank].waits.append(now - accepted_at)
             plan = plan_of(order_seq=order, line_count=line_count, level=level, rng=rng)
             delays = plan.delays_s
             planned = sum(delays)
@@ -234,8 +327,10 @@ def simulate(config: SimConfig) -> SimRun:
                     until += delay_s
                     if name == PAYMENT_STEP:
                         break
+                services_add(until)
                 push(heap, (now + until, _END, order, order_due, 1))
             else:
+                services_add(planned)
                 push(heap, (now + planned, _END, order, order_due, 0))
 
     run.orders = count
@@ -246,9 +341,11 @@ def simulate(config: SimConfig) -> SimRun:
     run.refusals = refusals
     run.fulfilled = fulfilled
     run.failed = failed
+    run.expired = expired
+    run.retries_denied = budget.denied if budget is not None else 0
     run.sim_seconds = now
     run.first_fulfilled_s = first_fulfilled
     run.last_fulfilled_s = last_fulfilled if first_fulfilled is not None else None
-    timeline.append(Sample(now, len(running), len(line)))
+    timeline.append(Sample(now, len(running), len(line) - stale))
     run.wall_seconds = time.perf_counter() - wall_start
     return run

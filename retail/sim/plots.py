@@ -14,6 +14,7 @@ from matplotlib.ticker import FuncFormatter
 from retail.loadgen.plots import (
     FAILED_COLOUR,
     MODE_COLOURS,
+    PRIORITY_COLOURS,
     WAIT_COLOUR,
     WORK_COLOUR,
     save_figure,
@@ -59,6 +60,16 @@ def plot_run(run: SimRun, path: Path) -> Path:
         rates_ax.plot(
             mids, _per_second(run.refused_at, edges), color=FAILED_COLOUR, label="refused/s"
         )
+    if run.config.mix is not None:
+        for priority, counts in zip(PRIORITY_COLOURS, run.by_priority, strict=True):
+            if counts.orders:
+                rates_ax.plot(
+                    mids,
+                    _per_second(counts.ends, edges),
+                    color=PRIORITY_COLOURS[priority],
+                    linewidth=1,
+                    label=f"{priority} fulfilled/s",
+                )
     rates_ax.set_ylabel("orders/s")
     rates_ax.set_ylim(bottom=0)
     rates_ax.legend(loc="upper right", fontsize=8)
@@ -125,5 +136,52 @@ def plot_sweep(points: Sequence[dict[str, Any]], capacity_rate: float, path: Pat
     figure.suptitle(
         f"retail simulate: capacity {first['capacity']}, queue limit {first['queue_limit']}, "
         f"{first['full_service_s']:g} s per order ({capacity_rate:.2f} orders/s)"
+    )
+    return save_figure(figure, path)
+
+
+def plot_priority_sweep(points: Sequence[dict[str, Any]], capacity_rate: float, path: Path) -> Path:
+    """Goodput per priority against offered load: one panel per mode, a line per priority
+    and the total (points with `by_priority`, from a sweep run with a mix)."""
+    modes = list(dict.fromkeys(p["settings"]["overload_mode"] for p in points))
+    figure = Figure(figsize=(4.2 * len(modes) + 0.6, 4.6), layout="constrained")
+    axes = figure.subplots(1, len(modes), sharey=True, squeeze=False)[0]
+    priorities = list(dict.fromkeys(name for p in points for name in p["by_priority"]))
+    top = max(p["offered_rate"] for p in points)
+    highest = max(max(p["throughput_per_s"] for p in points), capacity_rate)
+    for ax, mode in zip(axes, modes, strict=True):
+        mine = [p for p in points if p["settings"]["overload_mode"] == mode]
+        offered = [p["offered_rate"] for p in mine]
+        ax.plot(
+            offered,
+            [p["throughput_per_s"] for p in mine],
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="all priorities",
+        )
+        for name in priorities:
+            ax.plot(
+                offered,
+                [p["by_priority"].get(name, {}).get("goodput_per_s", 0.0) for p in mine],
+                marker="o",
+                color=PRIORITY_COLOURS.get(name),
+                label=name,
+            )
+        ax.axhline(capacity_rate, color="grey", linestyle=":", linewidth=1)
+        ax.axvline(capacity_rate, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlim(0, top * 1.02)
+        ax.set_ylim(0, highest * 1.08)
+        ax.set_title(f"{mode} mode")
+        ax.set_xlabel("offered load (orders/s); dotted: capacity rate")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("goodput (orders fulfilled/s)")
+    axes[-1].legend(loc="upper left", fontsize=8)
+    first = points[0]
+    settings, arrivals = first["settings"], first["arrivals"]
+    figure.suptitle(
+        f"retail simulate: goodput per priority; capacity {settings['capacity']}, queue limit "
+        f"{settings['queue_limit']}, {settings['full_service_s']:g} s per order\n"
+        f"mix {arrivals['mix']}; critical reserve {settings.get('critical_reserve', 0)}"
     )
     return save_figure(figure, path)

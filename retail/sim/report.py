@@ -12,18 +12,28 @@ Definitions (as in `retail.loadgen.report`):
 - throughput: orders fulfilled per second over the longer of the arrivals' window and the
   span from the first to the last fulfilment (the goodput of `retail load`).
 
+- per priority (`by_priority`, with `--mix`): the same counts for the orders of each
+  priority, `goodput_per_s` (fulfilled per second over the same window), `refused_share`
+  (of that priority's orders), and `wait_s` of its started orders; `expired`: accepted
+  orders whose start deadline (`--start-within`) passed while they waited.
+
 Percentiles are nearest-rank over every order (no histogram buckets: exact).
 
 JSON (`--json`), schema `retail.sim.report/1`:
 
     {"schema", "orders", "attempts", "accepted", "degraded", "refused", "refusals",
-     "fulfilled", "failed", "offered_rate", "duration_s", "throughput_per_s",
-     "refused_share", "max_queued",
+     "fulfilled", "failed", "expired", "retries_denied", "offered_rate", "duration_s",
+     "throughput_per_s", "refused_share", "max_queued",
      "wait_s": STATS, "sojourn_s": STATS, "retry_after_error": RETRY_AFTER_ERROR,
      "sim_seconds", "wall_seconds",
      "settings": {"overload_mode", "capacity", "queue_limit", "max_queue_wait_s",
-                  "target_wait_s", "full_service_s", "degraded_service_s"},
-     "arrivals": {"schedule", "arrivals", "seed", "max_orders", "retries"},
+                  "critical_reserve", "target_wait_s", "full_service_s",
+                  "degraded_service_s"},
+     "arrivals": {"schedule", "arrivals", "seed", "max_orders", "retries", "mix",
+                  "start_within_s", "retry_budget"},
+     "by_priority": {"critical" | "standard" | "sheddable": {"orders", "accepted",
+                     "degraded", "refused", "refused_share", "expired", "fulfilled",
+                     "goodput_per_s", "wait_s": STATS, "sojourn_s": STATS}},
      "timeline": [[t_s, in_flight, queued], ...]}
 
     STATS = {"count", "mean", "p50", "p90", "p99", "p99_9", "max"}  (null when empty)
@@ -46,7 +56,7 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.table import Table
 
-from retail.core.types import ServiceLevel
+from retail.core.types import Priority, ServiceLevel
 from retail.sim.engine import SimRun
 
 SCHEMA = "retail.sim.report/1"
@@ -114,11 +124,35 @@ def retry_after_error(
     }
 
 
-def throughput(run: SimRun) -> float:
+def throughput(run: SimRun, fulfilled: int | None = None) -> float:
+    """Fulfilled per second (`fulfilled`: of one priority) over the run's window."""
+    fulfilled = run.fulfilled if fulfilled is None else fulfilled
     if run.first_fulfilled_s is None or run.last_fulfilled_s is None:
         return 0.0
     window = max(run.duration_s, run.last_fulfilled_s - run.first_fulfilled_s)
-    return run.fulfilled / window if window > 0 else float(run.fulfilled)
+    return fulfilled / window if window > 0 else float(fulfilled)
+
+
+def by_priority(run: SimRun) -> dict[str, Any]:
+    """The figures per priority, for the priorities that had orders."""
+    result: dict[str, Any] = {}
+    for priority in Priority:
+        counts = run.by_priority[priority.rank]
+        if not counts.orders:
+            continue
+        result[priority.value] = {
+            "orders": counts.orders,
+            "accepted": counts.accepted,
+            "degraded": counts.degraded,
+            "refused": counts.refused,
+            "refused_share": counts.refused / counts.orders,
+            "expired": counts.expired,
+            "fulfilled": counts.fulfilled,
+            "goodput_per_s": throughput(run, counts.fulfilled),
+            "wait_s": stats(counts.waits),
+            "sojourn_s": stats(counts.sojourns),
+        }
+    return result
 
 
 def summarize(run: SimRun, *, timeline: bool = True) -> dict[str, Any]:
@@ -134,6 +168,8 @@ def summarize(run: SimRun, *, timeline: bool = True) -> dict[str, Any]:
         "refusals": run.refusals,
         "fulfilled": run.fulfilled,
         "failed": run.failed,
+        "expired": run.expired,
+        "retries_denied": run.retries_denied,
         "offered_rate": run.orders / run.duration_s if run.duration_s > 0 else 0.0,
         "duration_s": run.duration_s,
         "throughput_per_s": throughput(run),
@@ -151,6 +187,7 @@ def summarize(run: SimRun, *, timeline: bool = True) -> dict[str, Any]:
             "capacity": limits.capacity,
             "queue_limit": limits.queue_limit,
             "max_queue_wait_s": limits.max_queue_wait_s,
+            "critical_reserve": limits.critical_reserve,
             "target_wait_s": limits.target_wait_s,
             "full_service_s": config.pipeline.mean_s(ServiceLevel.FULL),
             "degraded_service_s": config.pipeline.mean_s(ServiceLevel.DEGRADED),
@@ -161,7 +198,11 @@ def summarize(run: SimRun, *, timeline: bool = True) -> dict[str, Any]:
             "seed": config.seed,
             "max_orders": config.max_orders,
             "retries": config.retries,
+            "mix": None if config.mix is None else config.mix.describe(),
+            "start_within_s": config.start_within_s,
+            "retry_budget": config.retry_budget,
         },
+        "by_priority": by_priority(run),
     }
     if timeline:
         summary["timeline"] = [[s.t_s, s.in_flight, s.queued] for s in run.timeline]
@@ -198,11 +239,17 @@ def render(summary: dict[str, Any]) -> RenderableType:
         "refused", f"{summary['refused']} ({summary['refused_share']:.2%} of the orders)"
     )
     if arrivals["retries"]:
-        overview.add_row(
-            "retries",
-            f"{summary['attempts'] - summary['orders']} (503 answers: {summary['refusals']})",
-        )
-    overview.add_row("fulfilled", f"{summary['fulfilled']} (failed {summary['failed']})")
+        retried = f"{summary['attempts'] - summary['orders']} (503 answers: {summary['refusals']}"
+        if arrivals.get("retry_budget") is not None:
+            retried += (
+                f"; budget {arrivals['retry_budget']:.0%} of the orders, "
+                f"{summary['retries_denied']} retries it did not allow"
+            )
+        overview.add_row("retries", retried + ")")
+    fulfilled = f"{summary['fulfilled']} (failed {summary['failed']}"
+    if arrivals.get("start_within_s") is not None:
+        fulfilled += f", expired {summary['expired']}"
+    overview.add_row("fulfilled", fulfilled + ")")
     overview.add_row("goodput", f"{summary['throughput_per_s']:,.2f}/s fulfilled")
     overview.add_row("max queued", str(summary["max_queued"]))
     error = summary.get("retry_after_error") or {}
@@ -230,4 +277,30 @@ def render(summary: dict[str, Any]) -> RenderableType:
             str(row["count"]),
             *(ms(row[k]) for k in ("mean", "p50", "p90", "p99", "p99_9", "max")),
         )
-    return Group(overview, "", latency)
+    parts: list[RenderableType] = [overview, "", latency]
+    if arrivals.get("mix"):
+        parts += ["", priority_table(summary["by_priority"])]
+    return Group(*parts)
+
+
+def priority_table(rows: dict[str, Any]) -> Table:
+    """Goodput, refusals and waits per priority (the same columns as `retail load`'s)."""
+    table = Table(title="by priority", title_justify="left")
+    for name in ("priority", "orders", "accepted", "refused", "degraded", "expired"):
+        table.add_column(name, justify="left" if name == "priority" else "right")
+    for name in ("fulfilled", "goodput/s", "wait p50 ms", "wait p99 ms"):
+        table.add_column(name, justify="right")
+    for name, row in rows.items():
+        table.add_row(
+            name,
+            str(row["orders"]),
+            str(row["accepted"]),
+            f"{row['refused']} ({row['refused_share']:.1%})",
+            str(row["degraded"]),
+            str(row["expired"]),
+            str(row["fulfilled"]),
+            f"{row['goodput_per_s']:,.2f}",
+            ms(row["wait_s"]["p50"]),
+            ms(row["wait_s"]["p99"]),
+        )
+    return table

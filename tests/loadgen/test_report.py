@@ -185,6 +185,7 @@ def test_json_report_has_the_documented_shape(tmp_path: Path) -> None:
         "fulfilled",
         "failed",
         "cancelled",
+        "expired",
         "unfinished",
         "goodput_per_s",
         "limit_per_s",
@@ -194,7 +195,10 @@ def test_json_report_has_the_documented_shape(tmp_path: Path) -> None:
         "start",
         "fulfilment",
         "queue_wait",
+        "retries_denied",
+        "by_priority",
     }
+    assert data["summary"]["by_priority"] == {}  # sent without a mix
     for key in data["summary"]:
         assert f'"{key}"' in documented, key
     assert data["summary"]["refused"] == {

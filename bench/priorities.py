@@ -1,0 +1,473 @@
+"""Priorities under overload: a real server against `retail simulate`, same arrivals.
+
+A real server (`retail serve`, one process, SQLite, fair shares off so that the
+simulator's one-customer model applies) with capacity `C = 8`, a fixed fulfilment time
+`D = 1 s` and a critical reserve, takes open-loop Poisson arrivals (`bench.openloop`,
+seeded) with a mix of 20 % critical, 50 % standard and 30 % sheddable orders:
+`duration_s` at a multiple of the capacity rate `C / D`, then `recovery_s` at half of
+it. The database then says when each order was stored, started and finished.
+
+Figures (the overload phase: orders due before `duration_s`):
+
+- critical accepted: the share of critical orders answered `202`;
+- p99 wait: `started_at - created_at` of the orders that started, per priority;
+- fulfilled/s: orders whose `finished_at` lies in `[t0 + 2 D, t0 + duration_s]`, over
+  that window (as `bench.overload` counts it), and per priority;
+- refusal p99: due time to `503` (the client's view, open loop), and send to `503`;
+- recovery: the queue has drained at the first moment after the overload when no
+  order waits; `recovery_s` is from then to the arrival of the last order that still
+  waited more than 0.1 D (0 when none did): the target is 2 s.
+
+The same scenario runs through `retail simulate` (the same due times and priorities,
+from the same seed) and its figures are printed beside the live ones, with their
+ratio; the target is agreement within 5 %.
+
+Targets (issue 14), at 4x: critical accepted >= 99.5 % and its p99 wait <= 2 D;
+fulfilled/s >= 0.97 C/D in queue (and auto) mode; at 8x: fulfilled/s >= 0.95 C/D and
+refusal p99 <= 5 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench import ingest, overload
+from bench.report import table
+from retail.core.capacity import Limits
+from retail.core.pipeline import Pipeline
+from retail.core.types import OverloadMode, Priority
+from retail.loadgen.mix import PRIORITIES, Mix
+from retail.loadgen.schedule import Arrivals, Schedule
+from retail.sim.engine import SimConfig, SimRun, simulate
+
+MIX = "critical=0.2,standard=0.5,sheddable=0.3"
+MODES = ("queue", "reject", "degrade", "auto")
+# Room held for critical orders: queue places in queue, degrade and auto modes; in reject
+# mode slots (of 8), where a reserve of 16 would leave standard orders nothing.
+RESERVE = {"queue": 16, "degrade": 16, "auto": 16, "reject": 2}
+RECOVERY_RATE = 0.5  # multiple of the capacity rate after the overload
+NORMAL_WAIT_D = 0.1  # a wait of at most 0.1 D is "normal" at half the capacity rate
+RECOVERY_TARGET_S = 2.0
+QUEUE_LIMIT = 100
+WARM_UP_SETTLE_S = 1.0
+
+
+@dataclass(frozen=True)
+class PriorityConfig(overload.OverloadConfig):
+    """`duration_s` is the overload phase; `recovery_s` at half the capacity rate follows."""
+
+    multiples: tuple[float, ...] = (4.0, 8.0)
+    recovery_s: float = 30.0
+    mix: str = MIX
+
+    def schedule(self, multiple: float) -> Schedule:
+        return Schedule.of(
+            (multiple * self.limit_rate, multiple * self.limit_rate, self.duration_s),
+            (RECOVERY_RATE * self.limit_rate, RECOVERY_RATE * self.limit_rate, self.recovery_s),
+        )
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One scenario's figures, live or simulated (times in seconds)."""
+
+    critical_accepted: float  # share of critical orders accepted
+    critical_p99_wait_s: float | None
+    p99_wait_s: float | None  # every priority
+    fulfilled_rate: float  # in the window
+    goodput_by_priority: dict[str, float]  # fulfilled/s in the window
+    accepted_by_priority: dict[str, float]  # share accepted
+    recovery_s: float | None  # None: the queue never drained in the run
+
+
+@dataclass(frozen=True)
+class PriorityResult:
+    mode: str
+    multiple: float
+    rate: float
+    reserve: int
+    sent: int
+    errors: int
+    live: Figures
+    sim: Figures
+    refusal_ms: tuple[float, float] | None  # p50, p99 from due
+    refusal_sent_ms: tuple[float, float] | None  # p50, p99 from send
+    limit_rate: float
+    service_s: float  # live: mean started -> finished of fulfilled orders served in full
+    load_average: float  # of the machine, when the run started
+
+
+def _p99(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def _recovery(
+    accepted: Sequence[tuple[float, float]], overload_s: float, delay_s: float
+) -> float | None:
+    """From (accepted at, wait) of started orders (seconds from t0): seconds from the
+    queue draining (the first moment after the overload when no order waits) to the
+    arrival of the last order that still waited longer than normal (0.1 D)."""
+    spans = sorted((at, at + wait) for at, wait in accepted if wait > 0)
+    drained = overload_s
+    for begin, end in spans:
+        if begin > drained:
+            break  # nothing waits from `drained` to `begin`
+        drained = max(drained, end)
+    if not any(at >= drained for at, _ in accepted):
+        return None  # the queue never drained while orders arrived
+    late = [at for at, wait in accepted if at >= drained and wait > NORMAL_WAIT_D * delay_s]
+    return max(0.0, max(late) - drained) if late else 0.0
+
+
+def _figures(
+    *,
+    orders: Sequence[tuple[str, bool]],  # (priority, accepted) per order of the overload phase
+    started: Sequence[tuple[str, float, float]],  # (priority, accepted at, wait), all phases
+    finished: Sequence[tuple[str, float]],  # (priority, finished at), from t0
+    config: PriorityConfig,
+) -> Figures:
+    window = (2 * config.delay_s, config.duration_s)
+    window_s = window[1] - window[0]
+    in_window = [p for p, at in finished if window[0] <= at <= window[1]]
+    during = [(p, wait) for p, at, wait in started if at < config.duration_s]
+    accepted_share = {}
+    for name in PRIORITIES:
+        mine = [ok for p, ok in orders if p == name]
+        accepted_share[name] = sum(mine) / len(mine) if mine else math.nan
+    return Figures(
+        critical_accepted=accepted_share["critical"],
+        critical_p99_wait_s=_p99([w for p, w in during if p == "critical"]),
+        p99_wait_s=_p99([w for _, w in during]),
+        fulfilled_rate=len(in_window) / window_s,
+        goodput_by_priority={n: in_window.count(n) / window_s for n in PRIORITIES},
+        accepted_by_priority=accepted_share,
+        recovery_s=_recovery(
+            [(at, wait) for _, at, wait in started], config.duration_s, config.delay_s
+        ),
+    )
+
+
+async def _stored(
+    database_url: str,
+) -> list[tuple[str, str, float, float | None, float | None, str]]:
+    """(priority, status, created_at, started_at, finished_at, service level) of every
+    order, times in epoch seconds."""
+    from retail.core.types import Priority
+    from retail.store.sql.models import Order
+
+    rows = await overload.order_rows(
+        database_url,
+        Order.priority,
+        Order.status,
+        Order.created_at,
+        Order.started_at,
+        Order.finished_at,
+        Order.service_level,
+    )
+    return [
+        (
+            Priority.of_rank(rank).value,
+            status,
+            created.timestamp(),
+            None if started is None else started.timestamp(),
+            None if finished is None else finished.timestamp(),
+            level,
+        )
+        for rank, status, created, started, finished, level in rows
+    ]
+
+
+def _settings(mode: str, config: PriorityConfig) -> dict[str, object]:
+    return {
+        **overload.serve_settings("", mode, config),
+        "critical_reserve": RESERVE[mode],
+        "queue_limit": QUEUE_LIMIT,
+        "fair_share": "false",
+    }
+
+
+def simulated(mode: str, multiple: float, config: PriorityConfig) -> Figures:
+    """The scenario through `retail simulate`'s engine: the overload phase alone for the
+    counts and waits of its orders (what comes after cannot change them), the whole
+    schedule for the fulfilments in the window and the recovery."""
+    settings = _settings(mode, config)
+
+    def run(schedule: Schedule) -> SimRun:
+        return simulate(
+            SimConfig(
+                limits=Limits(
+                    mode=OverloadMode(mode),
+                    capacity=config.capacity,
+                    queue_limit=QUEUE_LIMIT,
+                    critical_reserve=RESERVE[mode],
+                    target_wait_s=config.target_wait_s,
+                ),
+                pipeline=Pipeline.build(fulfilment_delay=str(settings["fulfilment_delay"])),
+                schedule=schedule,
+                arrivals=Arrivals.POISSON,
+                seed=config.seed,
+                mix=Mix.parse(config.mix),
+            )
+        )
+
+    rate = multiple * config.limit_rate
+    phase = run(Schedule.constant(rate, config.duration_s))
+    whole = run(config.schedule(multiple))
+    window = (2 * config.delay_s, config.duration_s)
+    window_s = window[1] - window[0]
+    goodput = {
+        p.value: sum(1 for at in whole.by_priority[p.rank].ends if window[0] <= at <= window[1])
+        / window_s
+        for p in Priority
+    }
+    shares = {
+        p.value: (c.accepted / c.orders if c.orders else math.nan)
+        for p, c in zip(Priority, phase.by_priority, strict=True)
+    }
+    critical = phase.by_priority[Priority.CRITICAL.rank]
+    return Figures(
+        critical_accepted=shares["critical"],
+        critical_p99_wait_s=_p99(critical.waits),
+        p99_wait_s=_p99(phase.waits),
+        fulfilled_rate=sum(goodput.values()),
+        goodput_by_priority=goodput,
+        accepted_by_priority=shares,
+        recovery_s=_recovery(
+            [(start - wait, wait) for start, wait in zip(whole.starts, whole.waits, strict=True)],
+            config.duration_s,
+            config.delay_s,
+        ),
+    )
+
+
+def _warm_up(url: str, config: PriorityConfig) -> None:
+    """One order per slot, fulfilled before the run: the first claims and writes of a
+    fresh process are slower than the rest, and the simulator has no cold start."""
+    body = {
+        "customer_id": "warm-up",
+        "priority": "critical",  # a critical order may take any slot, reserved ones too
+        "items": [{"sku": overload.SKU, "quantity": 1}],
+    }
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for _ in range(config.capacity):
+            client.post("/orders", json=body).raise_for_status()
+    time.sleep(2 * config.delay_s + WARM_UP_SETTLE_S)
+
+
+def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -> PriorityResult:
+    rate = multiple * config.limit_rate
+    schedule = config.schedule(multiple)
+    load_average = os.getloadavg()[0]
+    with overload.fresh_server(
+        workdir, f"serve-priorities-{mode}-{multiple:g}.log", _settings(mode, config)
+    ) as (database_url, server):
+        ingest.put_product(server.url, overload.SKU, overload.STOCK)
+        _warm_up(server.url, config)
+        t0, sent = overload.open_loop(
+            server.url,
+            rate=rate,
+            duration_s=schedule.duration_s,
+            seed=config.seed,
+            out=workdir / f"openloop-priorities-{mode}-{multiple:g}.json",
+            extra=(f"--mix={config.mix}", f"--schedule={schedule.describe()}"),
+        )
+        # Let the queue drain and the last orders finish (the run ends at half load).
+        time.sleep(max(0.0, t0 + schedule.duration_s + 2 * config.delay_s - time.time()))
+        stored = asyncio.run(_stored(database_url))
+    stored = [row for row in stored if row[2] >= t0]  # the warm-up's orders left out
+    during = [o for o in sent if o.due_s < config.duration_s]
+    live = _figures(
+        orders=[
+            (o.priority or "standard", o.status is not None and 200 <= o.status < 300)
+            for o in during
+        ],
+        started=[
+            (priority, created - t0, started - created)
+            for priority, _, created, started, _, _ in stored
+            if started is not None
+        ],
+        finished=[
+            (priority, finished - t0)
+            for priority, status, _, _, finished, _ in stored
+            if status == "fulfilled" and finished is not None
+        ],
+        config=config,
+    )
+    refused = [o for o in during if o.status == 503]
+    full = [
+        finished - started
+        for _, status, _, started, finished, level in stored
+        if status == "fulfilled" and level == "full" and started is not None and finished
+    ]
+    sim = simulated(mode, multiple, config)
+    return PriorityResult(
+        mode=mode,
+        multiple=multiple,
+        rate=rate,
+        reserve=RESERVE[mode],
+        sent=len(sent),
+        errors=sum(1 for o in sent if o.status is None),
+        live=live,
+        sim=sim,
+        refusal_ms=overload.percentiles_ms(overload._values([o.latency_s for o in refused])),
+        refusal_sent_ms=overload.percentiles_ms(overload._values([o.from_send_s for o in refused])),
+        limit_rate=config.limit_rate,
+        service_s=sum(full) / len(full) if full else math.nan,
+        load_average=load_average,
+    )
+
+
+def run(
+    config: PriorityConfig | None = None, *, workdir: Path | None = None
+) -> list[PriorityResult]:
+    return overload.each_scenario(run_one, config or PriorityConfig(), workdir)
+
+
+# --- the tables ---------------------------------------------------------------------
+
+
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1%}"
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _both(live: float | None, sim: float | None, text: str = "{:.2f}") -> str:
+    """`live / sim (ratio)`."""
+    if live is None or sim is None or math.isnan(live) or math.isnan(sim):
+        return f"{_s(live)} / {_s(sim)}"
+    ratio = f" ({live / sim:.3f})" if sim else ""
+    return f"{text.format(live)} / {text.format(sim)}{ratio}"
+
+
+def _ok(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
+    limit = config.limit_rate
+    head = (
+        f"### Priorities: C={config.capacity}, D={config.delay_s:g} s, mix {config.mix}, "
+        f"{config.duration_s:g} s of overload then {config.recovery_s:g} s at "
+        f"{RECOVERY_RATE:g}x; critical reserve {RESERVE} (places; slots in reject mode); "
+        f"queue limit {QUEUE_LIMIT}; fair shares off\n"
+    )
+    queue_at = {r.multiple: r.live for r in results if r.mode == "queue"}
+    targets_rows = []
+    for r in results:
+        live = r.live
+        four = r.multiple == 4
+        checks = []
+        if four:
+            checks.append(
+                f"critical >= 99.5 %: {_ok(live.critical_accepted >= 0.995)}; "
+                f"critical p99 <= 2 D: "
+                f"{_ok((live.critical_p99_wait_s or 0) <= 2 * config.delay_s)}"
+            )
+            if r.mode in ("queue", "auto"):
+                checks.append(f">= 0.97 C/D: {_ok(live.fulfilled_rate >= 0.97 * limit)}")
+            queue = queue_at.get(r.multiple)
+            if r.mode == "auto" and queue is not None:
+                no_worse = (live.p99_wait_s or 0) <= (queue.p99_wait_s or 0)
+                checks.append(
+                    f"p99 wait <= queue's at no less goodput: "
+                    f"{_ok(no_worse and live.fulfilled_rate >= queue.fulfilled_rate)}"
+                )
+        else:
+            p99 = r.refusal_ms[1] if r.refusal_ms else None
+            checks.append(
+                f">= 0.95 C/D: {_ok(live.fulfilled_rate >= 0.95 * limit)}; "
+                f"refusal p99 <= 5 ms: {_ok(p99 is not None and p99 <= 5)}"
+            )
+        if live.recovery_s is not None:
+            checks.append(f"recovery <= 2 s: {_ok(live.recovery_s <= RECOVERY_TARGET_S)}")
+        targets_rows.append(
+            [
+                r.mode,
+                f"{r.multiple:g}x ({r.rate:.0f}/s), load {r.load_average:.1f}",
+                _pct(live.critical_accepted),
+                _s(live.critical_p99_wait_s),
+                _s(live.p99_wait_s),
+                f"{live.fulfilled_rate:.2f} ({live.fulfilled_rate / limit:.3f} C/D)",
+                f"{r.service_s:.3f}",
+                " / ".join(f"{live.goodput_by_priority[n]:.2f}" for n in PRIORITIES),
+                "-" if r.refusal_ms is None else f"{r.refusal_ms[1]:.1f}",
+                "-" if r.refusal_sent_ms is None else f"{r.refusal_sent_ms[1]:.1f}",
+                _s(live.recovery_s),
+                "; ".join(checks),
+            ]
+        )
+    live_table = table(
+        [
+            "mode",
+            "load",
+            "critical accepted",
+            "critical p99 wait s",
+            "p99 wait s",
+            "fulfilled/s",
+            "mean service s",
+            "goodput/s crit / std / shed",
+            "refusal p99 ms (from due)",
+            "(from send)",
+            "recovery s",
+            "targets",
+        ],
+        targets_rows,
+    )
+    sim_rows = []
+    for r in results:
+        live, sim = r.live, r.sim
+        agree = [
+            (live.fulfilled_rate, sim.fulfilled_rate),
+            (live.critical_accepted, sim.critical_accepted),
+            *((live.goodput_by_priority[n], sim.goodput_by_priority[n]) for n in PRIORITIES),
+        ]
+        worst = max(
+            (abs(a / b - 1) for a, b in agree if b and not math.isnan(a) and not math.isnan(b)),
+            default=0.0,
+        )
+        sim_rows.append(
+            [
+                r.mode,
+                f"{r.multiple:g}x",
+                _both(live.fulfilled_rate, sim.fulfilled_rate),
+                _both(live.critical_accepted, sim.critical_accepted, "{:.3f}"),
+                _both(live.critical_p99_wait_s, sim.critical_p99_wait_s),
+                _both(live.p99_wait_s, sim.p99_wait_s),
+                " / ".join(
+                    _both(live.goodput_by_priority[n], sim.goodput_by_priority[n])
+                    for n in PRIORITIES
+                ),
+                f"{worst:.1%} ({_ok(worst <= 0.05)})",
+            ]
+        )
+    sim_table = table(
+        [
+            "mode",
+            "load",
+            "fulfilled/s live / sim (ratio)",
+            "critical accepted",
+            "critical p99 wait s",
+            "p99 wait s",
+            "goodput/s crit / std / shed",
+            "largest gap in counts (<= 5 %)",
+        ],
+        sim_rows,
+    )
+    return (
+        f"{head}\nLive server:\n\n{live_table}\n\nThe same scenario in `retail simulate` "
+        f"(live / simulated, ratio):\n\n{sim_table}\n"
+    )
