@@ -100,17 +100,20 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.what in ("ingest", "all"):
         results = []
-        for postgres in (None, args.postgres) if args.postgres else (None,):
-            for keys in (False, True):
-                results.append(
-                    ingest.run(
-                        postgres_url=postgres,
-                        duration_s=args.duration,
-                        connections=args.connections,
-                        keys=keys,
-                        workdir=workdir,
-                    )
+        plans = [(None, False, False), (None, True, False), (None, False, True)]
+        if args.postgres:
+            plans += [(args.postgres, False, False), (args.postgres, True, False)]
+        for postgres, keys, defaults in plans:
+            results.append(
+                ingest.run(
+                    postgres_url=postgres,
+                    duration_s=args.duration,
+                    connections=args.connections,
+                    keys=keys,
+                    workdir=workdir,
+                    defaults=defaults,
                 )
+            )
         print(report.ingest_table(results, args.connections, args.duration), flush=True)
         raw["ingest"] = [asdict(r) for r in results]
 
@@ -124,12 +127,18 @@ def main(argv: list[str] | None = None) -> int:
             target_wait_s=args.target_wait,
         )
         runs = overload.run(config, workdir=workdir)
-        saturation = overload.saturation(
-            duration_s=args.duration, connections=args.connections, workdir=workdir
-        )
-        print(report.overload_tables(runs, saturation, config), flush=True)
+        saturations = [
+            overload.saturation(
+                duration_s=args.duration,
+                connections=args.connections,
+                workdir=workdir,
+                defaults=defaults,
+            )
+            for defaults in (False, True)
+        ]
+        print(report.overload_tables(runs, saturations, config), flush=True)
         raw["overload"] = [asdict(r) for r in runs]
-        raw["saturation"] = asdict(saturation)
+        raw["saturation"] = [asdict(s) for s in saturations]
 
     if args.what in ("priorities", "all"):
         config = priorities.PriorityConfig(

@@ -43,7 +43,9 @@ def ingest_table(results: Sequence[IngestResult], connections: int, duration_s: 
         base, retail = r.baseline.wrk, r.retail.wrk
         rows.append(
             [
-                r.backend + (" + Idempotency-Key" if r.keys else ""),
+                r.backend
+                + (" + Idempotency-Key" if r.keys else "")
+                + (", defaults (workers on, logs info)" if r.defaults else ""),
                 f"{base.rate:,.0f}",
                 f"{base.p50_ms:.1f} / {base.p99_ms:.1f}",
                 f"{r.baseline.cpu_us:,.0f}",
@@ -72,12 +74,20 @@ def ingest_table(results: Sequence[IngestResult], connections: int, duration_s: 
         ],
         rows,
     )
-    sqlite = [r.ratio for r in results if r.backend == "SQLite" and not r.keys]
-    verdict = (
-        f"Target ratio >= 0.5 on SQLite: {_target(min(sqlite) >= 0.5)} ({min(sqlite):.2f})."
-        if sqlite
-        else ""
-    )
+    verdicts = []
+    sqlite = [r.ratio for r in results if r.backend == "SQLite" and not r.keys and not r.defaults]
+    if sqlite:
+        verdicts.append(
+            f"Target ratio >= 0.5 on SQLite, workers off: {_target(min(sqlite) >= 0.5)} "
+            f"({min(sqlite):.2f})."
+        )
+    defaults = [r.ratio for r in results if r.backend == "SQLite" and r.defaults]
+    if defaults:
+        verdicts.append(
+            f"Target ratio >= 0.6 on SQLite with the defaults: "
+            f"{_target(min(defaults) >= 0.6)} ({min(defaults):.2f})."
+        )
+    verdict = " ".join(verdicts)
     return (
         f"## Ingest: POST /orders, wrk closed loop, {connections} connections, "
         f"{duration_s:g} s per run\n\n{text}\n\n{verdict}\n"
@@ -164,7 +174,9 @@ def overload_runs_table(runs: Sequence[OverloadResult]) -> str:
 
 
 def overload_tables(
-    runs: Sequence[OverloadResult], saturation: SaturationResult, config: OverloadConfig
+    runs: Sequence[OverloadResult],
+    saturations: Sequence[SaturationResult],
+    config: OverloadConfig,
 ) -> str:
     main = overload_runs_table(runs)
     notes = []
@@ -187,10 +199,9 @@ def overload_tables(
             f"{_target(ratio >= 1.3)}"
         )
     notes += auto_notes(runs)
-    s = saturation
-    sat = table(
-        ["endpoint", "answers/s", "p50 / p99 ms", "server CPU µs/answer", "statuses"],
-        [
+    rows = []
+    for s in saturations:
+        rows += [
             [
                 "baseline POST /orders (no database)",
                 f"{s.baseline.wrk.rate:,.0f}",
@@ -199,18 +210,25 @@ def overload_tables(
                 ", ".join(f"{k}: {v:,}" for k, v in sorted(s.baseline.wrk.statuses.items())),
             ],
             [
-                "retail POST /orders, reject mode, all slots full",
-                f"{s.refusals.wrk.rate_of(503):,.0f}",
+                "retail POST /orders, reject mode, "
+                + (
+                    "defaults (capacity 8, 1 s orders, fair shares, logs info)"
+                    if s.defaults
+                    else "all slots held, logs warning"
+                ),
+                f"{s.refusal_rate:,.0f}",
                 f"{s.refusals.wrk.p50_ms:.1f} / {s.refusals.wrk.p99_ms:.1f}",
                 f"{s.refusals.cpu_us:,.0f}",
                 ", ".join(f"{k}: {v:,}" for k, v in sorted(s.refusals.wrk.statuses.items())),
             ],
-        ],
-    )
-    notes.append(
-        f"- refusals/s over baseline answers/s: {s.ratio:.2f} (CPU ratio {s.cpu_ratio:.2f}); "
-        f"refusing should beat the baseline, > 1: {_target(s.ratio > 1)}"
-    )
+        ]
+        target = 2.0 if s.defaults else 1.0
+        notes.append(
+            f"- refusals/s over baseline answers/s{' with the defaults' if s.defaults else ''}: "
+            f"{s.ratio:.2f} (CPU ratio {s.cpu_ratio:.2f}), target >= {target:g}: "
+            f"{_target(s.ratio >= target)}"
+        )
+    sat = table(["endpoint", "answers/s", "p50 / p99 ms", "server CPU µs/answer", "statuses"], rows)
     return (
         f"## Overload: capacity {config.capacity}, fixed fulfilment {config.delay_s:g} s "
         f"(limit {config.limit_rate:g} orders/s), Poisson arrivals, "

@@ -49,11 +49,13 @@ def uvicorn_command(app: str, port: int) -> list[str]:
     ]
 
 
-def retail_serve_command(port: int) -> list[str]:
-    """`retail serve`, the service's own entry point (uvicorn inside, one process)."""
+def retail_serve_command(port: int, *, access_log: bool = False) -> list[str]:
+    """`retail serve`, the service's own entry point (uvicorn inside, one process);
+    without its line per request unless `access_log`."""
     script = Path(PYTHON).with_name("retail")
     command = [str(script)] if script.exists() else [PYTHON, "-m", "retail"]
-    return [*command, "serve", "--host", HOST, "--port", str(port), "--no-access-log"]
+    command += ["serve", "--host", HOST, "--port", str(port)]
+    return command if access_log else [*command, "--no-access-log"]
 
 
 # --- memory ---------------------------------------------------------------------------

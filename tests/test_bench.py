@@ -117,6 +117,30 @@ def test_ingest_at_tiny_scale(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @needs_wrk
+def test_ingest_with_the_defaults_at_tiny_scale(tmp_path: Path) -> None:
+    result = ingest.run(duration_s=1, connections=4, warmup_s=1, workdir=tmp_path, defaults=True)
+    assert result.retail.wrk.statuses.keys() == {202}
+    assert result.durability.ok
+    assert result.ratio > 0
+    assert "| SQLite, defaults (workers on, logs info) |" in report.ingest_table([result], 4, 1)
+
+
+@pytest.mark.slow
+@needs_wrk
+def test_refusing_at_saturation_with_the_defaults_at_tiny_scale(tmp_path: Path) -> None:
+    result = overload.saturation(
+        duration_s=1, connections=8, warmup_s=1, workdir=tmp_path, defaults=True
+    )
+    assert 503 in result.refusals.wrk.statuses
+    assert result.refusals.wrk.statuses.keys() <= {202, 429, 503}
+    assert result.refusal_rate > 0 and result.ratio > 0
+    # At info, the flood of refusals left a line now and then, not one per refusal.
+    refusals = (tmp_path / "serve-saturation.log").read_text().count("POST /orders 503")
+    assert 1 <= refusals < result.refusals.wrk.statuses[503]
+
+
+@pytest.mark.slow
+@needs_wrk
 def test_refusing_at_saturation_at_tiny_scale(tmp_path: Path) -> None:
     result = overload.saturation(
         duration_s=1, connections=4, capacity=1, warmup_s=1, workdir=tmp_path

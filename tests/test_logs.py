@@ -132,6 +132,14 @@ async def test_every_answer_carries_a_request_id(running: Running) -> None:
     assert len(set(ids)) == len(ids)
 
 
+def written(capsys: pytest.CaptureFixture[str]) -> str:
+    """What was logged to stderr, once the log thread has written every line so far."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "retail", False):
+            handler.flush()
+    return capsys.readouterr().err
+
+
 @pytest.fixture
 def configured() -> Iterator[Callable[..., None]]:
     """`configure_logging` as the entry points call it; undone after the test."""
@@ -141,6 +149,7 @@ def configured() -> Iterator[Callable[..., None]]:
     for handler in list(root.handlers):
         if getattr(handler, "retail", False):
             root.removeHandler(handler)
+            handler.close()
     root.setLevel(level)
     logging.getLogger("retail.http").setLevel(logging.NOTSET)
 
@@ -152,7 +161,7 @@ async def test_text_lines(
     response = await place(running.client, headers={"X-Request-ID": "text-1"})
     order_id = response.json()["id"]
     await fulfilled(running, order_id)
-    lines = capsys.readouterr().err.splitlines()
+    lines = written(capsys).splitlines()
     request = [line for line in lines if " retail.http: POST /orders 202 " in line]
     assert len(request) == 1
     assert request[0].endswith(f"order_id={order_id} request_id=text-1")
@@ -170,7 +179,7 @@ async def test_json_lines(
     response = await place(running.client, headers={"X-Request-ID": "json-1"})
     order_id = response.json()["id"]
     await fulfilled(running, order_id)
-    entries = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    entries = [json.loads(line) for line in written(capsys).splitlines()]
     request = [e for e in entries if e["logger"] == "retail.http" and e["method"] == "POST"]
     assert len(request) == 1
     assert request[0]["request_id"] == "json-1"
@@ -191,7 +200,7 @@ async def test_no_access_log_keeps_the_other_lines(
     configured(LogFormat.TEXT, LogLevel.INFO, access_log=False)
     order_id = (await place(running.client)).json()["id"]
     await fulfilled(running, order_id)
-    err = capsys.readouterr().err
+    err = written(capsys)
     assert "retail.http" not in err
     assert f"order {order_id} new -> queued (created)" in err
 

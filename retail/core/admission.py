@@ -303,6 +303,13 @@ class Admission:
         refuses only what would refuse a critical order without a deadline. An order
         that passes still has to be admitted (`admit`) once it is whole.
         """
+        limits = self.limits
+        if (
+            limits.mode in (OverloadMode.QUEUE, OverloadMode.DEGRADE)
+            and limits.max_queue_wait_s is None
+            and sum(self._waiting) < limits.queue_limit
+        ):
+            return  # room in the queue: only `admit` can refuse (priority, deadline)
         decision, load, level = self._policy(now, Priority.CRITICAL)
         self._set_level(level, load)
         if isinstance(decision, capacity.Reject):

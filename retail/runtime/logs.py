@@ -5,14 +5,22 @@ line logged while that request is handled, and by tasks it starts, carries it. T
 entry points (`retail serve`, `retail worker`, `retail.main`) call
 `configure_logging`; the app itself never touches the logging configuration.
 
+Lines are formatted and written by a thread of their own (`QueueHandler` and
+`QueueListener`): the event loop only makes the record and hands it on, so a log line
+costs the request little and a slow stderr (a pipe, a terminal) never blocks it.
+
 Structured fields go in `extra={"fields": {...}}`: JSON lines carry them as keys;
 text lines carry what the message says, plus the request id.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import os
+import queue
 import re
 import sys
 import time
@@ -64,18 +72,30 @@ class RateLimit(logging.Filter):
         cause = getattr(record, "cause", None)
         if not isinstance(cause, str):
             return True
-        now = time.monotonic()
+        left_out = self.passes(cause, time.monotonic())
+        if left_out is None:
+            return False
+        if left_out:
+            record.msg = f"{record.msg}{left_out_note(left_out)}"
+        return True
+
+    def passes(self, cause: str, now: float) -> int | None:
+        """None if a line of `cause` is left out now; else how many were left out before it.
+
+        For callers that decide before making the record (`now`: monotonic seconds).
+        """
         last = self.last.get(cause)
         if last is not None and now - last < self.interval_s:
             self.suppressed[cause] = self.suppressed.get(cause, 0) + 1
-            return False
+            return None
         if len(self.last) > 1000:  # causes are a few fixed strings; never grow without bound
             self.last.clear()
         self.last[cause] = now
-        left_out = self.suppressed.pop(cause, 0)
-        if left_out:
-            record.msg = f"{record.msg} (and {left_out} more like it, not logged)"
-        return True
+        return self.suppressed.pop(cause, 0)
+
+
+def left_out_note(count: int) -> str:
+    return f" (and {count} more like it, not logged)" if count else ""
 
 
 class RequestIdFilter(logging.Filter):
@@ -92,6 +112,16 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second = -1
+        self._second_text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # As the standard formatter writes it, the date and time made once per second.
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return f"{self._second_text},{int(record.msecs):03d}"  # the default_msec_format
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
@@ -151,9 +181,12 @@ def configure_logging(
     for existing in list(target.handlers):
         if getattr(existing, "retail", False):
             target.removeHandler(existing)
-    handler = logging.StreamHandler(sys.stderr)
+            existing.close()
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(formatter(log_format))
+    handler = LogQueue(writer)
     handler.retail = True  # type: ignore[attr-defined]
-    handler.setFormatter(formatter(log_format))
+    # Filters run in the thread that logs: the request id is its context variable.
     handler.addFilter(RequestIdFilter())
     handler.addFilter(RateLimit())
     target.addHandler(handler)
@@ -161,6 +194,39 @@ def configure_logging(
     if logger:
         target.propagate = False  # the server's handlers would print it a second time
     logging.getLogger("retail.http").setLevel(logging.NOTSET if access_log else logging.WARNING)
+
+
+class LogQueue(logging.handlers.QueueHandler):
+    """Hands records to a thread that formats and writes them with `writer`.
+
+    `flush()` waits until every line handed on so far is written; `close()` (and the
+    process's exit) writes what is left and stops the thread.
+    """
+
+    def __init__(self, writer: logging.Handler) -> None:
+        lines: queue.Queue[logging.LogRecord] = queue.Queue()
+        super().__init__(lines)
+        self._lines = lines
+        self._listener = logging.handlers.QueueListener(lines, writer)
+        self._listener.start()
+        self._writing = True
+        self._pid = os.getpid()  # a forked child has the queue but not the thread
+        atexit.register(self.close)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The record goes to a thread of this process as it is: formatted there.
+        return record
+
+    def flush(self) -> None:
+        if self._writing and os.getpid() == self._pid:
+            self._lines.join()
+
+    def close(self) -> None:
+        if self._writing and os.getpid() == self._pid:
+            self._writing = False
+            self._listener.stop()  # writes what is queued first
+        atexit.unregister(self.close)
+        super().close()
 
 
 def log_transition(notice: OrderEvent) -> None:

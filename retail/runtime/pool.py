@@ -31,6 +31,7 @@ from retail.runtime.clock import Clock
 from retail.runtime.completer import Completer
 from retail.runtime.idempotency import Idempotency
 from retail.runtime.metrics import Metrics
+from retail.runtime.pacing import Paced
 from retail.store.base import Claim, Ending, LeaseLost, Store, Transition
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,9 @@ class WorkerPool:
         self._claimer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_housekeeping = -math.inf
-        self._last_resync = -math.inf
-        self._last_expiry = -math.inf
+        # Both read every waiting order: paced so a deep queue does not slow the intake.
+        self._resync_pace = Paced(clock, poll_interval_s)
+        self._expiry_pace = Paced(clock, poll_interval_s)
         self._dispatcher = admission.dispatcher
         self._completer = Completer(
             store=store, clock=clock, lease_s=lease_s, on_written=self._metrics.fulfilment_written
@@ -100,6 +102,15 @@ class WorkerPool:
     def notify(self) -> None:
         """Something changed (new order, free slot, new capacity): look for work now."""
         self._wake.set()
+
+    def work_arrived(self) -> None:
+        """New orders are stored: look for work now if a slot is free to start one.
+
+        With every slot taken the dispatcher is woken when one frees instead, so a busy
+        intake does not wake it on every committed batch.
+        """
+        if self._claiming and self._dispatcher.free_slots:
+            self._wake.set()
 
     async def start(self) -> None:
         self._completer.start()
@@ -144,11 +155,11 @@ class WorkerPool:
                 await self._idle()
 
     async def _expire_due(self) -> None:
-        if self._clock.monotonic() - self._last_expiry < self._poll_interval_s:
+        if not self._expiry_pace.due():
             return
-        self._last_expiry = self._clock.monotonic()
         try:
-            expired = await self._store.expire_due(now=self._clock.now())
+            with self._expiry_pace.running():
+                expired = await self._store.expire_due(now=self._clock.now())
         except Exception:
             log.exception("expiring orders past their start deadline failed")
             return
@@ -157,27 +168,27 @@ class WorkerPool:
             self._bus.publish(order.event)
 
     async def _resync(self) -> None:
-        # Woken on every stored batch, but other processes' changes are only looked
-        # for once per poll interval: a busy intake must not count the queue per batch.
-        if self._clock.monotonic() - self._last_resync < self._poll_interval_s:
+        # Other processes' changes are looked for once per poll interval at most, and
+        # less often when counting a deep queue would take a noticeable share of the time.
+        if not self._resync_pace.due():
             return
-        self._last_resync = self._clock.monotonic()
-        read_at_change = self._admission.changes
-        try:
-            counts = await self._store.queued_by_priority()
-        except Exception:
-            log.exception("reading the queue length failed")
-            return
-        self._admission.resync(counts, read_at_change=read_at_change)
-        fairness = self._admission.fairness
-        if fairness is not None:  # places per customer: heals a count gone wrong
-            fair_change = fairness.changes
+        with self._resync_pace.running():
+            read_at_change = self._admission.changes
             try:
-                held = await self._store.count_active_by_customer()
+                counts = await self._store.queued_by_priority()
             except Exception:
-                log.exception("reading the places per customer failed")
+                log.exception("reading the queue length failed")
                 return
-            fairness.rebuild(held, read_at_change=fair_change)
+            self._admission.resync(counts, read_at_change=read_at_change)
+            fairness = self._admission.fairness
+            if fairness is not None:  # places per customer: heals a count gone wrong
+                fair_change = fairness.changes
+                try:
+                    held = await self._store.count_active_by_customer()
+                except Exception:
+                    log.exception("reading the places per customer failed")
+                    return
+                fairness.rebuild(held, read_at_change=fair_change)
 
     async def _idle(self) -> None:
         await self._clock.wait(self._wake, self._poll_interval_s)

@@ -134,7 +134,7 @@ async def running_services(
             clock=clock,
             bus=bus,
             idempotency_ttl_s=settings.idempotency_ttl_s,
-            on_committed=pool.notify,
+            on_committed=pool.work_arrived,
         )
         fleet = None
         if fleet_admission is not None:

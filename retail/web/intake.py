@@ -4,8 +4,9 @@
 once, here, and chooses the door:
 
 - `OrderIntake`, an ASGI middleware in front of the router, takes every `POST /orders`.
-  Over capacity it refuses a request without a key before reading its body, and
-  without taking a place: nothing a client does afterwards can hold one. Then it
+  Over capacity it refuses a request without a key before reading its body (fair
+  shares on or off: with no room at all, no customer gets a place), and without
+  taking a place: nothing a client does afterwards can hold one. Then it
   reads the body, bounded in size (`max_body_bytes`) and time (`body_timeout_s`); a
   JSON body that validates as `OrderCreate` is placed at once, skipping routing,
   dependency solving and the exception-handler stack, which cost more than the order.
@@ -225,11 +226,11 @@ class OrderIntake:
         scope["route"] = ROUTE  # as routing would have set it: telemetry labels by it
         headers = _Headers(scope["headers"])
         try:
-            if headers.get("idempotency-key") is None and services.admission.fairness is None:
+            if headers.get("idempotency-key") is None:
                 # Before anything is read. A retry with a key must get its stored answer
                 # even when the service is full: it is decided after the key's lookup.
-                # With fair shares the customer decides the answer (`429` or `503`), so
-                # it is read first (bounded, taking no place) and decided in `admit`.
+                # Fair shares only ever refuse more: with no room at all, the customer
+                # in the body could not change the answer from a refusal to a place.
                 services.admission.refuse_early(services.clock.seconds())
             if limits.declared_too_large(headers.get("content-length"), self.max_body_bytes):
                 raise limits.BodyTooLarge(self.max_body_bytes)
@@ -244,7 +245,7 @@ class OrderIntake:
                 return
             answer = await _place(services, order_in, body, headers)
         except RetailError as error:
-            await retail_problem(error, instance=PATH)(scope, receive, send)
+            await _problem(error, scope, receive, send)
             return
         response_headers = [
             (b"content-type", JSON.encode()),
@@ -255,6 +256,30 @@ class OrderIntake:
             {"type": "http.response.start", "status": answer.status, "headers": response_headers}
         )
         await send({"type": "http.response.body", "body": answer.body})
+
+
+# Refusals rendered once per distinct answer: under overload the same few are sent over
+# and over (what they say changes only with the load). Bounded: cleared when full.
+_REFUSALS: dict[tuple[Any, ...], tuple[list[tuple[bytes, bytes]], bytes]] = {}
+MAX_CACHED_REFUSALS = 1024
+
+
+async def _problem(error: RetailError, scope: Scope, receive: Receive, send: Send) -> None:
+    """The problem response for `error`; a refusal (it says when to retry) from the cache."""
+    if error.retry_after_s is None:
+        await retail_problem(error, instance=PATH)(scope, receive, send)
+        return
+    key = (error.status, error.slug, error.detail, *sorted(error.extra.items()))
+    rendered = _REFUSALS.get(key)
+    if rendered is None:
+        response = retail_problem(error, instance=PATH)
+        rendered = (response.raw_headers, bytes(response.body))
+        if len(_REFUSALS) >= MAX_CACHED_REFUSALS:
+            _REFUSALS.clear()
+        _REFUSALS[key] = rendered
+    headers, body = rendered
+    await send({"type": "http.response.start", "status": error.status, "headers": list(headers)})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _Headers:

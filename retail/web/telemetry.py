@@ -4,6 +4,10 @@ The outermost middleware, so it sees every answer (413s, 503s, problems). The
 request id is the client's `X-Request-ID` when that is a sane token, else a new
 one; it is echoed in the response and tags every log line of the request. Metrics
 are labelled by route template (`/orders/{order_id}`), never by raw path.
+
+Refusals (`429`, `503`) come in floods when the service is full: their lines are
+logged at most once per status every `RATE_LIMIT_INTERVAL_S`, the next one saying
+how many were left out (the metrics count every one), so a refusal stays cheap.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retail.runtime.clock import Clock
-from retail.runtime.logs import request_id
+from retail.runtime.logs import RateLimit, left_out_note, request_id
 from retail.runtime.metrics import Metrics
 from retail.web.middleware import HttpMiddleware
 
@@ -26,6 +30,7 @@ UNMATCHED_ROUTE = "unmatched"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 access = logging.getLogger("retail.http")
+REFUSAL_STATUSES = frozenset({429, 503})
 
 
 def sane_request_id(value: str | None) -> str | None:
@@ -45,6 +50,7 @@ class RequestTelemetry(HttpMiddleware):
         super().__init__(app)
         self.metrics = metrics
         self.clock = clock
+        self.refusals = RateLimit()  # one line per refusal status every few seconds
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = None
@@ -73,11 +79,12 @@ class RequestTelemetry(HttpMiddleware):
             method = scope["method"]
             label = method if method in METHODS else "other"  # a client cannot add series
             self.metrics.http_request(label, route_template(scope), status, seconds)
-            self._log(method, scope["path"], status, seconds, rid, headers)
+            if access.isEnabledFor(logging.INFO):
+                self._log(method, scope["path"], status, seconds, rid, headers)
             request_id.reset(token)
 
-    @staticmethod
     def _log(
+        self,
         method: str,
         path: str,
         status: int,
@@ -85,17 +92,22 @@ class RequestTelemetry(HttpMiddleware):
         rid: str,
         headers: list[tuple[bytes, bytes]],
     ) -> None:
-        if not access.isEnabledFor(logging.INFO):
-            return
+        note = ""
+        if status in REFUSAL_STATUSES:
+            left_out = self.refusals.passes(f"refused {status}", self.clock.monotonic())
+            if left_out is None:
+                return
+            note = left_out_note(left_out)
         location = next((v.decode("latin-1") for k, v in headers if k == b"location"), "")
         order_id = location.removeprefix("/orders/") if location.startswith("/orders/") else None
         access.info(
-            "%s %s %d %.1fms%s",
+            "%s %s %d %.1fms%s%s",
             method,
             path,
             status,
             seconds * 1000,
             f" order_id={order_id}" if order_id else "",
+            note,
             extra={
                 "request_id": rid,
                 "fields": {

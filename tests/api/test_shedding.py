@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from retail.runtime.clock import ManualClock
 from tests.conftest import Running, StartApp, place, quiescent
 
@@ -20,9 +24,10 @@ async def full_in_reject_mode(start_app: StartApp, **settings: object) -> tuple[
     return running, first.json()["id"]
 
 
-async def test_a_refusal_does_not_read_the_body(start_app: StartApp) -> None:
-    # Without fair shares; with them, the customer in the body decides `429` or `503`.
-    running, _ = await full_in_reject_mode(start_app, fair_share=False)
+@pytest.mark.parametrize("fair_share", [True, False])
+async def test_a_refusal_does_not_read_the_body(start_app: StartApp, fair_share: bool) -> None:
+    # With fair shares too: with no room at all, no customer could have a place.
+    running, _ = await full_in_reject_mode(start_app, fair_share=fair_share)
     refused = await running.client.post(
         "/orders", content=b"{not json", headers={"Content-Type": "application/json"}
     )
@@ -57,3 +62,16 @@ async def test_a_stored_order_is_replayed_while_full(start_app: StartApp) -> Non
     assert replay.status_code == 202
     assert replay.headers["idempotent-replayed"] == "true"
     assert replay.json()["id"] == first_id
+
+
+async def test_a_flood_of_refusals_is_logged_once_and_counted_in_full(
+    start_app: StartApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    running, _ = await full_in_reject_mode(start_app)
+    caplog.set_level(logging.INFO)
+    refused = [await place(running.client, sku="LAMP-1") for _ in range(3)]
+    assert [r.status_code for r in refused] == [503] * 3
+    lines = [r.getMessage() for r in caplog.records if r.name == "retail.http"]
+    assert [line.startswith("POST /orders 503 ") for line in lines] == [True]
+    metrics = (await running.client.get("/metrics")).text
+    assert 'retail_http_requests_total{method="POST",route="/orders",status="503"} 3.0' in metrics
