@@ -229,6 +229,15 @@ class LogQueue(logging.handlers.QueueHandler):
         super().close()
 
 
+def flush_logs() -> None:
+    """Write every line handed to the log thread so far: before a signal ends the process
+    (uvicorn raises the stop signal again once it has shut down, and a process ended by
+    a signal runs no exit handlers)."""
+    for name in (None, "retail"):
+        for handler in logging.getLogger(name).handlers:
+            handler.flush()
+
+
 def log_transition(notice: OrderEvent) -> None:
     """One line per order event: order id, from and to status, step."""
     source = FROM_STATUS.get(notice.kind, OrderStatus.PROCESSING)

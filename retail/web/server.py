@@ -10,11 +10,14 @@ event bus as soon as the signal comes: every waiter answers `202` with its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from types import FrameType
 
 import uvicorn
+
+from retail.runtime.logs import flush_logs
 
 
 class Server(uvicorn.Server):
@@ -26,6 +29,14 @@ class Server(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                flush_logs()  # the last lines are out before the signal is raised again
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._loop is not None and not self._loop.is_closed():

@@ -333,7 +333,8 @@ async def test_ws_sends_capacity_snapshots_and_every_order_transition(
 
 
 async def test_streams_over_the_limit_are_refused(start_app: StartApp) -> None:
-    running = await start_app(max_streams=2, snapshot_interval_s=0.05)
+    # A 60 s order: its event stream stays open for the whole test.
+    running = await start_app(max_streams=2, snapshot_interval_s=0.05, fulfilment_delay="60")
     order_id = (await place(running.client)).json()["id"]
     async with serve(running.app) as url:
         async with connect(ws_url(url)) as first, following(url, order_id) as (stream, _):

@@ -202,7 +202,10 @@ async def probes(running: Running) -> AsyncIterator[Probe]:
     await eventually(started)
     yield ("POST", "/orders/{order_id}/cancel", f"{busy}/cancel", {}, 409)
     yield ("POST", "/orders", "/orders", order, 503)
-    # Eve just asked: alice, holding the one place, is over her fair share.
+    # A second slot: there is room, but Eve just asked and alice, holding one of the two
+    # places, is over her fair share.
+    grown = await client.put("/admin/capacity", json={"capacity": 2}, headers=ADMIN)
+    assert grown.status_code == 200, grown.text
     yield ("POST", "/orders", "/orders", {"json": {**order["json"], "customer_id": "alice"}}, 429)
 
 

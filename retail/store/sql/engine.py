@@ -135,9 +135,15 @@ class Database:
                 if waiting.done:  # written by the holder before
                     break
                 batch, self._waiting = self._waiting, []
-                await asyncio.get_running_loop().run_in_executor(
-                    self._bulk_thread, self._commit_together, batch
-                )
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._bulk_thread, self._commit_together, batch
+                    )
+                except RuntimeError:
+                    # The process is exiting (a server without a lifespan stops the
+                    # services in an exit handler): no thread takes work any more, so
+                    # the last writes are made here.
+                    self._commit_together(batch)
         if waiting.error is not None:
             raise waiting.error
         return cast("T", waiting.result)
