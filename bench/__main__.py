@@ -1,4 +1,6 @@
-"""`python -m bench [ingest|overload|fulfilment|priorities|simulate|fleet|all]`: tables.
+"""`python -m bench [WHAT]`: run the benchmarks, print markdown tables.
+
+WHAT is one of ingest, overload, fulfilment, priorities, simulate, fleet or all (the default).
 
     uv run python -m bench all --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 
