@@ -10,13 +10,13 @@ why not; the web layer maps it to a problem response.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 
+import pydantic_core
 from uuid_utils.compat import uuid7
 
 from retail.config import OrderAccess
@@ -218,7 +218,8 @@ def _located(services: Services, order_id: uuid.UUID) -> dict[str, str]:
 
 
 def _json(document: object) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
+    """Compact JSON, UTF-8 (pydantic's serializer: several times faster than `json.dumps`)."""
+    return pydantic_core.to_json(document)
 
 
 def prefer_value(seconds: float) -> str:

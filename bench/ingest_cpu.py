@@ -1,0 +1,122 @@
+"""Ingest CPU per order, in-process: `POST /orders` driven through the ASGI app directly.
+
+    uv run python -m bench.ingest_cpu [--orders 12000] [--clients 64]
+
+No server, no sockets: `clients` tasks each send their share of orders through the app
+(SQLite file in a temporary directory, workers off, queue mode with a queue limit nothing
+reaches, logs at warning, two customers as `bench ingest`'s wrk threads are). Prints the
+process's CPU microseconds per order (every thread: the event loop and the SQLite
+writer) and the event loop thread's alone. For finding where the write path spends its
+CPU (add cProfile around the measured part); `bench ingest` gives the figures over HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+SKU = "BENCH-1"
+TOKEN = "bench-admin-token"
+
+
+async def _request(app: Any, method: str, path: str, body: bytes, headers: list[Any]) -> int:
+    sent: list[dict[str, Any]] = []
+    given = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client stays connected
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "app": app,
+        "state": {},
+    }
+    await app(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+async def _run(orders: int, clients: int) -> None:
+    from retail.web.app import create_app
+
+    app = create_app()
+    bodies = [
+        json.dumps({"customer_id": f"wrk-{n}", "items": [{"sku": SKU, "quantity": 1}]}).encode()
+        for n in (1, 2)
+    ]
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(bodies[0])).encode()),
+    ]
+
+    async def client(count: int, number: int) -> None:
+        for _ in range(count):
+            status = await _request(app, "POST", "/orders", bodies[number % 2], headers)
+            assert status == 202, status
+
+    async with app.router.lifespan_context(app):
+        product = json.dumps({"name": "bench", "unit_price": 100, "stock": 2**31 - 1}).encode()
+        admin = [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {TOKEN}".encode()),
+        ]
+        assert await _request(app, "PUT", f"/products/{SKU}", product, admin) in (200, 201)
+        await asyncio.gather(*(client(50, n) for n in range(clients)))  # warm-up
+        each = orders // clients
+        cpu, loop_cpu = time.process_time(), time.thread_time()
+        await asyncio.gather(*(client(each, n) for n in range(clients)))
+        cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
+    done = each * clients
+    print(
+        f"orders={done} cpu_us_per_order={cpu / done * 1e6:.1f} "
+        f"event_loop_cpu_us_per_order={loop_cpu / done * 1e6:.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orders", type=int, default=12_000)
+    parser.add_argument("--clients", type=int, default=64)
+    args = parser.parse_args()
+    workdir = tempfile.mkdtemp(prefix="retail-ingest-cpu-")
+    os.environ.update(
+        {
+            "RETAIL_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/retail.db",
+            "RETAIL_WORKERS_ENABLED": "false",
+            "RETAIL_OVERLOAD_MODE": "queue",
+            "RETAIL_QUEUE_LIMIT": "100000000",
+            "RETAIL_LOG_LEVEL": "warning",
+            "RETAIL_ADMIN_TOKEN": TOKEN,
+            "RETAIL_SEED_DEMO_CATALOGUE": "false",
+        }
+    )
+    asyncio.run(_run(args.orders, args.clients))
+
+
+if __name__ == "__main__":
+    main()
