@@ -36,6 +36,11 @@ def _machine() -> str:
     )
 
 
+def _listed(text: str) -> tuple[str, ...]:
+    """The items of a comma-separated option, blanks dropped."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -124,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             capacity=args.capacity,
             delay_s=args.delay,
             duration_s=args.overload_duration,
-            modes=tuple(m for m in args.overload_modes.split(",") if m),
-            multiples=tuple(float(m) for m in args.overload_multiples.split(",") if m),
+            modes=_listed(args.overload_modes),
+            multiples=tuple(map(float, _listed(args.overload_multiples))),
             target_wait_s=args.target_wait,
         )
         runs = overload.run(config, workdir=workdir)
@@ -148,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             delay_s=args.delay,
             duration_s=args.overload_duration,
             recovery_s=args.priority_recovery,
-            multiples=tuple(float(m) for m in args.priority_multiples.split(",") if m.strip()),
-            modes=tuple(m.strip() for m in args.priority_modes.split(",") if m.strip()),
+            multiples=tuple(map(float, _listed(args.priority_multiples))),
+            modes=_listed(args.priority_modes),
         )
         found = priorities.run(config, workdir=workdir)
         print(priorities.tables(found, config), flush=True)
