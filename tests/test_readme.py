@@ -3,12 +3,14 @@ its bash blocks to the CLI, the scripts, the tools and the API routes it names."
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -341,9 +343,16 @@ def test_the_curl_walk_through_works_as_written(tmp_path: Path) -> None:
 @needs_jq
 def test_the_queue_section_works_as_written(tmp_path: Path) -> None:
     output = run_section("### Queue", tmp_path)
-    assert re.search(r"^alice queued 1 ", output, flags=re.MULTILINE)
-    assert re.search(r"^bob queued 1 ", output, flags=re.MULTILINE)
-    assert re.search(r"^charlie queued 2 ", output, flags=re.MULTILINE)
+    placed = re.findall(r"^(alice|bob|charlie) queued (\d+) (\S+)$", output, flags=re.MULTILINE)
+    assert [name for name, _, _ in placed] == ["alice", "bob", "charlie"], output
+    positions = [int(position) for _, position, _ in placed]
+    starts = [datetime.fromisoformat(start) for _, _, start in placed]
+    # Alice's order starts at once; a worker may not have claimed it yet when bob's comes
+    # (then alice still counts as waiting, and bob is second): each starts 10 s after the
+    # one before, as the README says.
+    assert positions[0] == 1 and positions[1] in (1, 2) and positions[2] == positions[1] + 1
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(starts)]
+    assert all(9 <= gap <= 11 for gap in gaps), (gaps, output)
     assert "HTTP/1.1 200 OK" in output and '"status":"cancelled"' in output
 
 
