@@ -3,6 +3,7 @@ and budgeted retries in virtual time, and the figures per priority."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ from typer.testing import CliRunner
 from retail.cli import app
 from retail.core.capacity import Limits
 from retail.core.pipeline import Pipeline
-from retail.core.types import OverloadMode
+from retail.core.types import OverloadMode, Priority
 from retail.loadgen.mix import Mix
-from retail.loadgen.schedule import Arrivals, Schedule
+from retail.loadgen.schedule import Arrivals, Schedule, due_times
 from retail.sim.engine import SimConfig, simulate
 from retail.sim.report import summarize
 
@@ -177,3 +178,19 @@ def test_a_sweep_with_a_mix_plots_goodput_per_priority(tmp_path: Path) -> None:
     assert (tmp_path / "chart.png").stat().st_size > 10_000
     points = json.loads((tmp_path / "out.json").read_text())["points"]
     assert len(points) == 4 and all("critical" in p["by_priority"] for p in points)
+
+
+def test_a_run_can_leave_out_the_orders_due_before_a_time() -> None:
+    # The control run of a recovery: the same orders after a burst, the burst left out.
+    whole = _config(mix=MIX, rate=4.0, seconds=30.0)
+    later = dataclasses.replace(whole, skip_before_s=10.0)
+    dues = due_times(whole.schedule, Arrivals.POISSON, seed=whole.seed)
+    names = MIX.assign(len(dues), whole.seed)
+    kept = [(due, name) for due, name in zip(dues, names, strict=True) if due >= 10.0]
+    run = simulate(later)
+    assert run.orders == len(kept) < len(dues)
+    assert min([*run.accepted_at, *run.refused_at]) == kept[0][0]
+    for priority in Priority:
+        assert run.by_priority[priority.rank].orders == sum(
+            1 for _, name in kept if name == priority.value
+        )
