@@ -27,7 +27,11 @@ Figures (the overload phase: orders due before `duration_s`):
   starting an order late) are counted beside it, with the orders that wait over 0.1 D
   in the control run too. The target is 2 s.
 - client send lag: due time to the request going out (connection included), of the
-  refused orders: how much of the refusal time is the client's.
+  refused orders: how much of the refusal time is the client's;
+- Retry-After error (`retail.sim.report.retry_after_error`, whole run): the median
+  relative error of each `Retry-After` against the time a retry would first have been
+  admitted, for all orders, and per priority against the next admission of an order of
+  that priority (target: within 25 %).
 
 The same scenario runs through `retail simulate` (the same due times and priorities,
 from the same seed) and its figures are printed beside the live ones, with their
@@ -47,6 +51,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -119,6 +124,9 @@ class PriorityResult:
     refusal_ms: tuple[float, float] | None  # p50, p99 from due
     refusal_sent_ms: tuple[float, float] | None  # p50, p99 from send
     send_lag_ms: tuple[float, float] | None  # p50, p99 due to send, of the refused orders
+    # `retail.sim.report.retry_after_error` of the live run: "all" (a retry admitted as any
+    # order), and per priority (a retry admitted when an order of its priority next is)
+    retry_after_error: dict[str, dict[str, Any]]
     limit_rate: float
     service_s: float  # live: mean started -> finished of fulfilled orders served in full
     load_average: float  # of the machine, when the run started
@@ -407,6 +415,21 @@ def _live_outcomes(
     return outcomes
 
 
+def _retry_after_errors(sent: Sequence[overload.Sent]) -> dict[str, dict[str, Any]]:
+    """The Retry-After error of the whole run, and per priority: a refused order's retry
+    would first be admitted when the next order of its own priority was."""
+    errors = {"all": overload.retry_after_accuracy(list(sent))}
+    for name in PRIORITIES:
+        errors[name] = overload.retry_after_accuracy(
+            [o for o in sent if (o.priority or "standard") == name]
+        )
+    return errors
+
+
+def _median_error(error: dict[str, Any]) -> str:
+    return f"{error['median']:.0%}" if error.get("count") else "-"
+
+
 def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -> PriorityResult:
     rate = multiple * config.limit_rate
     schedule = config.schedule(multiple)
@@ -468,6 +491,7 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         sim=sim,
         refusal_ms=overload.percentiles_ms(overload._values([o.latency_s for o in refused])),
         refusal_sent_ms=overload.percentiles_ms(overload._values([o.from_send_s for o in refused])),
+        retry_after_error=_retry_after_errors(sent),
         send_lag_ms=overload.percentiles_ms(
             overload._values([None if o.sent_s is None else o.sent_s - o.due_s for o in refused])
         ),
@@ -566,6 +590,7 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
                 "-" if r.refusal_sent_ms is None else f"{r.refusal_sent_ms[1]:.1f}",
                 "-" if r.send_lag_ms is None else f"{r.send_lag_ms[1]:.1f}",
                 _recovery_text(live.recovery),
+                " / ".join(_median_error(r.retry_after_error[k]) for k in ("all", *PRIORITIES)),
                 "; ".join(checks),
             ]
         )
@@ -583,6 +608,7 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
             "(from send)",
             "client send lag p99 ms",
             "recovery s (abnormal / orders after it; waits > 0.1 D unperturbed)",
+            "Retry-After median error all / crit / std / shed",
             "targets",
         ],
         targets_rows,
