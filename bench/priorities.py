@@ -62,7 +62,9 @@ from retail.core.pipeline import Pipeline
 from retail.core.types import OverloadMode, Priority
 from retail.loadgen.mix import PRIORITIES, Mix
 from retail.loadgen.schedule import Arrivals, Schedule
+from retail.sim import report as sim_report
 from retail.sim.engine import SimConfig, SimRun, simulate
+from retail.sim.report import retry_after_error
 
 MIX = "critical=0.2,standard=0.5,sheddable=0.3"
 MODES = ("queue", "reject", "degrade", "auto")
@@ -105,6 +107,9 @@ class Figures:
     goodput_by_priority: dict[str, float]  # fulfilled/s in the window
     accepted_by_priority: dict[str, float]  # share accepted
     recovery: Recovery | None  # None: the queue never drained in the run
+    # `retail.sim.report.retry_after_error` of the whole run: "all" (a retry admitted as
+    # any order), and per priority (a retry admitted when an order of its priority next is)
+    retry_after_error: dict[str, dict[str, Any]]
 
     @property
     def recovery_s(self) -> float | None:
@@ -124,9 +129,6 @@ class PriorityResult:
     refusal_ms: tuple[float, float] | None  # p50, p99 from due
     refusal_sent_ms: tuple[float, float] | None  # p50, p99 from send
     send_lag_ms: tuple[float, float] | None  # p50, p99 due to send, of the refused orders
-    # `retail.sim.report.retry_after_error` of the live run: "all" (a retry admitted as any
-    # order), and per priority (a retry admitted when an order of its priority next is)
-    retry_after_error: dict[str, dict[str, Any]]
     limit_rate: float
     service_s: float  # live: mean started -> finished of fulfilled orders served in full
     load_average: float  # of the machine, when the run started
@@ -239,6 +241,7 @@ def _figures(
     finished: Sequence[tuple[str, float]],  # (priority, finished at), from t0
     config: PriorityConfig,
     recovery: Recovery | None,
+    retry_after_error: dict[str, dict[str, Any]],
 ) -> Figures:
     window = (2 * config.delay_s, config.duration_s)
     window_s = window[1] - window[0]
@@ -256,6 +259,7 @@ def _figures(
         goodput_by_priority={n: in_window.count(n) / window_s for n in PRIORITIES},
         accepted_by_priority=accepted_share,
         recovery=recovery,
+        retry_after_error=retry_after_error,
     )
 
 
@@ -375,6 +379,15 @@ def simulated(
         goodput_by_priority=goodput,
         accepted_by_priority=shares,
         recovery=_recovery(_sim_outcomes(whole), control, config.duration_s, config.delay_s),
+        retry_after_error={
+            "all": retry_after_error(
+                zip(whole.refusal_at, whole.refusal_retry_after, strict=True), whole.accepted_at
+            ),
+            **{
+                name: figures["retry_after_error"]
+                for name, figures in sim_report.by_priority(whole).items()
+            },
+        },
     )
 
 
@@ -472,6 +485,7 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         recovery=_recovery(
             _live_outcomes(sent, stored), control, config.duration_s, config.delay_s
         ),
+        retry_after_error=_retry_after_errors(sent),
     )
     refused = [o for o in during if o.status == 503]
     full = [
@@ -491,7 +505,6 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         sim=sim,
         refusal_ms=overload.percentiles_ms(overload._values([o.latency_s for o in refused])),
         refusal_sent_ms=overload.percentiles_ms(overload._values([o.from_send_s for o in refused])),
-        retry_after_error=_retry_after_errors(sent),
         send_lag_ms=overload.percentiles_ms(
             overload._values([None if o.sent_s is None else o.sent_s - o.due_s for o in refused])
         ),
@@ -590,7 +603,11 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
                 "-" if r.refusal_sent_ms is None else f"{r.refusal_sent_ms[1]:.1f}",
                 "-" if r.send_lag_ms is None else f"{r.send_lag_ms[1]:.1f}",
                 _recovery_text(live.recovery),
-                " / ".join(_median_error(r.retry_after_error[k]) for k in ("all", *PRIORITIES)),
+                " / ".join(
+                    f"{_median_error(live.retry_after_error.get(k, {}))} "
+                    f"({_median_error(r.sim.retry_after_error.get(k, {}))})"
+                    for k in ("all", *PRIORITIES)
+                ),
                 "; ".join(checks),
             ]
         )
@@ -608,7 +625,7 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
             "(from send)",
             "client send lag p99 ms",
             "recovery s (abnormal / orders after it; waits > 0.1 D unperturbed)",
-            "Retry-After median error all / crit / std / shed",
+            "Retry-After median error all / crit / std / shed (simulated)",
             "targets",
         ],
         targets_rows,

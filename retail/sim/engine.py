@@ -101,6 +101,11 @@ class PriorityCounts:
     fulfilled: int = 0
     ends: array[float] = field(default_factory=lambda: array("d"))  # of fulfilled orders
     sojourns: array[float] = field(default_factory=lambda: array("d"))
+    # every 503 of this priority's orders (retried ones too), the Retry-After it gave, and
+    # every accepted attempt: the Retry-After error per priority
+    refusal_at: array[float] = field(default_factory=lambda: array("d"))
+    refusal_retry_after: array[float] = field(default_factory=lambda: array("d"))
+    accepted_at: array[float] = field(default_factory=lambda: array("d"))
 
 
 @dataclass
@@ -285,6 +290,8 @@ def simulate(config: SimConfig) -> SimRun:
                 refusals += 1
                 refusal_add(now)
                 retry_after_add(refusal.retry_after_s)
+                counts.refusal_at.append(now)
+                counts.refusal_retry_after.append(refusal.retry_after_s)
                 if attempt < retries and (budget is None or budget.spend()):
                     delay = float(refusal.retry_after_s)
                     if budget is not None:
@@ -299,6 +306,7 @@ def simulate(config: SimConfig) -> SimRun:
             accepted += 1
             counts.accepted += 1
             accepted_add(now)
+            counts.accepted_at.append(now)
             level = ticket.decision.service_level
             if level is degraded:
                 degraded_count += 1

@@ -153,6 +153,12 @@ def test_simulate_reports_per_priority(tmp_path: Path) -> None:
     assert data["attempts"] - data["orders"] <= 0.1 * data["orders"]
     for row in data["by_priority"].values():
         assert set(row) >= {"orders", "accepted", "refused", "goodput_per_s", "wait_s"}
+    # The Retry-After error per priority counts that priority's refusals only.
+    errors = {name: row["retry_after_error"] for name, row in data["by_priority"].items()}
+    measured = sum(e.get("count", 0) + e["unresolved"] for e in errors.values())
+    assert measured == data["refusals"] > 0
+    assert errors["sheddable"]["count"] > 0 and errors["sheddable"]["median"] >= 0
+    assert "Retry-After error" in result.output
 
 
 @pytest.mark.parametrize(
