@@ -15,8 +15,23 @@ Figures (the overload phase: orders due before `duration_s`):
   that window (as `bench.overload` counts it), and per priority;
 - refusal p99: due time to `503` (the client's view, open loop), and send to `503`;
 - recovery: the queue has drained at the first moment after the overload when no
-  order waits; `recovery_s` is from then to the arrival of the last order that still
-  waited more than 0.1 D (0 when none did): the target is 2 s.
+  order waits. "Normal" is what the same orders get from a server that never saw the
+  overload: the control run, the simulator fed the same arrivals from the end of the
+  overload on with the overload's orders left out (at half the capacity rate some
+  orders wait in normal operation too, M/D/8 at 0.5 a few percent, so a wait alone is
+  no sign of a slow recovery). An order fares abnormally when it is refused where the
+  control run takes it, waits more than 0.1 D longer than there, or goes the reduced
+  path where there it starts at once in full. `recovery_s` is from the drain to the
+  last abnormal order of the aftermath: the abnormal orders from the drain on until
+  2 D of orders pass without one. Isolated abnormal orders after that (a busy machine
+  starting an order late) are counted beside it, with the orders that wait over 0.1 D
+  in the control run too. The target is 2 s.
+- client send lag: due time to the request going out (connection included), of the
+  refused orders: how much of the refusal time is the client's;
+- Retry-After error (`retail.sim.report.retry_after_error`, whole run): the median
+  relative error of each `Retry-After` against the time a retry would first have been
+  admitted, for all orders, and per priority against the next admission of an order of
+  that priority (target: within 25 %).
 
 The same scenario runs through `retail simulate` (the same due times and priorities,
 from the same seed) and its figures are printed beside the live ones, with their
@@ -36,6 +51,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -46,7 +62,9 @@ from retail.core.pipeline import Pipeline
 from retail.core.types import OverloadMode, Priority
 from retail.loadgen.mix import PRIORITIES, Mix
 from retail.loadgen.schedule import Arrivals, Schedule
+from retail.sim import report as sim_report
 from retail.sim.engine import SimConfig, SimRun, simulate
+from retail.sim.report import retry_after_error
 
 MIX = "critical=0.2,standard=0.5,sheddable=0.3"
 MODES = ("queue", "reject", "degrade", "auto")
@@ -54,7 +72,10 @@ MODES = ("queue", "reject", "degrade", "auto")
 # mode slots (of 8), where a reserve of 16 would leave standard orders nothing.
 RESERVE = {"queue": 16, "degrade": 16, "auto": 16, "reject": 2}
 RECOVERY_RATE = 0.5  # multiple of the capacity rate after the overload
-NORMAL_WAIT_D = 0.1  # a wait of at most 0.1 D is "normal" at half the capacity rate
+# An order fares normally when it waits at most 0.1 D longer than the same order in a run
+# that never saw the overload; the aftermath ends with 2 D of orders that all fare so.
+NORMAL_TOLERANCE_D = 0.1
+NORMAL_SPELL_D = 2.0
 RECOVERY_TARGET_S = 2.0
 QUEUE_LIMIT = 100
 WARM_UP_SETTLE_S = 1.0
@@ -85,7 +106,14 @@ class Figures:
     fulfilled_rate: float  # in the window
     goodput_by_priority: dict[str, float]  # fulfilled/s in the window
     accepted_by_priority: dict[str, float]  # share accepted
-    recovery_s: float | None  # None: the queue never drained in the run
+    recovery: Recovery | None  # None: the queue never drained in the run
+    # `retail.sim.report.retry_after_error` of the whole run: "all" (a retry admitted as
+    # any order), and per priority (a retry admitted when an order of its priority next is)
+    retry_after_error: dict[str, dict[str, Any]]
+
+    @property
+    def recovery_s(self) -> float | None:
+        return None if self.recovery is None else self.recovery.recovery_s
 
 
 @dataclass(frozen=True)
@@ -100,6 +128,7 @@ class PriorityResult:
     sim: Figures
     refusal_ms: tuple[float, float] | None  # p50, p99 from due
     refusal_sent_ms: tuple[float, float] | None  # p50, p99 from send
+    send_lag_ms: tuple[float, float] | None  # p50, p99 due to send, of the refused orders
     limit_rate: float
     service_s: float  # live: mean started -> finished of fulfilled orders served in full
     load_average: float  # of the machine, when the run started
@@ -112,22 +141,97 @@ def _p99(values: Sequence[float]) -> float | None:
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-def _recovery(
-    accepted: Sequence[tuple[float, float]], overload_s: float, delay_s: float
-) -> float | None:
-    """From (accepted at, wait) of started orders (seconds from t0): seconds from the
-    queue draining (the first moment after the overload when no order waits) to the
-    arrival of the last order that still waited longer than normal (0.1 D)."""
-    spans = sorted((at, at + wait) for at, wait in accepted if wait > 0)
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one order: its due time (s from t0), its wait (None: refused) and
+    whether it went the reduced path."""
+
+    due_s: float
+    wait_s: float | None
+    degraded: bool = False
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """How soon after the overload orders were treated as if it had never been."""
+
+    drained_s: float  # the queue drained (no order waiting), from t0
+    recovery_s: float  # from `drained_s` to the end of the aftermath; see `_recovery`
+    late_after: int  # abnormal orders after the aftermath (isolated ones; `_abnormal`)
+    after: int  # orders due after the aftermath
+    normal_waits: int  # of those, orders that wait over 0.1 D in the control run too
+
+
+def _drained(outcomes: Sequence[Outcome], overload_s: float) -> float | None:
+    """The first moment after the overload when no order waits (None: never while orders
+    still arrived)."""
+    spans = sorted((o.due_s, o.due_s + o.wait_s) for o in outcomes if o.wait_s)
     drained = overload_s
     for begin, end in spans:
         if begin > drained:
             break  # nothing waits from `drained` to `begin`
         drained = max(drained, end)
-    if not any(at >= drained for at, _ in accepted):
-        return None  # the queue never drained while orders arrived
-    late = [at for at, wait in accepted if at >= drained and wait > NORMAL_WAIT_D * delay_s]
-    return max(0.0, max(late) - drained) if late else 0.0
+    if not any(o.due_s >= drained for o in outcomes):
+        return None
+    return drained
+
+
+def _abnormal(order: Outcome, normal: Outcome, delay_s: float) -> bool:
+    """`order` fared worse than the same order in the run without the overload (`normal`):
+    refused where it was taken, a wait longer by more than `NORMAL_TOLERANCE_D` (the
+    server's own overhead, with the simulator as the control), or the reduced path where
+    it started at once."""
+    if normal.wait_s is None:
+        return False  # refused there too (a sheddable order that would have waited)
+    if order.wait_s is None:
+        return True
+    if order.wait_s > normal.wait_s + NORMAL_TOLERANCE_D * delay_s:
+        return True
+    return order.degraded and normal.wait_s == 0.0
+
+
+def _recovery(
+    outcomes: Sequence[Outcome], control: Sequence[Outcome], overload_s: float, delay_s: float
+) -> Recovery | None:
+    """The recovery after the overload, from every order's outcome and the outcome of the
+    same order in the control run (the same arrivals from the overload's end on, the
+    overload's own orders left out: `control_outcomes`), matched by due time.
+
+    At half the capacity rate some orders wait in normal operation too (M/D/8 at 0.5: a
+    few percent), and a busy machine adds late starts of its own, so neither a wait nor
+    the last wait is evidence of a slow recovery. An order is abnormal when it fares
+    worse than in the control run (`_abnormal`); the overload's aftermath is the run of
+    abnormal orders from the drain on in which no `NORMAL_SPELL_D` service times pass
+    without one. `recovery_s` is from the drain to the due time of its last order (0 if
+    the first abnormal order comes later than that); abnormal orders after it are
+    isolated ones, counted in `late_after`. None: the queue never drained while orders
+    arrived.
+    """
+    drained = _drained(outcomes, overload_s)
+    if drained is None:
+        return None
+    normal = {round(o.due_s, 6): o for o in control}
+    pairs = [
+        (o, normal[key])
+        for o in outcomes
+        if o.due_s >= drained and (key := round(o.due_s, 6)) in normal
+    ]
+    spell_s = NORMAL_SPELL_D * delay_s
+    last = drained  # the drain, then the last abnormal order of the aftermath
+    for order, unperturbed in pairs:
+        if order.due_s - last > spell_s:
+            break  # a normal spell: the aftermath is over
+        if _abnormal(order, unperturbed, delay_s):
+            last = order.due_s
+    tolerance_s = NORMAL_TOLERANCE_D * delay_s
+    rest = [(o, n) for o, n in pairs if o.due_s > last]
+    return Recovery(
+        drained_s=drained,
+        recovery_s=last - drained,
+        late_after=sum(1 for o, n in rest if _abnormal(o, n, delay_s)),
+        after=len(rest),
+        normal_waits=sum(1 for _, n in rest if (n.wait_s or 0.0) > tolerance_s),
+    )
 
 
 def _figures(
@@ -136,6 +240,8 @@ def _figures(
     started: Sequence[tuple[str, float, float]],  # (priority, accepted at, wait), all phases
     finished: Sequence[tuple[str, float]],  # (priority, finished at), from t0
     config: PriorityConfig,
+    recovery: Recovery | None,
+    retry_after_error: dict[str, dict[str, Any]],
 ) -> Figures:
     window = (2 * config.delay_s, config.duration_s)
     window_s = window[1] - window[0]
@@ -152,16 +258,15 @@ def _figures(
         fulfilled_rate=len(in_window) / window_s,
         goodput_by_priority={n: in_window.count(n) / window_s for n in PRIORITIES},
         accepted_by_priority=accepted_share,
-        recovery_s=_recovery(
-            [(at, wait) for _, at, wait in started], config.duration_s, config.delay_s
-        ),
+        recovery=recovery,
+        retry_after_error=retry_after_error,
     )
 
 
 async def _stored(
     database_url: str,
-) -> list[tuple[str, str, float, float | None, float | None, str]]:
-    """(priority, status, created_at, started_at, finished_at, service level) of every
+) -> list[tuple[str, str, float, float | None, float | None, str, str]]:
+    """(priority, status, created_at, started_at, finished_at, service level, id) of every
     order, times in epoch seconds."""
     from retail.core.types import Priority
     from retail.store.sql.models import Order
@@ -174,6 +279,7 @@ async def _stored(
         Order.started_at,
         Order.finished_at,
         Order.service_level,
+        Order.id,
     )
     return [
         (
@@ -183,8 +289,9 @@ async def _stored(
             None if started is None else started.timestamp(),
             None if finished is None else finished.timestamp(),
             level,
+            str(order_id),
         )
-        for rank, status, created, started, finished, level in rows
+        for rank, status, created, started, finished, level, order_id in rows
     ]
 
 
@@ -197,29 +304,57 @@ def _settings(mode: str, config: PriorityConfig) -> dict[str, object]:
     }
 
 
-def simulated(mode: str, multiple: float, config: PriorityConfig) -> Figures:
+def _sim_run(
+    mode: str, config: PriorityConfig, schedule: Schedule, *, skip_before_s: float = 0.0
+) -> SimRun:
+    settings = _settings(mode, config)
+    return simulate(
+        SimConfig(
+            limits=Limits(
+                mode=OverloadMode(mode),
+                capacity=config.capacity,
+                queue_limit=QUEUE_LIMIT,
+                critical_reserve=RESERVE[mode],
+                target_wait_s=config.target_wait_s,
+            ),
+            pipeline=Pipeline.build(fulfilment_delay=str(settings["fulfilment_delay"])),
+            schedule=schedule,
+            arrivals=Arrivals.POISSON,
+            seed=config.seed,
+            mix=Mix.parse(config.mix),
+            skip_before_s=skip_before_s,
+        )
+    )
+
+
+def _sim_outcomes(run: SimRun) -> list[Outcome]:
+    """Every order of a simulated run (no retries: an order is accepted at its due time)."""
+    started = [
+        Outcome(due_s=start - wait, wait_s=wait)
+        for start, wait in zip(run.starts, run.waits, strict=True)
+    ]
+    refused = [Outcome(due_s=at, wait_s=None) for at in run.refused_at]
+    return sorted(started + refused, key=lambda o: o.due_s)
+
+
+def control_outcomes(mode: str, multiple: float, config: PriorityConfig) -> list[Outcome]:
+    """The control run for the recovery: the arrivals after the overload, as in the whole
+    schedule, through the simulator without the overload's orders (a server that never
+    saw it)."""
+    return _sim_outcomes(
+        _sim_run(mode, config, config.schedule(multiple), skip_before_s=config.duration_s)
+    )
+
+
+def simulated(
+    mode: str, multiple: float, config: PriorityConfig, control: Sequence[Outcome]
+) -> Figures:
     """The scenario through `retail simulate`'s engine: the overload phase alone for the
     counts and waits of its orders (what comes after cannot change them), the whole
     schedule for the fulfilments in the window and the recovery."""
-    settings = _settings(mode, config)
 
     def run(schedule: Schedule) -> SimRun:
-        return simulate(
-            SimConfig(
-                limits=Limits(
-                    mode=OverloadMode(mode),
-                    capacity=config.capacity,
-                    queue_limit=QUEUE_LIMIT,
-                    critical_reserve=RESERVE[mode],
-                    target_wait_s=config.target_wait_s,
-                ),
-                pipeline=Pipeline.build(fulfilment_delay=str(settings["fulfilment_delay"])),
-                schedule=schedule,
-                arrivals=Arrivals.POISSON,
-                seed=config.seed,
-                mix=Mix.parse(config.mix),
-            )
-        )
+        return _sim_run(mode, config, schedule)
 
     rate = multiple * config.limit_rate
     phase = run(Schedule.constant(rate, config.duration_s))
@@ -243,11 +378,16 @@ def simulated(mode: str, multiple: float, config: PriorityConfig) -> Figures:
         fulfilled_rate=sum(goodput.values()),
         goodput_by_priority=goodput,
         accepted_by_priority=shares,
-        recovery_s=_recovery(
-            [(start - wait, wait) for start, wait in zip(whole.starts, whole.waits, strict=True)],
-            config.duration_s,
-            config.delay_s,
-        ),
+        recovery=_recovery(_sim_outcomes(whole), control, config.duration_s, config.delay_s),
+        retry_after_error={
+            "all": retry_after_error(
+                zip(whole.refusal_at, whole.refusal_retry_after, strict=True), whole.accepted_at
+            ),
+            **{
+                name: figures["retry_after_error"]
+                for name, figures in sim_report.by_priority(whole).items()
+            },
+        },
     )
 
 
@@ -263,6 +403,44 @@ def _warm_up(url: str, config: PriorityConfig) -> None:
         for _ in range(config.capacity):
             client.post("/orders", json=body).raise_for_status()
     time.sleep(2 * config.delay_s + WARM_UP_SETTLE_S)
+
+
+def _live_outcomes(
+    sent: Sequence[overload.Sent],
+    stored: Sequence[tuple[str, str, float, float | None, float | None, str, str]],
+) -> list[Outcome]:
+    """Every answered order of a live run: refused, or its stored wait and level (an
+    accepted order that had not started when the run ended is left out)."""
+    by_id = {row[6]: row for row in stored}
+    outcomes = []
+    for order in sent:
+        if order.status == 503:
+            outcomes.append(Outcome(due_s=order.due_s, wait_s=None))
+            continue
+        row = by_id.get((order.location or "").rsplit("/", 1)[-1])
+        if row is None or row[3] is None:
+            continue
+        _, _, created, started, _, level, _ = row
+        assert started is not None
+        outcomes.append(
+            Outcome(due_s=order.due_s, wait_s=started - created, degraded=level == "degraded")
+        )
+    return outcomes
+
+
+def _retry_after_errors(sent: Sequence[overload.Sent]) -> dict[str, dict[str, Any]]:
+    """The Retry-After error of the whole run, and per priority: a refused order's retry
+    would first be admitted when the next order of its own priority was."""
+    errors = {"all": overload.retry_after_accuracy(list(sent))}
+    for name in PRIORITIES:
+        errors[name] = overload.retry_after_accuracy(
+            [o for o in sent if (o.priority or "standard") == name]
+        )
+    return errors
+
+
+def _median_error(error: dict[str, Any]) -> str:
+    return f"{error['median']:.0%}" if error.get("count") else "-"
 
 
 def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -> PriorityResult:
@@ -287,6 +465,7 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         stored = asyncio.run(_stored(database_url))
     stored = [row for row in stored if row[2] >= t0]  # the warm-up's orders left out
     during = [o for o in sent if o.due_s < config.duration_s]
+    control = control_outcomes(mode, multiple, config)
     live = _figures(
         orders=[
             (o.priority or "standard", o.status is not None and 200 <= o.status < 300)
@@ -294,23 +473,27 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         ],
         started=[
             (priority, created - t0, started - created)
-            for priority, _, created, started, _, _ in stored
+            for priority, _, created, started, _, _, _ in stored
             if started is not None
         ],
         finished=[
             (priority, finished - t0)
-            for priority, status, _, _, finished, _ in stored
+            for priority, status, _, _, finished, _, _ in stored
             if status == "fulfilled" and finished is not None
         ],
         config=config,
+        recovery=_recovery(
+            _live_outcomes(sent, stored), control, config.duration_s, config.delay_s
+        ),
+        retry_after_error=_retry_after_errors(sent),
     )
     refused = [o for o in during if o.status == 503]
     full = [
         finished - started
-        for _, status, _, started, finished, level in stored
+        for _, status, _, started, finished, level, _ in stored
         if status == "fulfilled" and level == "full" and started is not None and finished
     ]
-    sim = simulated(mode, multiple, config)
+    sim = simulated(mode, multiple, config, control)
     return PriorityResult(
         mode=mode,
         multiple=multiple,
@@ -322,6 +505,9 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         sim=sim,
         refusal_ms=overload.percentiles_ms(overload._values([o.latency_s for o in refused])),
         refusal_sent_ms=overload.percentiles_ms(overload._values([o.from_send_s for o in refused])),
+        send_lag_ms=overload.percentiles_ms(
+            overload._values([None if o.sent_s is None else o.sent_s - o.due_s for o in refused])
+        ),
         limit_rate=config.limit_rate,
         service_s=sum(full) / len(full) if full else math.nan,
         load_average=load_average,
@@ -351,6 +537,15 @@ def _both(live: float | None, sim: float | None, text: str = "{:.2f}") -> str:
         return f"{_s(live)} / {_s(sim)}"
     ratio = f" ({live / sim:.3f})" if sim else ""
     return f"{text.format(live)} / {text.format(sim)}{ratio}"
+
+
+def _recovery_text(recovery: Recovery | None) -> str:
+    if recovery is None:
+        return "- (never drained)"
+    return (
+        f"{recovery.recovery_s:.2f} ({recovery.late_after} / {recovery.after}; "
+        f"{recovery.normal_waits})"
+    )
 
 
 def _ok(ok: bool) -> str:
@@ -406,7 +601,13 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
                 " / ".join(f"{live.goodput_by_priority[n]:.2f}" for n in PRIORITIES),
                 "-" if r.refusal_ms is None else f"{r.refusal_ms[1]:.1f}",
                 "-" if r.refusal_sent_ms is None else f"{r.refusal_sent_ms[1]:.1f}",
-                _s(live.recovery_s),
+                "-" if r.send_lag_ms is None else f"{r.send_lag_ms[1]:.1f}",
+                _recovery_text(live.recovery),
+                " / ".join(
+                    f"{_median_error(live.retry_after_error.get(k, {}))} "
+                    f"({_median_error(r.sim.retry_after_error.get(k, {}))})"
+                    for k in ("all", *PRIORITIES)
+                ),
                 "; ".join(checks),
             ]
         )
@@ -422,7 +623,9 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
             "goodput/s crit / std / shed",
             "refusal p99 ms (from due)",
             "(from send)",
-            "recovery s",
+            "client send lag p99 ms",
+            "recovery s (abnormal / orders after it; waits > 0.1 D unperturbed)",
+            "Retry-After median error all / crit / std / shed (simulated)",
             "targets",
         ],
         targets_rows,
@@ -452,6 +655,7 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
                     for n in PRIORITIES
                 ),
                 f"{worst:.1%} ({_ok(worst <= 0.05)})",
+                f"{_s(live.recovery_s)} / {_s(sim.recovery_s)}",
             ]
         )
     sim_table = table(
@@ -464,6 +668,7 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
             "p99 wait s",
             "goodput/s crit / std / shed",
             "largest gap in counts (<= 5 %)",
+            "recovery s",
         ],
         sim_rows,
     )

@@ -15,6 +15,7 @@ import pytest
 
 from bench import erlang, ingest, overload, priorities, report, wrk
 from bench.baseline import create_app
+from bench.priorities import Outcome
 from retail.loadgen.schedule import Arrivals, Schedule, due_times
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
@@ -184,14 +185,42 @@ def test_priorities_at_tiny_scale(tmp_path: Path) -> None:
     assert live.fulfilled_rate > 0 and sim.fulfilled_rate > 0
     assert set(live.goodput_by_priority) == {"critical", "standard", "sheddable"}
     assert sum(live.goodput_by_priority.values()) == pytest.approx(live.fulfilled_rate)
+    errors = live.retry_after_error
+    assert set(errors) == {"all", "critical", "standard", "sheddable"}
+    assert errors["all"]["count"] >= errors["standard"].get("count", 0)
+    assert "all" in sim.retry_after_error
     table = priorities.tables([result], config)
     assert "critical >= 99.5 %" in table and "retail simulate" in table
 
 
-def test_recovery_counts_from_the_queue_draining() -> None:
-    # (accepted at, wait): orders wait until 12 s; the queue is empty from 12 s to 12.5 s
-    # (drained); one order arriving at 13 s still waits 0.5 s; then waits are short.
-    accepted = [(1.0, 2.0), (9.0, 3.0), (11.0, 0.5), (12.5, 0.0), (13.0, 0.5), (15.0, 0.05)]
-    assert priorities._recovery(accepted, overload_s=10.0, delay_s=1.0) == pytest.approx(1.0)
-    # never drained while orders came: no figure
-    assert priorities._recovery([(9.0, 5.0), (12.0, 3.0)], overload_s=10.0, delay_s=1.0) is None
+def test_recovery_compares_each_order_with_a_run_that_never_saw_the_overload() -> None:
+    def recovery(outcomes: list[Outcome], control: list[Outcome]) -> priorities.Recovery | None:
+        return priorities._recovery(outcomes, control, overload_s=10.0, delay_s=1.0)
+
+    # Orders wait until 12 s; nothing waits from 12 s (drained) to 12.5 s.
+    overload = [Outcome(1.0, 2.0), Outcome(9.0, 3.0), Outcome(11.0, 0.5)]
+    after = [12.5 + 0.25 * i for i in range(200)]  # 50 s at 4/s
+    unperturbed = [Outcome(at, 0.0) for at in after]
+    # An order at 13 s waits 0.5 s where it would have started at once; another, at 14 s,
+    # is refused where it would have been taken: back to normal after 14 s.
+    late = {13.0: Outcome(13.0, 0.5), 14.0: Outcome(14.0, None)}
+    found = recovery(overload + [late.get(o.due_s, o) for o in unperturbed], unperturbed)
+    assert found is not None
+    assert found.drained_s == pytest.approx(12.0)
+    assert found.recovery_s == pytest.approx(2.0)
+    assert (found.late_after, found.after) == (0, len([at for at in after if at > 14.0]))
+    # An order that waits as long in the control run waits normally, and a late order
+    # after 2 D of normal ones is an isolated one (counted), not a slow recovery.
+    normal_wait = {20.0: Outcome(20.0, 0.4), 40.0: Outcome(40.0, 0.3)}
+    control = [normal_wait.get(o.due_s, o) for o in unperturbed]
+    outcomes = [normal_wait.get(o.due_s, o) for o in unperturbed]
+    outcomes[outcomes.index(Outcome(50.0, 0.0))] = Outcome(50.0, 0.3)
+    found = recovery(overload + outcomes, control)
+    assert found is not None and found.recovery_s == 0.0
+    assert (found.late_after, found.normal_waits) == (1, 2)
+    # The reduced path where the order would have started at once in full is not normal.
+    outcomes = [Outcome(o.due_s, 0.0, degraded=o.due_s < 16.0) for o in unperturbed]
+    found = recovery(overload + outcomes, unperturbed)
+    assert found is not None and found.recovery_s == pytest.approx(3.75)
+    # Never drained while orders came: no figure.
+    assert recovery([Outcome(9.0, 5.0), Outcome(12.0, 3.0)], unperturbed) is None

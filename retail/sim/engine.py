@@ -34,6 +34,7 @@ and far cheaper). So a run repeats exactly for the same seed.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -75,6 +76,9 @@ class SimConfig:
     # With a budget, retries are jittered and at most this share of the orders sent so far
     # (None: every refused order with retries left comes back after exactly Retry-After).
     retry_budget: float | None = None
+    # Orders due before this are left out (their priorities still drawn, so the others keep
+    # theirs): the same arrivals as a run of the whole schedule, without its first part.
+    skip_before_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,11 @@ class PriorityCounts:
     fulfilled: int = 0
     ends: array[float] = field(default_factory=lambda: array("d"))  # of fulfilled orders
     sojourns: array[float] = field(default_factory=lambda: array("d"))
+    # every 503 of this priority's orders (retried ones too), the Retry-After it gave, and
+    # every accepted attempt: the Retry-After error per priority
+    refusal_at: array[float] = field(default_factory=lambda: array("d"))
+    refusal_retry_after: array[float] = field(default_factory=lambda: array("d"))
+    accepted_at: array[float] = field(default_factory=lambda: array("d"))
 
 
 @dataclass
@@ -216,7 +225,9 @@ def simulate(config: SimConfig) -> SimRun:
     first_fulfilled: float | None = None
     last_fulfilled = 0.0
     now = 0.0
-    index, count = 0, len(due)
+    count = len(due)
+    index = bisect.bisect_left(due, config.skip_before_s) if config.skip_before_s > 0 else 0
+    skipped = index
     inf = math.inf
 
     while True:
@@ -279,6 +290,8 @@ def simulate(config: SimConfig) -> SimRun:
                 refusals += 1
                 refusal_add(now)
                 retry_after_add(refusal.retry_after_s)
+                counts.refusal_at.append(now)
+                counts.refusal_retry_after.append(refusal.retry_after_s)
                 if attempt < retries and (budget is None or budget.spend()):
                     delay = float(refusal.retry_after_s)
                     if budget is not None:
@@ -293,6 +306,7 @@ def simulate(config: SimConfig) -> SimRun:
             accepted += 1
             counts.accepted += 1
             accepted_add(now)
+            counts.accepted_at.append(now)
             level = ticket.decision.service_level
             if level is degraded:
                 degraded_count += 1
@@ -333,8 +347,8 @@ def simulate(config: SimConfig) -> SimRun:
                 services_add(planned)
                 push(heap, (now + planned, _END, order, order_due, 0))
 
-    run.orders = count
-    run.attempts = count + refusals - refused
+    run.orders = count - skipped
+    run.attempts = count - skipped + refusals - refused
     run.accepted = accepted
     run.degraded = degraded_count
     run.refused = refused

@@ -33,7 +33,8 @@ JSON (`--json`), schema `retail.sim.report/1`:
                   "start_within_s", "retry_budget"},
      "by_priority": {"critical" | "standard" | "sheddable": {"orders", "accepted",
                      "degraded", "refused", "refused_share", "expired", "fulfilled",
-                     "goodput_per_s", "wait_s": STATS, "sojourn_s": STATS}},
+                     "goodput_per_s", "wait_s": STATS, "sojourn_s": STATS,
+                     "retry_after_error": RETRY_AFTER_ERROR}},
      "timeline": [[t_s, in_flight, queued], ...]}
 
     STATS = {"count", "mean", "p50", "p90", "p99", "p99_9", "max"}  (null when empty)
@@ -43,7 +44,9 @@ How far a `Retry-After` is from the truth (`retry_after_error`): for each `503`,
 time until an order sent after it (of any attempt) was first admitted is when a retry
 would first have been admitted; the error is |Retry-After - that| / that. `retail
 simulate` and the overload benchmark measure it the same way, on the same data: when
-each refusal and each acceptance happened.
+each refusal and each acceptance happened. Per priority, the time is until an order of
+the same priority was first admitted: room that comes back goes to higher priorities
+first.
 """
 
 from __future__ import annotations
@@ -151,6 +154,11 @@ def by_priority(run: SimRun) -> dict[str, Any]:
             "goodput_per_s": throughput(run, counts.fulfilled),
             "wait_s": stats(counts.waits),
             "sojourn_s": stats(counts.sojourns),
+            # a retry of this priority is admitted when an order of this priority next is
+            "retry_after_error": retry_after_error(
+                zip(counts.refusal_at, counts.refusal_retry_after, strict=True),
+                counts.accepted_at,
+            ),
         }
     return result
 
@@ -288,7 +296,7 @@ def priority_table(rows: dict[str, Any]) -> Table:
     table = Table(title="by priority", title_justify="left")
     for name in ("priority", "orders", "accepted", "refused", "degraded", "expired"):
         table.add_column(name, justify="left" if name == "priority" else "right")
-    for name in ("fulfilled", "goodput/s", "wait p50 ms", "wait p99 ms"):
+    for name in ("fulfilled", "goodput/s", "wait p50 ms", "wait p99 ms", "Retry-After error"):
         table.add_column(name, justify="right")
     for name, row in rows.items():
         table.add_row(
@@ -302,5 +310,11 @@ def priority_table(rows: dict[str, Any]) -> Table:
             f"{row['goodput_per_s']:,.2f}",
             ms(row["wait_s"]["p50"]),
             ms(row["wait_s"]["p99"]),
+            _median_error(row.get("retry_after_error") or {}),
         )
     return table
+
+
+def _median_error(error: dict[str, Any]) -> str:
+    """The median Retry-After error, or "-" without a refusal it could be measured on."""
+    return f"{error['median']:.0%}" if error.get("count") else "-"

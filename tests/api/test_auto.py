@@ -176,3 +176,56 @@ async def test_retry_after_is_spread_across_a_burst(
     later = [await order(client, f"later-{n}") for n in range(4)]
     assert {answer.status_code for answer in later} == {503}
     assert {int(answer.headers["retry-after"]) for answer in later} <= {1, 2}
+
+
+async def test_once_the_queue_drains_the_next_order_a_slot_can_take_is_served_as_usual(
+    start_app: StartApp,
+) -> None:
+    clock = ManualClock()
+    running = await start_app(
+        clock=clock, capacity=2, fulfilment_delay=str(DELAY_S), fair_share=False
+    )
+    client = running.client
+    switched = await client.put(
+        "/admin/capacity",
+        json={"mode": "auto", "target_wait_s": TARGET_S},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )
+    assert switched.status_code == 200, switched.text
+    # Overload: two orders a second on two slots of 10 s, until auto refuses.
+    for n in range(200):
+        for _ in range(2):
+            answer = await order(client, f"burst-{n}")
+            assert answer.status_code in (202, 503), answer.text
+        if await level(client) == "refuse":
+            break
+        await quiescent(running)
+        clock.advance(1)
+    else:
+        raise AssertionError("auto never refused")
+
+    async def capacity() -> dict[str, Any]:
+        body: dict[str, Any] = (await client.get("/capacity")).json()
+        return body
+
+    # The overload stops; the queue drains, then a slot frees.
+    async def drained() -> bool:
+        return (await capacity())["queued"] == 0
+
+    await drive(running, drained, step_s=0.5)
+
+    async def slot_free() -> bool:
+        return (await capacity())["in_flight"] < 2
+
+    await drive(running, slot_free, step_s=0.5)
+    # From then on an order fares as if the overload had never been: taken, in full,
+    # started at once, and auto back at its first level.
+    answer = await order(client, "after")
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert (body["service_level"], body["queue_position"]) == ("full", 1)
+    assert await level(client) == "queue"
+    await quiescent(running)
+    placed = (await client.get(f"/orders/{body['id']}")).json()
+    assert placed["status"] == "processing"
+    assert placed["started_at"] == placed["created_at"]

@@ -3,6 +3,7 @@ and budgeted retries in virtual time, and the figures per priority."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ from typer.testing import CliRunner
 from retail.cli import app
 from retail.core.capacity import Limits
 from retail.core.pipeline import Pipeline
-from retail.core.types import OverloadMode
+from retail.core.types import OverloadMode, Priority
 from retail.loadgen.mix import Mix
-from retail.loadgen.schedule import Arrivals, Schedule
+from retail.loadgen.schedule import Arrivals, Schedule, due_times
 from retail.sim.engine import SimConfig, simulate
 from retail.sim.report import summarize
 
@@ -152,6 +153,12 @@ def test_simulate_reports_per_priority(tmp_path: Path) -> None:
     assert data["attempts"] - data["orders"] <= 0.1 * data["orders"]
     for row in data["by_priority"].values():
         assert set(row) >= {"orders", "accepted", "refused", "goodput_per_s", "wait_s"}
+    # The Retry-After error per priority counts that priority's refusals only.
+    errors = {name: row["retry_after_error"] for name, row in data["by_priority"].items()}
+    measured = sum(e.get("count", 0) + e["unresolved"] for e in errors.values())
+    assert measured == data["refusals"] > 0
+    assert errors["sheddable"]["count"] > 0 and errors["sheddable"]["median"] >= 0
+    assert "Retry-After error" in result.output
 
 
 @pytest.mark.parametrize(
@@ -177,3 +184,19 @@ def test_a_sweep_with_a_mix_plots_goodput_per_priority(tmp_path: Path) -> None:
     assert (tmp_path / "chart.png").stat().st_size > 10_000
     points = json.loads((tmp_path / "out.json").read_text())["points"]
     assert len(points) == 4 and all("critical" in p["by_priority"] for p in points)
+
+
+def test_a_run_can_leave_out_the_orders_due_before_a_time() -> None:
+    # The control run of a recovery: the same orders after a burst, the burst left out.
+    whole = _config(mix=MIX, rate=4.0, seconds=30.0)
+    later = dataclasses.replace(whole, skip_before_s=10.0)
+    dues = due_times(whole.schedule, Arrivals.POISSON, seed=whole.seed)
+    names = MIX.assign(len(dues), whole.seed)
+    kept = [(due, name) for due, name in zip(dues, names, strict=True) if due >= 10.0]
+    run = simulate(later)
+    assert run.orders == len(kept) < len(dues)
+    assert min([*run.accepted_at, *run.refused_at]) == kept[0][0]
+    for priority in Priority:
+        assert run.by_priority[priority.rank].orders == sum(
+            1 for _, name in kept if name == priority.value
+        )
