@@ -1,21 +1,28 @@
 """Ingest CPU per order, in-process: `POST /orders` driven through the ASGI app directly.
 
-    uv run python -m bench.ingest_cpu [--orders 12000] [--clients 64]
+    uv run python -m bench.ingest_cpu [--orders 12000] [--clients 64] [--defaults] [--profile F]
 
 No server, no sockets: `clients` tasks each send their share of orders through the app
 (SQLite file in a temporary directory, workers off, queue mode with a queue limit nothing
-reaches, logs at warning, two customers as `bench ingest`'s wrk threads are). Prints the
+reaches, logs at warning, two customers as `bench ingest`'s wrk threads are). With
+`--defaults`, as `bench ingest`'s "defaults" row runs it: workers on (capacity 8, 1 s
+per order, so the queue deepens all through the run) and logs at info, written to
+a file (as a server's stderr would be). Prints the
 process's CPU microseconds per order (every thread: the event loop and the SQLite
 writer) and the event loop thread's alone. For finding where the write path spends its
-CPU (add cProfile around the measured part); `bench ingest` gives the figures over HTTP.
+CPU (`--profile F` writes cProfile's figures of the event loop thread for the measured part
+to F); `bench ingest` gives the figures over HTTP.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import logging
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -59,7 +66,7 @@ async def _request(app: Any, method: str, path: str, body: bytes, headers: list[
     return int(sent[0]["status"])
 
 
-async def _run(orders: int, clients: int) -> None:
+async def _run(orders: int, clients: int, profile: str | None) -> None:
     from retail.web.app import create_app
 
     app = create_app()
@@ -88,9 +95,16 @@ async def _run(orders: int, clients: int) -> None:
         assert await _request(app, "PUT", f"/products/{SKU}", product, admin) in (200, 201)
         await asyncio.gather(*(client(50, n) for n in range(clients)))  # warm-up
         each = orders // clients
+        profiler = cProfile.Profile() if profile else None
         cpu, loop_cpu = time.process_time(), time.thread_time()
+        if profiler is not None:
+            profiler.enable()
         await asyncio.gather(*(client(each, n) for n in range(clients)))
+        if profiler is not None:
+            profiler.disable()
         cpu, loop_cpu = time.process_time() - cpu, time.thread_time() - loop_cpu
+    if profiler is not None and profile:
+        profiler.dump_stats(profile)
     done = each * clients
     print(
         f"orders={done} cpu_us_per_order={cpu / done * 1e6:.1f} "
@@ -102,20 +116,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=12_000)
     parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument(
+        "--defaults", action="store_true", help="workers on (capacity 8, 1 s orders), logs at info"
+    )
+    parser.add_argument("--profile", metavar="FILE", help="write cProfile figures here")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="retail-ingest-cpu-")
-    os.environ.update(
-        {
-            "RETAIL_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/retail.db",
-            "RETAIL_WORKERS_ENABLED": "false",
-            "RETAIL_OVERLOAD_MODE": "queue",
-            "RETAIL_QUEUE_LIMIT": "100000000",
-            "RETAIL_LOG_LEVEL": "warning",
-            "RETAIL_ADMIN_TOKEN": TOKEN,
-            "RETAIL_SEED_DEMO_CATALOGUE": "false",
+    settings = {
+        "RETAIL_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/retail.db",
+        "RETAIL_OVERLOAD_MODE": "queue",
+        "RETAIL_QUEUE_LIMIT": "100000000",
+        "RETAIL_ADMIN_TOKEN": TOKEN,
+        "RETAIL_SEED_DEMO_CATALOGUE": "false",
+    }
+    if args.defaults:
+        settings |= {
+            "RETAIL_CAPACITY": "8",
+            "RETAIL_FULFILMENT_DELAY": "1",
+            "RETAIL_LOG_LEVEL": "info",
         }
-    )
-    asyncio.run(_run(args.orders, args.clients))
+    else:
+        settings |= {"RETAIL_WORKERS_ENABLED": "false", "RETAIL_LOG_LEVEL": "warning"}
+    os.environ.update(settings)
+    from retail.config import LogFormat, Settings
+    from retail.runtime.logs import configure_logging
+
+    # As `retail.main` (the app `bench ingest` serves) does; to a file, as stderr would be.
+    sys.stderr = open(f"{workdir}/server.log", "w")  # noqa: SIM115 - for the whole run
+    configure_logging(LogFormat.TEXT, Settings().log_level, logger="retail")
+    try:
+        asyncio.run(_run(args.orders, args.clients, args.profile))
+    finally:
+        logging.shutdown()
 
 
 if __name__ == "__main__":

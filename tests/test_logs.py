@@ -3,6 +3,7 @@ plain text by default, JSON lines with `RETAIL_LOG_FORMAT=json`."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from retail.config import LogFormat, LogLevel
-from retail.runtime.logs import configure_logging
+from retail.runtime.logs import Line, LogQueue, configure_logging, log_line
 from tests.conftest import Running, StartApp, eventually, order_status, place
 from tests.serving import follow, server_in
 
@@ -233,3 +234,43 @@ def test_retail_serve_writes_json_lines(tmp_path: Path) -> None:
         "started",
         "fulfilled",
     }
+
+
+def test_the_log_thread_writes_every_line_in_order() -> None:
+    stream = io.StringIO()
+    writer = logging.StreamHandler(stream)
+    writer.setFormatter(logging.Formatter("%(name)s %(message)s %(request_id)s"))
+    handler = LogQueue(writer)
+    logger = logging.getLogger("retail.test-log-thread")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for n in range(500):
+            log_line(logger, logging.INFO, "line %d", n, request_id=f"r{n}", fields={"n": n})
+        handler.flush()  # waits for the lines, though the thread gathers them for a while
+        assert stream.getvalue().splitlines() == [
+            f"retail.test-log-thread line {n} r{n}" for n in range(500)
+        ]
+        log_line(logger, logging.INFO, "last", request_id=None, fields={})
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+        handler.close()  # writes what is left
+    assert stream.getvalue().splitlines()[-1] == "retail.test-log-thread last None"
+
+
+def test_a_line_is_a_whole_log_record() -> None:
+    """What `log_line` makes carries what `Logger.info` would give every handler."""
+    line = Line("retail.http", logging.INFO, "%s %d", ("GET", 200), "rid-1", {"status": 200})
+    made = logging.getLogger("retail.http").makeRecord(
+        "retail.http", logging.INFO, __file__, 1, "%s %d", ("GET", 200), None
+    )
+    assert set(vars(made)) <= set(vars(line))
+    assert line.getMessage() == "GET 200" and line.levelname == "INFO"
+    assert line.request_id == "rid-1" and line.fields == {"status": 200}
+    assert abs(line.created - made.created) < 60 and line.process == made.process
+    text = logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s %(process)d %(thread)d %(threadName)s "
+        "%(processName)s %(filename)s %(lineno)d %(relativeCreated)d: %(message)s"
+    ).format(line)
+    assert text.endswith(": GET 200")

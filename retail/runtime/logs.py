@@ -5,9 +5,11 @@ line logged while that request is handled, and by tasks it starts, carries it. T
 entry points (`retail serve`, `retail worker`, `retail.main`) call
 `configure_logging`; the app itself never touches the logging configuration.
 
-Lines are formatted and written by a thread of their own (`QueueHandler` and
-`QueueListener`): the event loop only makes the record and hands it on, so a log line
-costs the request little and a slow stderr (a pipe, a terminal) never blocks it.
+Lines are formatted and written by a thread of their own (`LogQueue`): the event loop
+only makes the record and appends it to a deque, and the thread writes what has
+gathered a few times a second, so a log line costs the request little and a slow
+stderr (a pipe, a terminal) never blocks it. The lines logged per request and per
+order are made by `log_line`, without the caller lookup `Logger.info` does.
 
 Structured fields go in `extra={"fields": {...}}`: JSON lines carry them as keys;
 text lines carry what the message says, plus the request id.
@@ -20,10 +22,11 @@ import json
 import logging
 import logging.handlers
 import os
-import queue
 import re
 import sys
+import threading
 import time
+from collections import deque
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -196,37 +199,172 @@ def configure_logging(
     logging.getLogger("retail.http").setLevel(logging.NOTSET if access_log else logging.WARNING)
 
 
-class LogQueue(logging.handlers.QueueHandler):
+# The log thread wakes at most this often while lines keep coming: it writes every line
+# waiting then, in one write, so a busy service costs it a few wake-ups a second, not
+# one per line.
+GATHER_S = 0.05
+
+
+class LogQueue(logging.Handler):
     """Hands records to a thread that formats and writes them with `writer`.
 
-    `flush()` waits until every line handed on so far is written; `close()` (and the
-    process's exit) writes what is left and stops the thread.
+    The caller only appends the record to a deque (no lock, no wake-up unless the
+    thread sleeps); the thread writes what has gathered every `GATHER_S`, in one
+    write and one flush for a stream. `flush()` waits until every line handed on so
+    far is written; `close()` (and the process's exit) writes what is left and stops
+    the thread.
     """
 
     def __init__(self, writer: logging.Handler) -> None:
-        lines: queue.Queue[logging.LogRecord] = queue.Queue()
-        super().__init__(lines)
-        self._lines = lines
-        self._listener = logging.handlers.QueueListener(lines, writer)
-        self._listener.start()
-        self._writing = True
-        self._pid = os.getpid()  # a forked child has the queue but not the thread
+        super().__init__()
+        self._writer = writer
+        self._lines: deque[logging.LogRecord | threading.Event] = deque()
+        self._wake = threading.Event()  # lines are waiting
+        self._hurry = threading.Event()  # someone waits for them: write at once
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="retail-log-writer", daemon=True)
+        self._thread.start()
+        self._pid = os.getpid()  # a forked child has the deque but not the thread
         atexit.register(self.close)
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # The record goes to a thread of this process as it is: formatted there.
-        return record
+    def handle(self, record: logging.LogRecord) -> bool:
+        # As Handler.handle, without its lock: appending to a deque needs none.
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.append(record)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            if not self._closing:
+                self._hurry.wait(GATHER_S)  # let lines gather, unless someone waits
+            self._hurry.clear()
+            self._wake.clear()  # a line appended from here on wakes the next round
+            self._drain()
+            if self._closing and not self._lines:
+                return
+
+    def _drain(self) -> None:
+        lines = self._lines
+        writer = self._writer
+        stream = writer.stream if isinstance(writer, logging.StreamHandler) else None
+        terminator = getattr(writer, "terminator", "\n")
+        out: list[str] = []
+        while lines:
+            item = lines.popleft()
+            if isinstance(item, threading.Event):  # flush(): everything before it is written
+                self._write(stream, out)
+                out = []
+                item.set()
+            elif stream is None:
+                writer.handle(item)
+            else:
+                try:
+                    out.append(writer.format(item) + terminator)
+                except Exception:
+                    writer.handleError(item)
+        self._write(stream, out)
+
+    def _write(self, stream: Any, out: list[str]) -> None:
+        if not out:
+            return
+        try:
+            stream.write("".join(out))
+            stream.flush()
+        except Exception:
+            # As StreamHandler reports a failed write (to stderr, once per failure).
+            if logging.raiseExceptions and sys.stderr:
+                print(f"--- Logging error: {len(out)} lines not written", file=sys.stderr)
 
     def flush(self) -> None:
-        if self._writing and os.getpid() == self._pid:
-            self._lines.join()
+        if self._closing or os.getpid() != self._pid or not self._thread.is_alive():
+            return
+        written = threading.Event()
+        self._lines.append(written)
+        self._hurry.set()
+        self._wake.set()
+        written.wait()
 
     def close(self) -> None:
-        if self._writing and os.getpid() == self._pid:
-            self._writing = False
-            self._listener.stop()  # writes what is queued first
+        if not self._closing and os.getpid() == self._pid:
+            self._closing = True
+            self._hurry.set()
+            self._wake.set()
+            self._thread.join()  # writes what is waiting first
         atexit.unregister(self.close)
         super().close()
+
+
+class Line(logging.LogRecord):
+    """A record made without looking up its caller: the service's own lines.
+
+    `logging.Logger.info` finds the calling frame and reads the thread and process
+    names for every record; the formatters here use none of that, so a line logged
+    once per request or order is made with the facts it needs set directly. It has
+    every attribute a LogRecord has, so any handler can take it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        level: int,
+        msg: str,
+        args: tuple[object, ...],
+        request_id: str | None,
+        fields: dict[str, object],
+    ) -> None:
+        created = time.time()
+        self.__dict__.update(_LINE_CONSTANTS)
+        self.name = name
+        self.msg = msg
+        self.args = args
+        self.levelname = logging.getLevelName(level)
+        self.levelno = level
+        self.created = created
+        self.msecs = int((created - int(created)) * 1000) + 0.0
+        self.relativeCreated = (created - _LOGGING_STARTED) * 1000
+        self.thread = threading.get_ident()
+        self.threadName = threading.current_thread().name
+        self.process = os.getpid()
+        processes = sys.modules.get("multiprocessing")
+        if processes is not None:  # as LogRecord names it
+            self.processName = processes.current_process().name
+        self.request_id = request_id
+        self.fields = fields
+
+
+_LINE_CONSTANTS: dict[str, object] = {
+    "pathname": __file__,
+    "filename": os.path.basename(__file__),
+    "module": "logs",
+    "lineno": 0,
+    "funcName": None,
+    "exc_info": None,
+    "exc_text": None,
+    "stack_info": None,
+    "processName": "MainProcess",
+    "taskName": None,
+}
+_LOGGING_STARTED: float = logging._startTime  # type: ignore[attr-defined]
+
+
+def log_line(
+    logger: logging.Logger,
+    level: int,
+    msg: str,
+    *args: object,
+    request_id: str | None,
+    fields: dict[str, object],
+) -> None:
+    """`logger.log(level, msg, *args, extra=...)` for lines logged per request or order,
+    at a fraction of the cost; the caller has checked `logger.isEnabledFor(level)`."""
+    logger.handle(Line(logger.name, level, msg, args, request_id, fields))
 
 
 def flush_logs() -> None:
@@ -248,25 +386,25 @@ def log_transition(notice: OrderEvent) -> None:
     step_name = notice.step or detail.get("step")  # a failure names the step it failed in
     step = f" step={step_name}" if step_name else ""
     reason = detail.get("reason") if notice.kind == "failed" else None
-    transitions.log(
+    order_id = str(notice.order_id)
+    log_line(
+        transitions,
         level,
         "order %s %s -> %s%s (%s)%s",
-        notice.order_id,
+        order_id,
         source.value if source else "new",
         notice.status.value,
         step,
         notice.kind,
         f": {reason}" if reason else "",
-        extra={
-            "request_id": request_id.get(),
-            "fields": {
-                "order_id": str(notice.order_id),
-                "event": notice.kind,
-                "from_status": source.value if source else None,
-                "to_status": notice.status.value,
-                "step": step_name,
-                **({"reason": reason} if reason else {}),
-            },
+        request_id=request_id.get(),
+        fields={
+            "order_id": order_id,
+            "event": notice.kind,
+            "from_status": source.value if source else None,
+            "to_status": notice.status.value,
+            "step": step_name,
+            **({"reason": reason} if reason else {}),
         },
     )
 

@@ -19,7 +19,7 @@ import re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retail.runtime.clock import Clock
-from retail.runtime.logs import RateLimit, left_out_note, request_id
+from retail.runtime.logs import RateLimit, left_out_note, log_line, request_id
 from retail.runtime.metrics import Metrics
 from retail.web.middleware import HttpMiddleware
 
@@ -100,7 +100,9 @@ class RequestTelemetry(HttpMiddleware):
             note = left_out_note(left_out)
         location = next((v.decode("latin-1") for k, v in headers if k == b"location"), "")
         order_id = location.removeprefix("/orders/") if location.startswith("/orders/") else None
-        access.info(
+        log_line(
+            access,
+            logging.INFO,
             "%s %s %d %.1fms%s%s",
             method,
             path,
@@ -108,14 +110,12 @@ class RequestTelemetry(HttpMiddleware):
             seconds * 1000,
             f" order_id={order_id}" if order_id else "",
             note,
-            extra={
-                "request_id": rid,
-                "fields": {
-                    "method": method,
-                    "path": path,
-                    "status": status,
-                    "duration_ms": round(seconds * 1000, 3),
-                    **({"order_id": order_id} if order_id else {}),
-                },
+            request_id=rid,
+            fields={
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                **({"order_id": order_id} if order_id else {}),
             },
         )
