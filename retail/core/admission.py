@@ -255,7 +255,11 @@ class Admission:
         level = self.level
         if level is AutoLevel.QUEUE:
             at_once = capacity.admit_at_once(
-                self.limits, len(self.dispatcher.running), self._ahead(priority), priority
+                self.limits,
+                len(self.dispatcher.running),
+                self._ahead(priority),
+                priority,
+                waiting=sum(self._waiting),
             )
             if at_once is not None:
                 return at_once, None, level

@@ -182,18 +182,29 @@ def _admit(queue_position: int) -> Admit:
 
 
 def admit_at_once(
-    limits: Limits, in_flight: int, ahead: int, priority: Priority = Priority.STANDARD
+    limits: Limits,
+    in_flight: int,
+    ahead: int,
+    priority: Priority = Priority.STANDARD,
+    *,
+    waiting: int | None = None,
 ) -> Admit | None:
     """`decide`'s answer when a slot is free for the order (None when none is).
 
-    `ahead`: the waiting orders that start before it. It needs only the counts, not the
-    timetable of `Load.remaining_s`, so a caller may ask it first and build the `Load`
-    only when it returns None; `decide` starts with it.
+    `ahead`: the waiting orders that start before it; `waiting`: every waiting order
+    (default `ahead`). In `reject` mode an order waits only between its admission and
+    its claim, with a slot already its own, so every waiting order holds a slot,
+    whatever its priority. It needs only the counts, not the timetable of
+    `Load.remaining_s`, so a caller may ask it first and build the `Load` only when it
+    returns None; `decide` starts with it.
     """
+    taken = in_flight + ahead
     held = 0
-    if limits.mode is OverloadMode.REJECT and priority is not Priority.CRITICAL:
-        held = limits.critical_reserve
-    if in_flight + ahead < limits.capacity - held:
+    if limits.mode is OverloadMode.REJECT:
+        taken = in_flight + (ahead if waiting is None else waiting)
+        if priority is not Priority.CRITICAL:
+            held = limits.critical_reserve
+    if taken < limits.capacity - held:
         return _admit(ahead + 1)
     return None
 
@@ -270,18 +281,19 @@ def decide(
     reserve = 0 if critical else limits.critical_reserve
     waiting_index = load.ahead_of(priority)  # waiting orders that start before this one
     slot_reserve = reserve if limits.mode is OverloadMode.REJECT else 0
-    at_once = admit_at_once(limits, load.in_flight, waiting_index, priority)
+    at_once = admit_at_once(
+        limits, load.in_flight, waiting_index, priority, waiting=load.queued
+    )
     if at_once is not None:
         return at_once
 
     position = waiting_index + 1  # among orders with status `queued`, this one included
 
     if limits.mode is OverloadMode.REJECT:
-        # A slot is back for a new order once the orders ahead (and the reserve) have theirs.
-        room_s = estimated_start_s(
-            load, capacity, waiting_index + slot_reserve, load.full_service_s
-        )
-        held = load.in_flight + waiting_index < capacity
+        # Every waiting order holds a slot already (`admit_at_once`): a slot is back for
+        # a new order once they (and the reserve) have theirs.
+        room_s = estimated_start_s(load, capacity, load.queued + slot_reserve, load.full_service_s)
+        held = load.in_flight + load.queued < capacity
         return _reject(
             room_s,
             (
