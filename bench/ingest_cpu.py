@@ -67,7 +67,10 @@ async def _request(app: Any, method: str, path: str, body: bytes, headers: list[
 
 
 async def _run(orders: int, clients: int, profile: str | None) -> None:
-    from retail.web.app import create_app
+    try:
+        from retail.web.app import create_app
+    except ImportError:  # the tree before the layered redesign (d90c89b)
+        from retail.app import create_app  # type: ignore[no-redef]
 
     app = create_app()
     bodies = [

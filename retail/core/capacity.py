@@ -50,7 +50,9 @@ class Limits:
     target_wait_s: float = DEFAULT_TARGET_WAIT_S  # auto mode: the longest wait it plans for
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (built for every order; a frozen dataclass's `__init__` costs several times
+# more): a value all the same, never changed once built.
+@dataclass(slots=True)
 class Load:
     """What the process knows about its own load, at one instant."""
 

@@ -15,7 +15,9 @@ from typing import Any, overload
 from retail.core.types import OrderStatus
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (built for every order; a frozen dataclass's `__init__` costs several times
+# more): a value all the same, never changed once built.
+@dataclass(slots=True)
 class OrderEvent:
     id: int
     order_id: uuid.UUID

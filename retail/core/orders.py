@@ -43,7 +43,9 @@ def validate_items(items: Sequence[tuple[str, int]], *, max_lines: int, max_quan
     return tuple(items)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (built for every order; a frozen dataclass's `__init__` costs several times
+# more): a value all the same, never changed once built.
+@dataclass(slots=True)
 class NewOrder:
     """An admitted order, before it is stored."""
 
@@ -58,7 +60,9 @@ class NewOrder:
     start_deadline: datetime | None = None  # not started by then, it expires
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (built for every order; a frozen dataclass's `__init__` costs several times
+# more): a value all the same, never changed once built.
+@dataclass(slots=True)
 class Line:
     sku: str
     quantity: int
@@ -69,7 +73,9 @@ class Line:
         return self.quantity * self.unit_price
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (built for every order; a frozen dataclass's `__init__` costs several times
+# more): a value all the same, never changed once built.
+@dataclass(slots=True)
 class OrderView:
     """An order as stored: what every read and the `202` show."""
 
@@ -141,7 +147,9 @@ def accepted_document(order: OrderView, new: NewOrder) -> dict[str, Any]:
     )
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (built for every order; a frozen dataclass's `__init__` costs several times
+# more): a value all the same, never changed once built.
+@dataclass(slots=True)
 class Placed:
     """A stored order and its `created` event (what a batch write gives back per order)."""
 
@@ -158,7 +166,9 @@ class Stock:
     currency: str
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (built for every order; a frozen dataclass's `__init__` costs several times
+# more): a value all the same, never changed once built.
+@dataclass(slots=True)
 class Allocation:
     """One order of a batch that its stock allows: its priced lines, before it is written."""
 

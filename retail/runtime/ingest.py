@@ -14,7 +14,6 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import timedelta
 
 from retail.core.errors import Unavailable
@@ -34,15 +33,18 @@ MAX_BATCH_ORDERS = 512
 Settle = Callable[[Placed | StoredResponse | BaseException], None]
 
 
-@dataclass(eq=False)
 class _Pending:
-    placing: Placing
-    settle: Settle | None = None
-    future: asyncio.Future[Placed | StoredResponse] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-    # The submitter's context (its request id): the order's first event is published in it.
-    context: contextvars.Context = field(default_factory=contextvars.copy_context)
+    __slots__ = ("answered", "context", "future", "placing", "settle")
+
+    def __init__(self, placing: Placing, settle: Settle | None) -> None:
+        self.placing = placing
+        self.settle = settle
+        self.answered = False
+        self.future: asyncio.Future[Placed | StoredResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        # The submitter's context (its request id): the order's first event is published in it.
+        self.context = contextvars.copy_context()
 
 
 class Ingest:
@@ -83,7 +85,9 @@ class Ingest:
 
         With a live key already stored, the future resolves to that key's stored answer
         instead, and nothing is written. A refused order (stock, SKU) raises its
-        `RetailError`. The write happens whether or not anyone still awaits the future.
+        `RetailError`. The write happens whether or not anyone still awaits the future,
+        and `settle` hears its outcome even if the future was cancelled (its submitter
+        was): no need to shield it.
         """
         if self._closed:
             raise Unavailable(
@@ -102,7 +106,7 @@ class Ingest:
             except Exception as error:
                 log.exception("writing a batch of %d orders failed", len(batch))
                 for pending in batch:
-                    if not pending.future.done():
+                    if not pending.answered:
                         _answer(pending, error)
             finally:
                 for _ in batch:
@@ -125,9 +129,13 @@ class Ingest:
 
 
 def _answer(pending: _Pending, outcome: Placed | StoredResponse | BaseException) -> None:
+    pending.answered = True
     if pending.settle is not None:
         pending.settle(outcome)
+    future = pending.future
+    if future.cancelled():  # its submitter is gone; the order is written all the same
+        return
     if isinstance(outcome, BaseException):
-        pending.future.set_exception(outcome)
+        future.set_exception(outcome)
     else:
-        pending.future.set_result(outcome)
+        future.set_result(outcome)

@@ -9,7 +9,6 @@ why not; the web layer maps it to a problem response.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -108,32 +107,42 @@ async def place_order(
         start_deadline=None if start_within_s is None else now + timedelta(seconds=start_within_s),
     )
     keyed = Keyed(claimed.key, claimed.request_hash) if claimed is not None else None
+    if prefer_wait_s is not None:
+        return await _placed_waiting(services, new, keyed, ticket, claimed, prefer_wait_s)
+    outcome = await _stored(services, Placing(new, keyed), ticket, claimed)
+    if isinstance(outcome, StoredResponse):
+        return _replayed(services, outcome)
+    return _accepted(services, outcome, new, ticket)
+
+
+def _accepted(services: Services, placed: Placed, new: NewOrder, ticket: Ticket) -> Answer:
+    """The `202` for an order just stored."""
+    headers = _located(services, new.id)
+    headers["Retry-After"] = str(retry_after_s(ticket.decision.estimated_start_s))
+    return Answer(202, headers, _json(accepted_document(placed.order, new)))
+
+
+async def _placed_waiting(
+    services: Services,
+    new: NewOrder,
+    keyed: Keyed | None,
+    ticket: Ticket,
+    claimed: Claimed | None,
+    prefer_wait_s: float,
+) -> Answer:
+    """Store the order, then hold the answer until it ends (`Prefer: wait`)."""
     with ExitStack() as held:
-        waiting = None
-        if prefer_wait_s is not None:
-            waiting = _wait_for(services, held, new.id)
+        waiting = _wait_for(services, held, new.id)
         outcome = await _stored(services, Placing(new, keyed), ticket, claimed)
         if isinstance(outcome, StoredResponse):
             return _replayed(services, outcome)
-        if waiting is not None and prefer_wait_s is not None:
+        if waiting is not None:
             ended = await _terminal(services, waiting, new.id, prefer_wait_s)
             if ended is not None:
-                return Answer(
-                    201,
-                    {
-                        **_located(services, new.id),
-                        "Preference-Applied": f"wait={prefer_value(prefer_wait_s)}",
-                    },
-                    _json(order_document(ended)),
-                )
-    return Answer(
-        202,
-        {
-            **_located(services, new.id),
-            "Retry-After": str(retry_after_s(decision.estimated_start_s)),
-        },
-        _json(accepted_document(outcome.order, new)),
-    )
+                headers = _located(services, new.id)
+                headers["Preference-Applied"] = f"wait={prefer_value(prefer_wait_s)}"
+                return Answer(201, headers, _json(order_document(ended)))
+    return _accepted(services, outcome, new, ticket)
 
 
 async def _stored(
@@ -156,8 +165,9 @@ async def _stored(
     except BaseException as error:
         settle(error)
         raise
-    # Shielded: a client that hangs up does not stop its order from being stored.
-    outcome = await asyncio.shield(future)
+    # A client that hangs up cancels the future, not the write: its order is stored and
+    # settled all the same (see `Ingest.submit`).
+    outcome = await future
     if isinstance(outcome, StoredResponse) and claimed is not None:
         check_same_request(outcome, claimed.request_hash)
     return outcome

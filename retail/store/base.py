@@ -65,7 +65,9 @@ class Keyed:
     request_hash: str
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (built for every order; a frozen dataclass's `__init__` costs several times
+# more): a value all the same, never changed once built.
+@dataclass(slots=True)
 class Placing:
     """One order of a batch write, with its key if it has one."""
 

@@ -21,7 +21,7 @@ from retail.web.limits import BodySizeLimit
 from retail.web.outage import DatabaseOutage
 from retail.web.security import SecurityHeaders
 from retail.web.startup import StartOnFirstRequest
-from retail.web.telemetry import RequestTelemetry
+from retail.web.telemetry import RequestTelemetry, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +89,20 @@ def create_app(
     app.state.settings = settings
     problems.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    # POST /orders without the framework's generic path (it applies the body limit itself).
+    app.add_middleware(StartOnFirstRequest)  # servers without the ASGI lifespan (daphne)
+    app.add_middleware(DatabaseOutage)  # 503 + Retry-After in front of the router too
+    telemetry = Telemetry(metrics, clock)
+    app.add_middleware(RequestTelemetry, telemetry=telemetry)  # sees every answer
+    app.add_middleware(SecurityHeaders)
+    # POST /orders without the framework's generic path, nor the layers above: it records
+    # the request, adds the security headers and applies the body limit itself.
     if fast_path:
         app.add_middleware(
             intake.OrderIntake,
             max_body_bytes=settings.max_body_bytes,
             body_timeout_s=settings.body_timeout_s,
+            telemetry=telemetry,
         )
-    app.add_middleware(StartOnFirstRequest)  # servers without the ASGI lifespan (daphne)
-    app.add_middleware(DatabaseOutage)  # 503 + Retry-After in front of the router too
-    app.add_middleware(RequestTelemetry, metrics=metrics, clock=clock)  # sees every answer
-    app.add_middleware(SecurityHeaders)
     app.include_router(intake.router)
     app.include_router(orders.router)
     app.include_router(product_routes.router)

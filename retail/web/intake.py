@@ -29,11 +29,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retail.core.errors import RetailError
 from retail.runtime import placing
+from retail.runtime.logs import request_id
 from retail.runtime.services import Services
 from retail.web import limits
 from retail.web.deps import ServicesDep
+from retail.web.outage import outage_response
 from retail.web.problems import responses, retail_problem
 from retail.web.schemas import OrderCreate, OrderRead
+from retail.web.security import DEFAULT_HEADERS, add_security_headers
+from retail.web.telemetry import REQUEST_ID_RAW, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -207,13 +211,22 @@ ROUTE = next(r for r in router.routes if isinstance(r, APIRoute))
 class OrderIntake:
     """Every `POST /orders`: refusals first, then the body, then one of the two doors.
 
-    It sits outside `BodySizeLimit` and applies the same limit to the body it reads.
+    The outermost of the app's middlewares: for the requests it answers itself it does
+    what the middlewares behind it do for every other request, without their layers
+    (each one a coroutine and a wrapped `send` per request): it records the request
+    (`Telemetry`), adds the security headers, and answers a database outage with its
+    `503`. It applies `BodySizeLimit`'s limit to the body it reads. What it hands on
+    (a body that does not validate, or any request before the services have started)
+    passes through all of them.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float, telemetry: Telemetry
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
+        self.telemetry = telemetry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
@@ -224,38 +237,92 @@ class OrderIntake:
             await self.app(scope, receive, send)
             return
         scope["route"] = ROUTE  # as routing would have set it: telemetry labels by it
-        headers = _Headers(scope["headers"])
+        telemetry = self.telemetry
+        begun = telemetry.begin(scope)
+        status = 500  # unless a response starts: the server answers an exception with 500
+        response_headers: list[tuple[bytes, bytes]] = []
+
+        async def finished_send(message: Message) -> None:
+            # For the problems: the request id and the security headers, as behind.
+            nonlocal status, response_headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_headers = [*message.get("headers", ()), (REQUEST_ID_RAW, rid)]
+                add_security_headers(response_headers, PATH)
+                message["headers"] = response_headers
+            await send(message)
+
+        rid = begun[0].encode("latin-1")
+        recorded = True
         try:
-            if headers.get("idempotency-key") is None:
-                # Before anything is read. A retry with a key must get its stored answer
-                # even when the service is full: it is decided after the key's lookup.
-                # Fair shares only ever refuse more: with no room at all, the customer
-                # in the body could not change the answer from a refusal to a place.
-                services.admission.refuse_early(services.clock.seconds())
-            if limits.declared_too_large(headers.get("content-length"), self.max_body_bytes):
-                raise limits.BodyTooLarge(self.max_body_bytes)
-            require_json(headers.get("content-type"))
-            body = await _read_body(receive, self.max_body_bytes, self.body_timeout_s)
-            if body is None:
-                return  # the client left before its order was whole: nothing to answer
             try:
-                order_in = OrderCreate.model_validate_json(body)
-            except ValidationError:  # the route's 400/422 problems
-                await self.app(scope, _replay(body, receive), send)
+                answer = await self._answer(scope, receive, services)
+            except RetailError as error:
+                await _problem(error, scope, receive, finished_send)
                 return
-            answer = await _place(services, order_in, body, headers)
-        except RetailError as error:
-            await _problem(error, scope, receive, send)
-            return
-        response_headers = [
-            (b"content-type", JSON.encode()),
-            (b"content-length", str(len(answer.body)).encode()),
-            *((name.lower().encode(), value.encode()) for name, value in answer.headers.items()),
-        ]
-        await send(
-            {"type": "http.response.start", "status": answer.status, "headers": response_headers}
-        )
-        await send({"type": "http.response.body", "body": answer.body})
+            except Exception as error:
+                outage = outage_response(error, scope)  # nothing was sent yet
+                if outage is None:
+                    raise
+                await outage(scope, receive, finished_send)
+                return
+            if answer is None:
+                return  # the client left before its order was whole: nothing to answer
+            if isinstance(answer, bytes):  # not an order: the route's 400/422 problems
+                recorded = False
+                request_id.reset(begun[1])  # the middlewares behind record it
+                await self.app(scope, _replay(answer, receive), send)
+                return
+            status = answer.status
+            response_headers = [
+                (b"content-type", JSON_RAW),
+                (b"content-length", b"%d" % len(answer.body)),
+                *((_raw_name(name), value.encode()) for name, value in answer.headers.items()),
+                (REQUEST_ID_RAW, rid),
+                *DEFAULT_HEADERS,
+            ]
+            await send(
+                {"type": "http.response.start", "status": status, "headers": response_headers}
+            )
+            await send({"type": "http.response.body", "body": answer.body})
+        finally:
+            if recorded:
+                telemetry.end(scope, begun, status, response_headers)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, services: Services
+    ) -> placing.Answer | bytes | None:
+        """The order's answer; the body if it is not a valid order; None if the client left."""
+        headers = _Headers(scope["headers"])
+        if headers.get("idempotency-key") is None:
+            # Before anything is read. A retry with a key must get its stored answer
+            # even when the service is full: it is decided after the key's lookup.
+            # Fair shares only ever refuse more: with no room at all, the customer
+            # in the body could not change the answer from a refusal to a place.
+            services.admission.refuse_early(services.clock.seconds())
+        if limits.declared_too_large(headers.get("content-length"), self.max_body_bytes):
+            raise limits.BodyTooLarge(self.max_body_bytes)
+        require_json(headers.get("content-type"))
+        body = await _read_body(receive, self.max_body_bytes, self.body_timeout_s)
+        if body is None:
+            return None
+        try:
+            order_in = OrderCreate.model_validate_json(body)
+        except ValidationError:
+            return body
+        return await _place(services, order_in, body, headers)
+
+
+JSON_RAW = JSON.encode()
+_RAW_NAMES: dict[str, bytes] = {}
+
+
+def _raw_name(name: str) -> bytes:
+    """A response header's name as sent (lower case), encoded once."""
+    raw = _RAW_NAMES.get(name)
+    if raw is None:
+        raw = _RAW_NAMES[name] = name.lower().encode()
+    return raw
 
 
 # Refusals rendered once per distinct answer: under overload the same few are sent over

@@ -7,11 +7,20 @@ exception would otherwise reach the server as a `500` that closes the connection
 
 from __future__ import annotations
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retail.store.sql.outage import database_outage
 from retail.web.middleware import HttpMiddleware
 from retail.web.problems import log_outage, outage_problem
+
+
+def outage_response(error: Exception, scope: Scope) -> ASGIApp | None:
+    """The `503` for an exception that says the database is unavailable (logged), or None."""
+    cause = database_outage(error)
+    if cause is None:
+        return None
+    log_outage(scope["method"], scope["path"], cause, error)
+    return outage_problem(cause, instance=scope["path"])
 
 
 class DatabaseOutage(HttpMiddleware):
@@ -27,8 +36,7 @@ class DatabaseOutage(HttpMiddleware):
         try:
             await self.app(scope, receive, watched_send)
         except Exception as error:
-            cause = database_outage(error)
-            if cause is None or started:
+            response = None if started else outage_response(error, scope)
+            if response is None:
                 raise
-            log_outage(scope["method"], scope["path"], cause, error)
-            await outage_problem(cause, instance=scope["path"])(scope, receive, send)
+            await response(scope, receive, send)

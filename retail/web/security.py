@@ -32,20 +32,34 @@ COMMON = (
 )
 
 
+DEFAULT_HEADERS = (*COMMON, (b"content-security-policy", DEFAULT_POLICY.encode()))
+DOCS_HEADERS = (*COMMON, (b"content-security-policy", DOCS_POLICY.encode()))
+
+
+def security_headers(path: str) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers every response to `path` carries."""
+    return DOCS_HEADERS if path in DOCS_PATHS else DEFAULT_HEADERS
+
+
+def add_security_headers(headers: list[tuple[bytes, bytes]], path: str) -> None:
+    """Add to a response's `headers` those it does not set itself."""
+    present = {name.lower() for name, _ in headers}
+    for name, value in security_headers(path):
+        if name not in present:
+            headers.append((name, value))
+
+
 class SecurityHeaders(HttpMiddleware):
     """`X-Content-Type-Options`, `Referrer-Policy`, `X-Frame-Options` and a
     `Content-Security-Policy` on every HTTP response (one the app set is kept)."""
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        policy = (DOCS_POLICY if scope["path"] in DOCS_PATHS else DEFAULT_POLICY).encode()
+        path = scope["path"]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                present = {name.lower() for name, _ in headers}
-                for name, value in (*COMMON, (b"content-security-policy", policy)):
-                    if name not in present:
-                        headers.append((name, value))
+                add_security_headers(headers, path)
                 message["headers"] = headers
             await send(message)
 

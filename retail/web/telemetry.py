@@ -1,9 +1,11 @@
 """Per-request telemetry: a request id, one log line, and the HTTP metrics.
 
-The outermost middleware, so it sees every answer (413s, 503s, problems). The
-request id is the client's `X-Request-ID` when that is a sane token, else a new
-one; it is echoed in the response and tags every log line of the request. Metrics
-are labelled by route template (`/orders/{order_id}`), never by raw path.
+`RequestTelemetry` sits outside every middleware but the `POST /orders` fast path,
+which records its own answers with the same `Telemetry`: every answer is seen (413s,
+503s, problems). The request id is the client's `X-Request-ID` when that is a sane
+token, else a new one; it is echoed in the response and tags every log line of the
+request. Metrics are labelled by route template (`/orders/{order_id}`), never by raw
+path.
 
 Refusals (`429`, `503`) come in floods when the service is full: their lines are
 logged at most once per status every `RATE_LIMIT_INTERVAL_S`, the next one saying
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from contextvars import Token
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -45,43 +48,44 @@ def route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else UNMATCHED_ROUTE
 
 
-class RequestTelemetry(HttpMiddleware):
-    def __init__(self, app: ASGIApp, metrics: Metrics, clock: Clock) -> None:
-        super().__init__(app)
+class Telemetry:
+    """What every request records: its id (set for its log lines), its metrics, its line.
+
+    Shared by `RequestTelemetry` and the `POST /orders` fast path, which records its
+    requests itself (one rate limit for the refusal lines of both).
+    """
+
+    def __init__(self, metrics: Metrics, clock: Clock) -> None:
         self.metrics = metrics
         self.clock = clock
         self.refusals = RateLimit()  # one line per refusal status every few seconds
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def begin(self, scope: Scope) -> tuple[str, Token[str | None], float]:
+        """The request's id (now in force for its log lines), its token, its start time."""
         given = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 given = sane_request_id(value.decode("latin-1"))
                 break
         rid = given or os.urandom(16).hex()
-        token = request_id.set(rid)
-        started = self.clock.monotonic()
-        status = 500  # unless a response starts: the server answers an exception with 500
-        headers: list[tuple[bytes, bytes]] = []
+        return rid, request_id.set(rid), self.clock.monotonic()
 
-        async def tagged_send(message: Message) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [*message.get("headers", ()), (REQUEST_ID_RAW, rid.encode("latin-1"))]
-                message["headers"] = headers
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tagged_send)
-        finally:
-            seconds = self.clock.monotonic() - started
-            method = scope["method"]
-            label = method if method in METHODS else "other"  # a client cannot add series
-            self.metrics.http_request(label, route_template(scope), status, seconds)
-            if access.isEnabledFor(logging.INFO):
-                self._log(method, scope["path"], status, seconds, rid, headers)
-            request_id.reset(token)
+    def end(
+        self,
+        scope: Scope,
+        begun: tuple[str, Token[str | None], float],
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Count the request and log its line; its id goes out of force."""
+        rid, token, started = begun
+        seconds = self.clock.monotonic() - started
+        method = scope["method"]
+        label = method if method in METHODS else "other"  # a client cannot add series
+        self.metrics.http_request(label, route_template(scope), status, seconds)
+        if access.isEnabledFor(logging.INFO):
+            self._log(method, scope["path"], status, seconds, rid, headers)
+        request_id.reset(token)
 
     def _log(
         self,
@@ -119,3 +123,28 @@ class RequestTelemetry(HttpMiddleware):
                 **({"order_id": order_id} if order_id else {}),
             },
         )
+
+
+class RequestTelemetry(HttpMiddleware):
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        super().__init__(app)
+        self.telemetry = telemetry
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        begun = self.telemetry.begin(scope)
+        rid = begun[0].encode("latin-1")
+        status = 500  # unless a response starts: the server answers an exception with 500
+        headers: list[tuple[bytes, bytes]] = []
+
+        async def tagged_send(message: Message) -> None:
+            nonlocal status, headers
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [*message.get("headers", ()), (REQUEST_ID_RAW, rid)]
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tagged_send)
+        finally:
+            self.telemetry.end(scope, begun, status, headers)

@@ -16,7 +16,15 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from retail.runtime.clock import ManualClock
-from tests.conftest import StartApp, all_terminal, drive, one_slot_taken, place, quiescent
+from tests.conftest import (
+    Running,
+    StartApp,
+    all_terminal,
+    drive,
+    one_slot_taken,
+    place,
+    quiescent,
+)
 from tests.serving import PYTHON, environment, free_port, serving, uvicorn_command
 
 STEPS = ("reserve", "fraud_check", "payment", "pick", "pack", "ship")
@@ -296,3 +304,59 @@ def test_several_worker_processes_report_as_one(tmp_path: Path) -> None:
     assert code in {0, -signal.SIGTERM}, server.output()
     # Stopped workers take their live gauges with them; counters stay for the next start.
     assert not list(shared.glob("gauge_live*.db")), sorted(shared.iterdir())
+
+
+async def test_every_answer_to_post_orders_is_recorded_and_carries_its_headers(
+    start_app: StartApp,
+) -> None:
+    """Refused before its body is read, refused for its media type, handed on to the
+    route (a body that does not validate; a key defers the refusal until its lookup):
+    one count each, the request id echoed, and the security headers on every one."""
+    running = await one_slot_taken(start_app, ManualClock(), overload_mode="reject")
+    client = running.client
+    answers = [
+        await place(client, headers={"X-Request-ID": "full-1"}),
+        await client.post(
+            "/orders",
+            content=b"sku=MUG-1",
+            headers={"Content-Type": "text/plain", "Idempotency-Key": "k-1"},
+        ),
+        await client.post(
+            "/orders", json={"customer_id": "bob"}, headers={"Idempotency-Key": "k-2"}
+        ),
+        await client.post(
+            "/orders",
+            json={"customer_id": "bob"},
+            headers={"X-Request-ID": "r-2", "Idempotency-Key": "k-3"},
+        ),
+    ]
+    assert [a.status_code for a in answers] == [503, 415, 422, 422]
+    assert answers[0].headers["x-request-id"] == "full-1"
+    assert answers[3].headers["x-request-id"] == "r-2"
+    for answer in answers:
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+        assert answer.headers["x-request-id"]
+    metrics = await scrape(client)
+    assert metrics("retail_http_requests_total", method="POST", route="/orders", status="503") == 1
+    assert metrics("retail_http_requests_total", method="POST", route="/orders", status="415") == 1
+    assert metrics("retail_http_requests_total", method="POST", route="/orders", status="422") == 2
+    assert metrics("retail_http_requests_total", method="POST", route="/orders", status="202") == 1
+
+
+async def test_a_placed_order_carries_its_request_id_and_the_security_headers(
+    running: Running,
+) -> None:
+    answer = await place(running.client, headers={"X-Request-ID": "placed-1"})
+    assert answer.status_code == 202, answer.text
+    assert answer.headers["x-request-id"] == "placed-1"
+    assert answer.headers["location"].startswith("/orders/")
+    assert answer.headers["content-type"] == "application/json"
+    assert int(answer.headers["content-length"]) == len(answer.content)
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'self'" in answer.headers["content-security-policy"]
+    generated = (await place(running.client)).headers["x-request-id"]
+    assert len(generated) == 32

@@ -25,7 +25,7 @@ from retail.runtime.orders import cancel_order
 from retail.runtime.placing import place_order
 from retail.runtime.pool import WorkerPool
 from retail.runtime.services import Services, running_services
-from retail.store.base import LeaseLost
+from retail.store.base import LeaseLost, OrderQuery
 from retail.store.memory import MemoryStore
 
 STEPS = 6
@@ -190,3 +190,32 @@ async def test_a_cancel_racing_a_claim_ends_in_one_state(stack: AsyncExitStack) 
         with pytest.raises(InvalidTransition):
             await cancel_order(services, order_id)
         assert (await store.get_product("MUG-1")).stock == before
+
+
+async def test_a_request_cancelled_while_its_order_is_written_still_stores_and_settles_it(
+    stack: AsyncExitStack,
+) -> None:
+    clock, store = ManualClock(), MemoryStore()
+    services = await stack.enter_async_context(
+        running_services(settings(workers_enabled=False), clock, store=store)
+    )
+    body = b'{"customer_id": "alice"}'
+    placing = asyncio.create_task(
+        place_order(services, customer_id="alice", items=[("MUG-1", 1)], body=body, key="k-1")
+    )
+    await asyncio.sleep(0)  # the request runs up to its wait for the write
+    assert services.admission.unsettled == 1  # admitted, handed to the writer
+    placing.cancel()  # the client hangs up before the write
+    results = await asyncio.gather(placing, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    await until(lambda: services.admission.unsettled == 0)
+    listed, _ = await store.list_orders(OrderQuery())
+    assert [order.customer_id for order in listed] == ["alice"]
+    assert services.admission.queued == 1  # its place is kept: it waits for a slot
+    # Its key is free again, bound to the stored answer: a retry gets that, not a 409.
+    retry = await place_order(
+        services, customer_id="alice", items=[("MUG-1", 1)], body=body, key="k-1"
+    )
+    assert retry.status == 202
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.headers["Location"] == f"/orders/{listed[0].id}"
