@@ -283,9 +283,7 @@ def decide(
     reserve = 0 if critical else limits.critical_reserve
     waiting_index = load.ahead_of(priority)  # waiting orders that start before this one
     slot_reserve = reserve if limits.mode is OverloadMode.REJECT else 0
-    at_once = admit_at_once(
-        limits, load.in_flight, waiting_index, priority, waiting=load.queued
-    )
+    at_once = admit_at_once(limits, load.in_flight, waiting_index, priority, waiting=load.queued)
     if at_once is not None:
         return at_once
 

@@ -121,9 +121,7 @@ def test_in_reject_mode_orders_not_yet_claimed_hold_their_slots_whatever_comes()
     queueing = admission(OverloadMode.QUEUE, capacity_=2)
     for _ in range(2):
         queueing.admit(now=0.0, priority=Priority.STANDARD).keep()
-    assert isinstance(
-        queueing.admit(now=0.0, priority=Priority.CRITICAL).decision, capacity.Admit
-    )
+    assert isinstance(queueing.admit(now=0.0, priority=Priority.CRITICAL).decision, capacity.Admit)
 
 
 def test_a_stale_resync_is_dropped() -> None:
