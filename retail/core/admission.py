@@ -235,6 +235,7 @@ class Admission:
             sheddable_queued=waiting[_SHEDDABLE],
             degraded_queued=levels[_STANDARD].degraded,
             degraded_sheddable_queued=levels[_SHEDDABLE].degraded,
+            runs=tuple([tuple(map(tuple, lv.runs)) for lv in levels]),
         )
 
     def _ahead(self, priority: Priority) -> int:
