@@ -226,7 +226,7 @@ class Admission:
         waiting = self._waiting
         levels = self._levels
         return capacity.Load(
-            in_flight=len(remaining),
+            in_flight=self.dispatcher.busy(now),
             queued=sum(waiting),
             remaining_s=remaining,
             full_service_s=self._full_service_s,
@@ -256,7 +256,7 @@ class Admission:
         level = self.level
         if level is AutoLevel.QUEUE:
             at_once = capacity.admit_at_once(
-                self.limits, len(self.dispatcher.running), self._ahead(priority), priority
+                self.limits, self.dispatcher.busy(now), self._ahead(priority), priority
             )
             if at_once is not None:
                 return at_once, None, level
