@@ -235,7 +235,12 @@ class Admission:
             sheddable_queued=waiting[_SHEDDABLE],
             degraded_queued=levels[_STANDARD].degraded,
             degraded_sheddable_queued=levels[_SHEDDABLE].degraded,
-            runs=tuple([tuple(map(tuple, lv.runs)) for lv in levels]),
+            # in start order, where it matters: when some wait on the reduced path
+            runs=(
+                tuple([tuple(map(tuple, lv.runs)) for lv in levels])
+                if levels[_STANDARD].degraded or levels[_SHEDDABLE].degraded
+                else None
+            ),
         )
 
     def _ahead(self, priority: Priority) -> int:
@@ -255,9 +260,11 @@ class Admission:
         `Load` is built only when no slot is free (or auto mode is above its first level)."""
         level = self.level
         if level is AutoLevel.QUEUE:
-            at_once = capacity.admit_at_once(
-                self.limits, self.dispatcher.busy(now), self._ahead(priority), priority
-            )
+            ahead = self._ahead(priority)
+            dispatcher = self.dispatcher
+            at_once = capacity.admit_at_once(self.limits, len(dispatcher.running), ahead, priority)
+            if at_once is None and dispatcher.running:  # unless a plan has ended already
+                at_once = capacity.admit_at_once(self.limits, dispatcher.busy(now), ahead, priority)
             if at_once is not None:
                 return at_once, None, level
         load = self.load(now)

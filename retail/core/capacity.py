@@ -222,6 +222,14 @@ def _hand_out(free: list[float], count: int, service_s: float) -> list[float]:
     return [f + shift for f in free[taken:]] + [f + later for f in free[:taken]]
 
 
+def _start_behind(load: Load, capacity: int, priority: Priority, count: int) -> float:
+    """`start_after_s` behind the first `count` of the orders ahead of a new order of
+    `priority`; with no order waiting on the reduced path, all take the full time."""
+    if not (load.degraded_queued or load.degraded_sheddable_queued):
+        return estimated_start_s(load, capacity, count, load.full_service_s)
+    return start_after_s(load, capacity, _first(ahead_segments(load, priority), count))
+
+
 def _first(segments: list[tuple[int, float]], count: int) -> list[tuple[int, float]]:
     """The first `count` orders of `segments`."""
     kept = []
@@ -304,9 +312,12 @@ class AutoWaits:
 
 def auto_waits(load: Load, capacity: int) -> AutoWaits:
     index = load.ahead_of(Priority.STANDARD)
+    full_s = estimated_start_s(load, capacity, index, load.full_service_s)
+    if not load.degraded_queued:  # none ahead on the reduced path
+        return AutoWaits(now_s=full_s, full_s=full_s)
     return AutoWaits(
         now_s=start_after_s(load, capacity, ahead_segments(load, Priority.STANDARD)),
-        full_s=estimated_start_s(load, capacity, index, load.full_service_s),
+        full_s=full_s,
     )
 
 
@@ -374,19 +385,18 @@ def decide(
     degrading = not critical and (
         limits.mode is OverloadMode.DEGRADE or (auto and level is not AutoLevel.QUEUE)
     )
-    # The orders ahead take their own level's time (critical ones are never degraded).
-    ahead = ahead_segments(load, priority)
     queue_limit = max(0, limits.queue_limit - reserve)
     if load.queued >= queue_limit:
         # Room comes back when the order at the head of the excess starts.
         excess = load.queued - queue_limit
         kept = f"; {_count(reserve, 'place')} held for critical orders" if reserve else ""
         return _reject(
-            start_after_s(load, capacity, _first(ahead_segments(load, Priority.SHEDDABLE), excess)),
+            _start_behind(load, capacity, Priority.SHEDDABLE, excess),
             f"the queue is full ({load.queued} of {limits.queue_limit} waiting{kept})",
             "queue_full",
         )
-    start_s = start_after_s(load, capacity, ahead)
+    # The orders ahead take their own level's time (critical ones are never degraded).
+    start_s = _start_behind(load, capacity, priority, waiting_index)
     if limits.max_queue_wait_s is not None and start_s > limits.max_queue_wait_s:
         return _reject(
             start_s - limits.max_queue_wait_s,
