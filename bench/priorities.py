@@ -35,7 +35,8 @@ Figures (the overload phase: orders due before `duration_s`):
 
 The same scenario runs through `retail simulate` (the same due times and priorities,
 from the same seed) and its figures are printed beside the live ones, with their
-ratio; the target is agreement within 5 %.
+ratio; the target is agreement within 5 %. "Decided alike" compares the two order by
+order: the share of each priority's orders both accepted or both refused.
 
 Targets (issue 14), at 4x: critical accepted >= 99.5 % and its p99 wait <= 2 D;
 fulfilled/s >= 0.97 C/D in queue (and auto) mode; at 8x: fulfilled/s >= 0.95 C/D and
@@ -132,6 +133,9 @@ class PriorityResult:
     limit_rate: float
     service_s: float  # live: mean started -> finished of fulfilled orders served in full
     load_average: float  # of the machine, when the run started
+    # per priority: the share of the overload phase's orders that the live service and the
+    # simulator decided alike (both accepted or both refused), order by order
+    decided_alike: dict[str, float] | None = None
 
 
 def _p99(values: Sequence[float]) -> float | None:
@@ -391,6 +395,40 @@ def simulated(
     )
 
 
+def simulated_accepted(mode: str, multiple: float, config: PriorityConfig) -> set[float]:
+    """The due times (rounded to the microsecond) of the orders the simulator accepts in
+    the overload phase: every order is due at its own instant, so they name the orders."""
+    run = simulate(
+        SimConfig(
+            limits=Limits(
+                mode=OverloadMode(mode),
+                capacity=config.capacity,
+                queue_limit=QUEUE_LIMIT,
+                critical_reserve=RESERVE[mode],
+                target_wait_s=config.target_wait_s,
+            ),
+            pipeline=Pipeline.build(fulfilment_delay=f"fixed:{config.delay_s:g}"),
+            schedule=Schedule.constant(multiple * config.limit_rate, config.duration_s),
+            arrivals=Arrivals.POISSON,
+            seed=config.seed,
+            mix=Mix.parse(config.mix),
+        )
+    )
+    return {round(at, 6) for at in run.accepted_at}
+
+
+def decided_alike(
+    orders: Sequence[tuple[str, float, bool]], sim_accepted: set[float]
+) -> dict[str, float]:
+    """Per priority, the share of `orders` (priority, due time, accepted live) that the
+    simulator decided alike."""
+    alike: dict[str, float] = {}
+    for name in PRIORITIES:
+        mine = [(round(due, 6) in sim_accepted) == ok for p, due, ok in orders if p == name]
+        alike[name] = sum(mine) / len(mine) if mine else math.nan
+    return alike
+
+
 def _warm_up(url: str, config: PriorityConfig) -> None:
     """One order per slot, fulfilled before the run: the first claims and writes of a
     fresh process are slower than the rest, and the simulator has no cold start."""
@@ -494,6 +532,13 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         if status == "fulfilled" and level == "full" and started is not None and finished
     ]
     sim = simulated(mode, multiple, config, control)
+    alike = decided_alike(
+        [
+            (o.priority or "standard", o.due_s, o.status is not None and 200 <= o.status < 300)
+            for o in during
+        ],
+        simulated_accepted(mode, multiple, config),
+    )
     return PriorityResult(
         mode=mode,
         multiple=multiple,
@@ -511,6 +556,7 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
         limit_rate=config.limit_rate,
         service_s=sum(full) / len(full) if full else math.nan,
         load_average=load_average,
+        decided_alike=alike,
     )
 
 
@@ -656,6 +702,9 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
                 ),
                 f"{worst:.1%} ({_ok(worst <= 0.05)})",
                 f"{_s(live.recovery_s)} / {_s(sim.recovery_s)}",
+                " / ".join(_pct(r.decided_alike[n]) for n in PRIORITIES)
+                if r.decided_alike
+                else "-",
             ]
         )
     sim_table = table(
@@ -669,6 +718,7 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
             "goodput/s crit / std / shed",
             "largest gap in counts (<= 5 %)",
             "recovery s",
+            "decided alike crit / std / shed",
         ],
         sim_rows,
     )

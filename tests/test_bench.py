@@ -189,8 +189,25 @@ def test_priorities_at_tiny_scale(tmp_path: Path) -> None:
     assert set(errors) == {"all", "critical", "standard", "sheddable"}
     assert errors["all"]["count"] >= errors["standard"].get("count", 0)
     assert "all" in sim.retry_after_error
+    assert result.decided_alike is not None
+    assert set(result.decided_alike) == {"critical", "standard", "sheddable"}
+    assert all(0 <= share <= 1 for share in result.decided_alike.values())
     table = priorities.tables([result], config)
     assert "critical >= 99.5 %" in table and "retail simulate" in table
+    assert "decided alike" in table
+
+
+def test_decided_alike_compares_the_orders_one_by_one() -> None:
+    orders = [
+        ("critical", 0.1, True),
+        ("critical", 0.2, True),
+        ("standard", 0.3, False),
+        ("standard", 0.4, True),
+    ]
+    alike = priorities.decided_alike(orders, sim_accepted={0.1, 0.2, 0.3})
+    assert alike["critical"] == 1.0
+    assert alike["standard"] == 0.0  # 0.3 refused live, accepted by the simulator; 0.4 too
+    assert math.isnan(alike["sheddable"])
 
 
 def test_recovery_compares_each_order_with_a_run_that_never_saw_the_overload() -> None:

@@ -22,14 +22,22 @@ FULL_S = 2.0
 DEGRADED_S = 0.8
 
 
-def load(in_flight: int, queued: int = 0, remaining_s: tuple[float, ...] | None = None) -> Load:
-    """`in_flight` orders, each `FULL_S` from done unless `remaining_s` says otherwise."""
+def load(
+    in_flight: int,
+    queued: int = 0,
+    remaining_s: tuple[float, ...] | None = None,
+    *,
+    degraded: int = 0,
+) -> Load:
+    """`in_flight` orders, each `FULL_S` from done unless `remaining_s` says otherwise;
+    `queued` waiting, `degraded` of them on the reduced path."""
     return Load(
         in_flight=in_flight,
         queued=queued,
         remaining_s=remaining_s if remaining_s is not None else (FULL_S,) * in_flight,
         full_service_s=FULL_S,
         degraded_service_s=DEGRADED_S,
+        degraded_queued=degraded,
     )
 
 
@@ -91,10 +99,16 @@ def test_degrade_serves_overflow_on_the_reduced_path_up_to_its_ceiling() -> None
     decision = decide(rules, load(2, 0, (1.0, 1.5)))
     assert decision == Degrade(queue_position=1, estimated_start_s=1.0)
     assert decision.service_level is ServiceLevel.DEGRADED
-    # The estimate plans with the degraded service time: the first slot comes round
-    # again after 0.8 s, before the second one frees.
+    # The order waiting is on the reduced path: the first slot comes round again after
+    # 0.8 s, before the second one frees.
+    one_degraded = load(2, 1, (1.0, 1.5), degraded=1)
+    assert decide(rules, one_degraded) == Degrade(queue_position=2, estimated_start_s=1.5)
+    # Had it been taken in full (a slot was free when it came), it would hold the first
+    # slot 2 s: the second slot is still first to free.
     assert decide(rules, load(2, 1, (1.0, 1.5))) == Degrade(queue_position=2, estimated_start_s=1.5)
-    assert isinstance(decide(rules, load(2, 2, (1.0, 1.5))), Reject)
+    two_degraded = load(2, 2, (0.2, 1.5), degraded=2)  # 0.2 -> 1.0 -> 1.5 (the other slot)
+    assert decide(rules, load(2, 1, (0.2, 1.5), degraded=1)) == Degrade(2, 1.0)
+    assert isinstance(decide(rules, two_degraded), Reject)
 
 
 def test_capacity_lowered_below_the_orders_in_flight_waits_for_enough_to_finish() -> None:

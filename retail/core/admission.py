@@ -226,7 +226,7 @@ class Admission:
         waiting = self._waiting
         levels = self._levels
         return capacity.Load(
-            in_flight=len(remaining),
+            in_flight=self.dispatcher.busy(now),
             queued=sum(waiting),
             remaining_s=remaining,
             full_service_s=self._full_service_s,
@@ -235,6 +235,12 @@ class Admission:
             sheddable_queued=waiting[_SHEDDABLE],
             degraded_queued=levels[_STANDARD].degraded,
             degraded_sheddable_queued=levels[_SHEDDABLE].degraded,
+            # in start order, where it matters: when some wait on the reduced path
+            runs=(
+                tuple([tuple(map(tuple, lv.runs)) for lv in levels])
+                if levels[_STANDARD].degraded or levels[_SHEDDABLE].degraded
+                else None
+            ),
         )
 
     def _ahead(self, priority: Priority) -> int:
@@ -254,13 +260,17 @@ class Admission:
         `Load` is built only when no slot is free (or auto mode is above its first level)."""
         level = self.level
         if level is AutoLevel.QUEUE:
+            ahead = self._ahead(priority)
+            dispatcher = self.dispatcher
+            waiting = sum(self._waiting)
+            limits = self.limits
             at_once = capacity.admit_at_once(
-                self.limits,
-                len(self.dispatcher.running),
-                self._ahead(priority),
-                priority,
-                waiting=sum(self._waiting),
+                limits, len(dispatcher.running), ahead, priority, waiting=waiting
             )
+            if at_once is None and dispatcher.running:  # unless a plan has ended already
+                at_once = capacity.admit_at_once(
+                    limits, dispatcher.busy(now), ahead, priority, waiting=waiting
+                )
             if at_once is not None:
                 return at_once, None, level
         load = self.load(now)

@@ -69,6 +69,9 @@ class Load:
     # Of `queued`: those on the reduced path (never critical), standard and sheddable.
     degraded_queued: int = 0
     degraded_sheddable_queued: int = 0
+    # The waiting orders of each priority (by `Priority.rank`) in start order, as runs of
+    # `(degraded, count)`. None: within a priority the full ones start first.
+    runs: tuple[tuple[tuple[bool, int], ...], ...] | None = None
 
     def ahead_of(self, priority: Priority) -> int:
         """Waiting orders that start before a new order of `priority`."""
@@ -158,6 +161,88 @@ def estimated_start_s(load: Load, capacity: int, waiting_index: int, service_s: 
     return sorted(free)[slot] + rounds * service_s
 
 
+def ahead_segments(load: Load, priority: Priority) -> list[tuple[int, float]]:
+    """The waiting orders that start before a new order of `priority`, in start order, as
+    `(count, service time)` runs: each at the level it was accepted on."""
+    full_s, degraded_s = load.full_service_s, load.degraded_service_s
+    ranks = priority.rank + 1
+    if load.runs is not None:
+        return [
+            (count, degraded_s if degraded else full_s)
+            for runs in load.runs[:ranks]
+            for degraded, count in runs
+        ]
+    standard = load.queued - load.critical_queued - load.sheddable_queued
+    counts = (
+        (load.critical_queued, 0),
+        (standard, min(load.degraded_queued, standard)),
+        (load.sheddable_queued, min(load.degraded_sheddable_queued, load.sheddable_queued)),
+    )
+    segments = []
+    for total, degraded in counts[:ranks]:
+        segments += [(total - degraded, full_s), (degraded, degraded_s)]
+    return segments
+
+
+def start_after_s(load: Load, capacity: int, segments: list[tuple[int, float]]) -> float:
+    """Seconds until an order starts that waits behind `segments` (`ahead_segments`), each
+    order taking the slot that frees first for its own service time.
+
+    Exact when every order takes its planned time: it is the start order played out, a
+    run of equal service times at a time (`_hand_out`).
+    """
+    free = slot_free_times(load, capacity)
+    for count, service_s in segments:
+        if count > 0:
+            free = _hand_out(free, count, service_s)
+    return free[0]
+
+
+def _hand_out(free: list[float], count: int, service_s: float) -> list[float]:
+    """The slots' free times (sorted) after `count` more orders of `service_s` each took
+    the slot that frees first, in turn."""
+    if service_s <= 0:
+        return free  # each order gives its slot straight back
+    latest = free[-1]
+    if latest - free[0] > service_s:
+        # Hand out slots one by one until they all free within one service time of each
+        # other; from then on they come round in the same order every `service_s`.
+        free = list(free)  # sorted, so already a heap
+        while count > 0 and latest - free[0] > service_s:
+            freed_again = free[0] + service_s
+            heapq.heapreplace(free, freed_again)
+            if freed_again > latest:
+                latest = freed_again
+            count -= 1
+        free.sort()
+    rounds, taken = divmod(count, len(free))
+    if not count:
+        return free
+    shift = rounds * service_s
+    later = shift + service_s
+    # Still sorted: the last slot frees within one service time of the first.
+    return [f + shift for f in free[taken:]] + [f + later for f in free[:taken]]
+
+
+def _start_behind(load: Load, capacity: int, priority: Priority, count: int) -> float:
+    """`start_after_s` behind the first `count` of the orders ahead of a new order of
+    `priority`; with no order waiting on the reduced path, all take the full time."""
+    if not (load.degraded_queued or load.degraded_sheddable_queued):
+        return estimated_start_s(load, capacity, count, load.full_service_s)
+    return start_after_s(load, capacity, _first(ahead_segments(load, priority), count))
+
+
+def _first(segments: list[tuple[int, float]], count: int) -> list[tuple[int, float]]:
+    """The first `count` orders of `segments`."""
+    kept = []
+    for size, service_s in segments:
+        if count <= 0:
+            break
+        kept.append((min(size, count), service_s))
+        count -= size
+    return kept
+
+
 def retry_after_s(seconds: float) -> int:
     """A `Retry-After` for a wait of `seconds`: whole seconds, at least 1."""
     return max(1, math.ceil(seconds))
@@ -240,9 +325,12 @@ class AutoWaits:
 
 def auto_waits(load: Load, capacity: int) -> AutoWaits:
     index = load.ahead_of(Priority.STANDARD)
+    full_s = estimated_start_s(load, capacity, index, load.full_service_s)
+    if not load.degraded_queued:  # none ahead on the reduced path
+        return AutoWaits(now_s=full_s, full_s=full_s)
     return AutoWaits(
-        now_s=estimated_start_s(load, capacity, index, ahead_service_s(load, Priority.STANDARD)),
-        full_s=estimated_start_s(load, capacity, index, load.full_service_s),
+        now_s=start_after_s(load, capacity, ahead_segments(load, Priority.STANDARD)),
+        full_s=full_s,
     )
 
 
@@ -309,23 +397,18 @@ def decide(
     degrading = not critical and (
         limits.mode is OverloadMode.DEGRADE or (auto and level is not AutoLevel.QUEUE)
     )
-    if auto:  # the orders ahead at their own levels
-        service_s = ahead_service_s(load, priority)
-    elif limits.mode is OverloadMode.DEGRADE:
-        service_s = load.degraded_service_s
-    else:
-        service_s = load.full_service_s
     queue_limit = max(0, limits.queue_limit - reserve)
     if load.queued >= queue_limit:
         # Room comes back when the order at the head of the excess starts.
         excess = load.queued - queue_limit
         kept = f"; {_count(reserve, 'place')} held for critical orders" if reserve else ""
         return _reject(
-            estimated_start_s(load, capacity, excess, service_s),
+            _start_behind(load, capacity, Priority.SHEDDABLE, excess),
             f"the queue is full ({load.queued} of {limits.queue_limit} waiting{kept})",
             "queue_full",
         )
-    start_s = estimated_start_s(load, capacity, waiting_index, service_s)
+    # The orders ahead take their own level's time (critical ones are never degraded).
+    start_s = _start_behind(load, capacity, priority, waiting_index)
     if limits.max_queue_wait_s is not None and start_s > limits.max_queue_wait_s:
         return _reject(
             start_s - limits.max_queue_wait_s,

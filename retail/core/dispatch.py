@@ -8,6 +8,12 @@ timeline (`now`), never read here. The planned ends are also kept in order, soon
 first, so that reading when the slots free needs neither a scan nor a sort: the
 policy reads it on every order that finds the slots busy.
 
+A slot given back with `finish(key, at=now)` remembers when it was free: at the
+order's planned end, or `now` if that is sooner (`freed_at`). The worker pool starts
+the next order's timetable there, so that the time spent writing one order's end
+and claiming the next does not keep the slot idle: the policy (and the simulator)
+hand a slot over at the instant it frees.
+
 `WaitingLine` is the start order of waiting orders: by priority, first come first
 served within a priority. The store keeps the same order for the orders it holds
 (claims go by priority, then `seq`); `MemoryStore` and the simulator, which has no
@@ -16,7 +22,8 @@ store, keep their waiting orders here.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+import heapq
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
@@ -44,6 +51,7 @@ class Dispatcher(Generic[Key]):
         # Read it freely; change it through `start` and `finish` (or clear it outright).
         self.running: dict[Key, Running] = {}
         self._ends: list[float] = []  # the `expected_end` of each running order, sorted
+        self._freed: list[float] = []  # when free slots were given back (a heap)
 
     @property
     def in_flight(self) -> int:
@@ -64,12 +72,26 @@ class Dispatcher(Generic[Key]):
         insort(self._ends, end)
         return running
 
-    def finish(self, key: Key) -> Running | None:
-        """`key` gives its slot back (None if it held none)."""
+    def finish(self, key: Key, *, at: float | None = None) -> Running | None:
+        """`key` gives its slot back (None if it held none); with `at` (now), the slot
+        counts as free since its planned end, or since `at` if that is sooner."""
         running = self.running.pop(key, None)
         if running is not None:
             self._drop(running.expected_end)
+            if at is not None:
+                end = running.expected_end
+                heapq.heappush(self._freed, end if end < at else at)
+                while len(self._freed) > self.free_slots:  # capacity was lowered
+                    heapq.heappop(self._freed)
         return running
+
+    def freed_at(self) -> float | None:
+        """When the slot free the longest was given back, taken for the order starting
+        now: None if a slot has been free since before any `finish(..., at=...)`."""
+        freed = self._freed
+        if not freed or len(freed) < self.free_slots:
+            return None
+        return heapq.heappop(freed)
 
     def _drop(self, end: float) -> None:
         ends = self._ends
@@ -83,6 +105,14 @@ class Dispatcher(Generic[Key]):
         if len(ends) != len(self.running):  # `running` was changed directly (e.g. cleared)
             ends[:] = sorted(r.expected_end for r in self.running.values())
         return ends
+
+    def busy(self, now: float) -> int:
+        """Orders whose plan has not ended by `now`. One past its planned end is only
+        recording its end: the policy counts its slot as free, as the simulator does
+        (the next order is claimed once it is given back, and its timetable starts at
+        the planned end: `freed_at`)."""
+        ends = self.ends()
+        return len(ends) - bisect_right(ends, now)
 
     def remaining_s(self, now: float) -> tuple[float, ...]:
         """Seconds until each in-flight order is expected to end (never negative), soonest

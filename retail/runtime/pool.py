@@ -213,14 +213,40 @@ class WorkerPool:
         plan = self._pipeline.plan(
             order_seq=claim.seq, line_count=claim.line_count, level=claim.service_level
         )
-        remaining = sum(step.delay_s for step in plan.steps[claim.step_index :])
-        self._dispatcher.start(claim.order_id, now=now.timestamp(), planned_s=remaining)
+        delays = plan.delays_s[claim.step_index :]
+        begin = self._handed_over(claim, now, delays[0] if delays else 0.0)
+        self._dispatcher.start(claim.order_id, now=begin.timestamp(), planned_s=sum(delays))
         self._metrics.set_in_flight(self._dispatcher.in_flight)
         task = asyncio.create_task(
-            self._fulfil(claim, plan, now), name=f"retail-order-{claim.order_id}"
+            self._fulfil(claim, plan, begin), name=f"retail-order-{claim.order_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _handed_over(self, claim: Claim, now: datetime, first_step_s: float) -> datetime:
+        """When the order's timetable starts: when its slot was handed over to it.
+
+        The capacity policy hands a slot over at the instant it frees: to the order it
+        admitted then, or to the next waiting order when the one holding it ends. Here
+        the order was claimed a few milliseconds later (its group commit, the previous
+        order's end written, the claim's transaction), so its timetable starts at the
+        later of its acceptance and the moment its slot was free, as the time spent
+        recording a step boundary comes out of the next step. At most its first step
+        is taken back; a resumed order starts now.
+        """
+        freed = self._dispatcher.freed_at()
+        if claim.resumed:
+            return now
+        begin = claim.created_at.timestamp()
+        if freed is not None and freed > begin:
+            begin = freed
+        now_s = now.timestamp()
+        earliest = now_s - first_step_s
+        if begin >= now_s:
+            return now
+        if begin < earliest:
+            begin = earliest
+        return now - timedelta(seconds=now_s - begin)
 
     async def _fulfil(self, claim: Claim, plan: Plan, started: datetime) -> None:
         try:
@@ -234,7 +260,7 @@ class WorkerPool:
                 "order %s: fulfilment failed; it resumes when the lease ends", claim.order_id
             )
         finally:
-            self._dispatcher.finish(claim.order_id)
+            self._dispatcher.finish(claim.order_id, at=self._clock.now().timestamp())
             self._metrics.set_in_flight(self._dispatcher.in_flight)
             self.notify()
 

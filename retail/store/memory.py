@@ -446,7 +446,7 @@ class MemoryStore:
 
 def _past_deadline(record: _Order, now: datetime) -> bool:
     deadline = record.view.start_deadline
-    return deadline is not None and deadline <= now
+    return deadline is not None and deadline < now  # one that starts at it is in time
 
 
 def _expired_detail(view: OrderView) -> dict[str, Any]:

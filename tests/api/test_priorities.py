@@ -245,3 +245,38 @@ async def test_a_queued_order_whose_time_runs_out_expires_without_a_worker(
     assert [
         o["customer_id"] for o in (await client.get("/orders?status=expired")).json()["items"]
     ] == ["bob"]
+
+
+async def test_in_degrade_mode_a_critical_deadline_counts_the_critical_orders_ahead_in_full(
+    start_app: StartApp,
+) -> None:
+    """Critical orders are never degraded, so the one waiting ahead takes its full 10 s:
+    a second critical order that must start within 15 s cannot (it would start at 20 s),
+    and is refused up front instead of expiring in the queue."""
+    running = await busy(start_app, overload_mode="degrade", queue_limit=10)
+    client = running.client
+    ahead = await order(client, "bob", priority="critical", start_within_s=15)
+    assert ahead.status_code == 202
+    assert ahead.json()["service_level"] == "full"
+    refused = await order(client, "carol", priority="critical", start_within_s=15)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["cause"] == "deadline"
+    assert "estimated start is in 20.0 s" in refused.json()["detail"]
+    # A standard order goes on the reduced path (4 s) behind it; a critical order that
+    # comes after it starts before it, at 20 s: just in time.
+    degraded = await order(client, "dave")
+    assert degraded.json()["service_level"] == "degraded"
+    kept = await order(client, "erin", priority="critical", start_within_s=20)
+    assert kept.status_code == 202, kept.text
+    # Bob 10-20 s, erin 20-30 s, dave 30-34 s: the next standard order starts at 34 s.
+    late = await order(client, "frank", start_within_s=33)
+    assert late.status_code == 503
+    assert "estimated start is in 34.0 s" in late.json()["detail"]
+    ids = [answer.json()["id"] for answer in (ahead, degraded, kept)]
+
+    async def all_ended() -> bool:
+        views = [(await client.get(f"/orders/{i}")).json()["status"] for i in ids]
+        return all(status in ("fulfilled", "failed", "expired") for status in views)
+
+    await drive(running, all_ended, step_s=0.5)
+    assert [(await client.get(f"/orders/{i}")).json()["status"] for i in ids] == ["fulfilled"] * 3

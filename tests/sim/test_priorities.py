@@ -97,6 +97,30 @@ def test_with_fixed_delays_an_accepted_order_never_expires() -> None:
     assert summary["wait_s"]["max"] <= 2.0 + 1e-9
 
 
+@pytest.mark.parametrize("rate", [32.0, 64.0])
+@pytest.mark.parametrize("within", [1.0, 5.0])
+def test_in_degrade_mode_with_fixed_delays_no_order_expires_that_nothing_overtook(
+    rate: float, within: float
+) -> None:
+    """Critical orders run in full in degrade mode, and the estimate plans each waiting order
+    at its own level: with fixed delays no critical order expires. Sheddable orders are taken
+    only when they start at once, so with critical and sheddable orders nothing expires.
+    A standard order can still be overtaken by a critical order accepted after it: that one
+    starts first, by design, and the standard order may then miss its deadline."""
+    plain = _figures(_config("degrade", mix=MIX, rate=rate, start_within_s=within))
+    rows = plain["by_priority"]
+    assert rows["critical"]["accepted"] > 0 and rows["critical"]["wait_s"]["count"] > 0
+    assert rows["critical"]["expired"] == 0 and rows["sheddable"]["expired"] == 0
+    assert rows["critical"]["wait_s"]["max"] <= within + 1e-9
+
+    no_standard = Mix.parse("critical=0.5,sheddable=0.5")
+    summary = _figures(_config("degrade", mix=no_standard, rate=rate, start_within_s=within))
+    assert summary["expired"] == 0
+    assert summary["refused"] > 0  # deadlines that could not be met were refused up front
+    assert summary["by_priority"]["critical"]["wait_s"]["max"] > 0.5 * within  # it did wait
+    assert summary["wait_s"]["max"] <= within + 1e-9
+
+
 def test_an_order_past_its_deadline_expires_and_takes_no_slot() -> None:
     summary = _figures(_config(delay="exponential:1", start_within_s=2))
     assert summary["expired"] > 0

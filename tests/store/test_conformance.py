@@ -484,22 +484,21 @@ async def test_an_order_past_its_start_deadline_is_never_claimed_and_expires_onc
     assert await stock(store, "MUG-1") == 4
     assert await store.expire_due(now=deadline - timedelta(seconds=1)) == []
 
-    # At its deadline it is passed over: the next one in start order is claimed.
-    taken = await claim(store, now=deadline)
+    # An order that starts at its deadline is in time (it starts within its time)...
+    assert await store.expire_due(now=deadline) == []
+    # ...but not a moment after: it is passed over, the next one in start order is claimed.
+    past = deadline + timedelta(milliseconds=1)
+    taken = await claim(store, now=past)
     assert taken.order_id == later.order.id
-    expired = await store.expire_due(now=deadline)
+    expired = await store.expire_due(now=past)
     assert [(e.event.order_id, e.event.kind, e.priority) for e in expired] == [
         (late.order.id, "expired", Priority.CRITICAL)
     ]
     event = expired[0].event
-    assert (event.status, event.at) == (OrderStatus.EXPIRED, deadline)
+    assert (event.status, event.at) == (OrderStatus.EXPIRED, past)
     assert event.detail == {"start_deadline": "2030-01-01T12:00:05Z", "stock_released": True}
     view = await store.get_order(late.order.id)
-    assert (view.status, view.started_at, view.finished_at) == (
-        OrderStatus.EXPIRED,
-        None,
-        deadline,
-    )
+    assert (view.status, view.started_at, view.finished_at) == (OrderStatus.EXPIRED, None, past)
     assert await stock(store, "MUG-1") == 6  # its 2 back, once
     assert await store.expire_due(now=NOW + 2 * HOUR) == []  # `later` started: not expired
     with pytest.raises(InvalidTransition):

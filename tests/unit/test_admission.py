@@ -40,6 +40,45 @@ def test_the_dispatcher_knows_when_each_slot_frees() -> None:
     assert slots.free_slots == 1
 
 
+def test_a_slot_counts_as_free_from_its_orders_planned_end() -> None:
+    """The order past its planned end is only recording its end: the policy takes the slot
+    as free (as the simulator does), and the next order's timetable starts at that end."""
+    slots: Dispatcher[str] = Dispatcher(2)
+    slots.start("a", now=0.0, planned_s=1.0)
+    slots.start("b", now=0.5, planned_s=1.0)
+    assert [slots.busy(0.99), slots.busy(1.0), slots.busy(1.6)] == [2, 1, 0]
+    assert slots.free_slots == 0  # until they give their slots back
+    slots.finish("a", at=1.004)  # its end written 4 ms after its plan ended
+    slots.finish("b", at=1.2)  # a step that took less than planned (payment declined)
+    assert slots.freed_at() == 1.0  # the slot free the longest goes to the next order
+    slots.start("c", now=1.3, planned_s=1.0)
+    assert slots.freed_at() == 1.2
+    slots.start("d", now=1.3, planned_s=1.0)
+    slots.finish("c")  # without `at`: no moment to hand over
+    assert slots.freed_at() is None
+
+
+def test_a_slot_free_before_any_end_was_recorded_is_handed_over_first() -> None:
+    slots: Dispatcher[str] = Dispatcher(2)
+    slots.start("a", now=0.0, planned_s=1.0)
+    slots.finish("a", at=1.0)
+    assert slots.free_slots == 2
+    assert slots.freed_at() is None  # the slot never taken has been free longer
+    slots.start("b", now=1.5, planned_s=1.0)
+    assert slots.freed_at() == 1.0
+
+
+def test_an_order_arriving_as_a_slots_plan_ends_is_admitted_at_once() -> None:
+    gate = admission(OverloadMode.REJECT, capacity_=1)
+    gate.dispatcher.start("a", now=0.0, planned_s=FULL_S)
+    with pytest.raises(CapacityExceeded):
+        gate.admit(FULL_S - 0.001)
+    # Its end is still being written (the slot is not given back), but the plan is over.
+    ticket = gate.admit(FULL_S)
+    assert isinstance(ticket.decision, capacity.Admit)
+    assert gate.load(FULL_S).in_flight == 0
+
+
 def test_a_lowered_capacity_frees_a_slot_only_once_enough_orders_end() -> None:
     slots: Dispatcher[str] = Dispatcher(3)
     for key, end in (("a", 1.0), ("b", 2.0), ("c", 3.0)):

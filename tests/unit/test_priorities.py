@@ -16,9 +16,11 @@ CRITICAL, STANDARD, SHEDDABLE = Priority.CRITICAL, Priority.STANDARD, Priority.S
 FULL_S = 2.0
 
 
-def load(in_flight: int, queued: int = 0, *, critical: int = 0, sheddable: int = 0) -> Load:
-    """`in_flight` orders, each `FULL_S` from done; `queued` waiting, of which some critical
-    and some sheddable."""
+def load(
+    in_flight: int, queued: int = 0, *, critical: int = 0, sheddable: int = 0, degraded: int = 0
+) -> Load:
+    """`in_flight` orders, each `FULL_S` from done; `queued` waiting, of which some critical,
+    some sheddable, and some standard ones on the reduced path (`degraded`)."""
     return Load(
         in_flight=in_flight,
         queued=queued,
@@ -27,6 +29,7 @@ def load(in_flight: int, queued: int = 0, *, critical: int = 0, sheddable: int =
         degraded_service_s=1.0,
         critical_queued=critical,
         sheddable_queued=sheddable,
+        degraded_queued=degraded,
     )
 
 
@@ -105,8 +108,10 @@ def test_critical_orders_are_never_degraded() -> None:
 @pytest.mark.parametrize("mode", [OverloadMode.QUEUE, OverloadMode.DEGRADE])
 def test_a_deadline_that_cannot_be_met_is_refused(mode: OverloadMode) -> None:
     rules = limits(mode, capacity_=1, queue_limit=10)
-    busy = load(1, 2)  # the slot frees in 2 s, then two orders of 2 s (full) or 1 s (degraded)
-    start_s = FULL_S + 2 * (1.0 if mode is OverloadMode.DEGRADE else FULL_S)
+    # The slot frees in 2 s, then two orders of 2 s (full) or 1 s (degraded) start first.
+    degrading = mode is OverloadMode.DEGRADE
+    busy = load(1, 2, degraded=2 if degrading else 0)
+    start_s = FULL_S + 2 * (1.0 if degrading else FULL_S)
     assert not isinstance(decide(rules, busy, start_within_s=start_s), Reject)
     refused = decide(rules, busy, start_within_s=start_s - 0.5)
     assert isinstance(refused, Reject) and refused.cause == "deadline"
@@ -114,6 +119,44 @@ def test_a_deadline_that_cannot_be_met_is_refused(mode: OverloadMode) -> None:
     assert f"cannot start within {start_s - 0.5:g} s" in refused.reason
     # An order that starts at once always meets its deadline.
     assert decide(rules, load(0), start_within_s=0.001) == Admit()
+
+
+def test_in_degrade_mode_the_start_is_estimated_with_each_waiting_orders_own_level() -> None:
+    """Critical orders run in full even in degrade mode: a new order waits their full time
+    (the estimate once planned every waiting order on the reduced path, so critical
+    orders with a deadline were accepted and then expired)."""
+    rules = limits(OverloadMode.DEGRADE, capacity_=1, queue_limit=10)
+    # The slot frees in 2 s; two critical orders wait (2 s each, in full).
+    busy = load(1, 2, critical=2)
+    assert decide(rules, busy, priority=CRITICAL) == Queue(3, 3 * FULL_S)
+    assert decide(rules, busy) == Degrade(3, 3 * FULL_S)
+    refused = decide(rules, busy, priority=CRITICAL, start_within_s=3 * FULL_S - 0.1)
+    assert isinstance(refused, Reject) and refused.cause == "deadline"
+    # One critical (full) then one standard on the reduced path (1 s): 2 + 2 + 1.
+    mixed = load(1, 2, critical=1, degraded=1)
+    assert decide(rules, mixed) == Degrade(3, 5.0)
+    assert decide(rules, mixed, priority=CRITICAL) == Queue(2, 4.0)
+
+
+def test_the_estimate_plays_out_the_start_order_when_levels_are_mixed() -> None:
+    """Two slots free at 0 and 0.9 s; one critical order (2 s) then one degraded (1 s) wait.
+    The critical one takes the slot at 0 (free again at 2), the degraded one the slot at
+    0.9 (free again at 1.9): a new order starts at 1.9. A mean service time of the two
+    (1.5 s) would say 0.9, and an order with a deadline of 1 s would expire."""
+    busy = Load(
+        in_flight=2,
+        queued=2,
+        remaining_s=(0.0, 0.9),
+        full_service_s=FULL_S,
+        degraded_service_s=1.0,
+        critical_queued=1,
+        degraded_queued=1,
+    )
+    rules = limits(OverloadMode.DEGRADE, capacity_=2, queue_limit=10)
+    assert decide(rules, busy) == Degrade(3, 1.9)
+    assert capacity.start_after_s(busy, 2, capacity.ahead_segments(busy, STANDARD)) == 1.9
+    refused = decide(rules, busy, start_within_s=1.0)
+    assert isinstance(refused, Reject) and refused.cause == "deadline"
 
 
 def test_the_waiting_line_starts_by_priority_then_first_come() -> None:

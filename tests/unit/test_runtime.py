@@ -93,6 +93,36 @@ async def test_the_pool_takes_an_order_through_every_step(stack: AsyncExitStack)
     assert services.admission.queued == 0
 
 
+async def test_the_next_order_keeps_to_a_timetable_from_its_slots_planned_end(
+    stack: AsyncExitStack,
+) -> None:
+    """A slot is handed over when its order's plan ends, as the policy plans it: the next
+    order is claimed once the end is written, but its steps keep to a timetable from that
+    moment, so the time spent recording the end and the claim does not idle the slot."""
+    clock, store = ManualClock(), MemoryStore()
+    services = await stack.enter_async_context(
+        running_services(settings(fulfilment_delay="fixed:6"), clock, store=store)
+    )
+    t0 = clock.seconds()
+    first = await place(services)
+    await until(lambda: services.pool.in_flight == 1 and clock.sleepers == 1)
+    second = uuid.UUID(await place(services))
+    assert services.admission.queued == 1
+    # The worker wakes 0.3 s after the first order's plan has ended (a late wake-up, a
+    # slow write): the first order's end and the second's claim both happen at 6.3 s.
+    clock.advance(6.3)
+    await until(lambda: services.pool.current_step(second) is not None)
+    running = services.admission.dispatcher.running[second]
+    assert running.started_at == pytest.approx(t0 + 6.0)  # the first one's planned end
+    assert running.expected_end == pytest.approx(t0 + 12.0)
+    assert (await store.get_order(uuid.UUID(first))).status is OrderStatus.FULFILLED
+    # Its first step (0.6 s) is shortened by the 0.3 s: done at 6.6 s, not 6.9 s.
+    clock.advance(0.3)
+    await until(lambda: services.pool.current_step(second) not in (None, "reserve"))
+    await run_until_idle(clock, services.pool)
+    assert await kinds(store, str(second)) == await kinds(store, first)
+
+
 async def test_a_crashed_workers_order_is_resumed_from_its_last_step(
     stack: AsyncExitStack,
 ) -> None:

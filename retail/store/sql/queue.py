@@ -87,11 +87,12 @@ def _claimable(now: datetime) -> list[tuple[ColumnElement[bool], tuple[Any, ...]
             and_(_orders.c.status == PROCESSING, _orders.c.lease_expires_at <= now),
             (_orders.c.seq,),
         ),
-        # Then the queued ones in start order; one whose deadline passed never starts.
+        # Then the queued ones in start order; one whose deadline passed never starts (one
+        # that starts exactly at it is in time, as the policy plans it).
         (
             and_(
                 _orders.c.status == OrderStatus.QUEUED.value,
-                or_(_orders.c.start_deadline.is_(None), _orders.c.start_deadline > now),
+                or_(_orders.c.start_deadline.is_(None), _orders.c.start_deadline >= now),
             ),
             (_orders.c.priority, _orders.c.seq),
         ),
@@ -321,14 +322,14 @@ async def release_leases(*, session: AsyncSession, owner: str, now: datetime) ->
 
 
 async def expire_due(*, session: AsyncSession, now: datetime) -> list[tuple[OrderEvent, Priority]]:
-    """End the queued orders whose start deadline is `now` or earlier: `expired`, stock back.
+    """End the queued orders whose start deadline is before `now`: `expired`, stock back.
 
     Conditional on `queued`, so a cancel or claim in between wins and nothing ends twice.
     """
     rows = (
         await session.execute(
             update(Order)
-            .where(Order.status == OrderStatus.QUEUED.value, Order.start_deadline <= now)
+            .where(Order.status == OrderStatus.QUEUED.value, Order.start_deadline < now)
             .values(status=OrderStatus.EXPIRED.value, finished_at=now, updated_at=now)
             .returning(Order.id, Order.priority, Order.start_deadline)
         )
@@ -349,10 +350,10 @@ async def expire_due(*, session: AsyncSession, now: datetime) -> list[tuple[Orde
 
 
 async def any_due(*, session: AsyncSession, now: datetime) -> bool:
-    """Whether a queued order's start deadline is `now` or earlier."""
+    """Whether a queued order's start deadline is before `now`."""
     found = await session.scalar(
         select(Order.seq)
-        .where(Order.status == OrderStatus.QUEUED.value, Order.start_deadline <= now)
+        .where(Order.status == OrderStatus.QUEUED.value, Order.start_deadline < now)
         .limit(1)
     )
     return found is not None
