@@ -93,6 +93,7 @@ class FairShare:
     ) -> None:
         self.limits = limits or FairLimits()
         self.held: dict[str, int] = {}  # places per customer: stored and unsettled orders
+        self._total_held = 0  # the sum of `held`
         self.unsettled: Counter[str] = Counter()  # places taken, order not yet stored
         self.changes = 0  # bumped on every change, so a stale rebuild is dropped
         self._on_outcome = on_outcome
@@ -121,14 +122,26 @@ class FairShare:
 
     def check(self, customer: str, now: float, places: int) -> OverShare | None:
         """Note that `customer` asks now; an `OverShare` if one more place is over its share."""
-        self._seen[customer] = now
-        self._seen.move_to_end(customer)
-        held = self.held.get(customer, 0)
-        others = self.competitors(customer, now)
-        if not others:
+        seen = self._seen
+        seen[customer] = now
+        seen.move_to_end(customer)
+        self._forget_old(now)
+        held_by = self.held
+        held = held_by.get(customer, 0)
+        other_holders = len(held_by) - (customer in held_by)
+        others_seen = len(seen) - (customer in seen)
+        if not other_holders and not others_seen:
             self._observe("alone")
             return None
-        if held == 0 or within_share(held, others.values(), places):
+        # What the others want in all: their places, plus one each for those that asked.
+        others_want = self._total_held - held + others_seen
+        if held == 0 or held + 1 + others_want <= places:
+            # Nothing to share out: every competitor can have what it wants and this one
+            # a place more (`within_share` is true), found without looking at each.
+            self._observe("within_share")
+            return None
+        others = self.competitors(customer, now)
+        if within_share(held, others.values(), places):
             self._observe("within_share")
             return None
         self._observe("over_share")
@@ -148,6 +161,7 @@ class FairShare:
     def took(self, customer: str) -> None:
         """`customer` takes a place for a new order (not stored yet)."""
         self.held[customer] = self.held.get(customer, 0) + 1
+        self._total_held += 1
         self.unsettled[customer] += 1
         self.changes += 1
 
@@ -167,8 +181,9 @@ class FairShare:
         held = self.held.get(customer, 0) - 1
         if held > 0:
             self.held[customer] = held
-        else:
-            self.held.pop(customer, None)
+            self._total_held -= 1
+        elif self.held.pop(customer, None) is not None:
+            self._total_held -= 1
         self.changes += 1
 
     def rebuild(self, stored: Mapping[str, int], *, read_at_change: int | None = None) -> None:
@@ -183,6 +198,7 @@ class FairShare:
         counts = Counter({c: n for c, n in stored.items() if n > 0})
         counts.update(self.unsettled)
         self.held = dict(counts)
+        self._total_held = sum(self.held.values())
         self.changes += 1
 
     def competing(self, now: float) -> int:

@@ -142,13 +142,12 @@ def test_an_early_refusal_takes_nothing_and_is_counted_once() -> None:
 def test_in_reject_mode_orders_not_yet_claimed_hold_their_slots_whatever_comes() -> None:
     # Two slots, both given to standard orders that no worker has claimed yet: a critical
     # order starts before them in the line, but in reject mode nobody may wait, so it is
-    # refused, before its body is read as well as after.
+    # refused. (Before its body is read it passes: its customer is noted for fair shares.)
     gate = admission(OverloadMode.REJECT, capacity_=2)
     for _ in range(2):
         gate.admit(now=0.0, priority=Priority.STANDARD).keep()
     assert gate.queued == 2
-    with pytest.raises(CapacityExceeded):
-        gate.refuse_early(now=0.0)
+    gate.refuse_early(now=0.0)
     with pytest.raises(CapacityExceeded) as refused:
         gate.admit(now=0.0, priority=Priority.CRITICAL)
     assert refused.value.retry_after_s >= 1
@@ -156,6 +155,9 @@ def test_in_reject_mode_orders_not_yet_claimed_hold_their_slots_whatever_comes()
     gate.dispatcher.start("a", now=0.0, planned_s=FULL_S)
     with pytest.raises(CapacityExceeded):
         gate.admit(now=0.0, priority=Priority.CRITICAL)
+    gate.dispatcher.start("b", now=0.0, planned_s=FULL_S)
+    with pytest.raises(CapacityExceeded):  # both slots in fulfilment: refused unread
+        gate.refuse_early(now=0.0)
     # In queue mode the same critical order is taken: it waits, ahead of the standard ones.
     queueing = admission(OverloadMode.QUEUE, capacity_=2)
     for _ in range(2):

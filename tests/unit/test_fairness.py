@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from retail.core import capacity
@@ -160,3 +162,27 @@ def test_without_a_customer_or_fairness_admission_is_unchanged() -> None:
         gate.admit(0.0, "b")
     assert full.value.status == 503
     gate.order_ended("a")  # no shares kept: nothing to do
+
+
+def test_the_quick_answer_is_the_water_filled_one() -> None:
+    # Random customers take, settle, give back and ask, with few and with many places:
+    # every check's outcome is the one water-filling every competitor's wants gives.
+    rng = random.Random(7)
+    for places in (3, 8, 40):
+        fair = FairShare(FairLimits(window_s=5.0, max_customers=6))
+        now = 0.0
+        for _ in range(3000):
+            now += rng.random()
+            customer = f"c{rng.randrange(9)}"
+            if rng.random() < 0.3 and fair.held.get(customer):
+                fair.gave_back(customer)
+                continue
+            held = fair.held.get(customer, 0)
+            over = fair.check(customer, now, places)
+            others = fair.competitors(customer, now)  # as the check saw them
+            fits = not others or held == 0 or within_share(held, others.values(), places)
+            assert (over is None) == fits
+            if over is None:
+                fair.took(customer)
+                fair.settled(customer, kept=True)
+            assert sum(fair.held.values()) == fair._total_held
