@@ -59,11 +59,12 @@ function request()
   if fixed then
     return fixed[turn]
   end
+  local body = bodies[turn]
   local headers = {
     ["Content-Type"] = "application/json",
     ["Idempotency-Key"] = string.format("wrk-%s-%d-%d", run, number, counter),
   }
-  return wrk.format("POST", "/orders", headers, bodies[turn])
+  return wrk.format("POST", "/orders", headers, body)
 end
 
 function response(status, headers, body)
