@@ -4,6 +4,8 @@
 --
 -- Every request is a new order with its own Idempotency-Key. Override the SKU and the
 -- quantity with environment variables: WRK_SKU=TEE-M WRK_QUANTITY=2 wrk ...
+-- WRK_SKU=MUG-1,TEE-M,... takes the SKUs in turn, one per request, as a shop's orders
+-- spread over its catalogue.
 --
 -- wrk is closed-loop: each connection sends its next request only after the previous
 -- answer, so when the service slows down wrk slows down with it and its latencies
@@ -15,7 +17,10 @@
 -- dir/ids-N.txt; WRK_REPORT=json ends with one line `BENCH-JSON {...}` (counts and
 -- latency percentiles) instead of the table.
 
-local sku = os.getenv("WRK_SKU") or "MUG-1"
+local skus = {}
+for sku in string.gmatch(os.getenv("WRK_SKU") or "MUG-1", "[^,]+") do
+  table.insert(skus, sku)
+end
 local quantity = tonumber(os.getenv("WRK_QUANTITY") or "1")
 local keys = os.getenv("WRK_KEYS") ~= "0"
 local ids_dir = os.getenv("WRK_IDS_DIR")
@@ -31,22 +36,30 @@ function init(args)
   counter = 0
   statuses = {}
   run = tostring(os.time())
-  body = string.format(
-    '{"customer_id":"wrk-%d","items":[{"sku":"%s","quantity":%d}]}', number, sku, quantity
-  )
+  bodies = {}
+  for i, sku in ipairs(skus) do
+    bodies[i] = string.format(
+      '{"customer_id":"wrk-%d","items":[{"sku":"%s","quantity":%d}]}', number, sku, quantity
+    )
+  end
   if ids_dir then
     ids = io.open(string.format("%s/ids-%d.txt", ids_dir, number), "w")
   end
   if not keys then
-    fixed = wrk.format("POST", "/orders", {["Content-Type"] = "application/json"}, body)
+    fixed = {}
+    for i, body in ipairs(bodies) do
+      fixed[i] = wrk.format("POST", "/orders", {["Content-Type"] = "application/json"}, body)
+    end
   end
 end
 
 function request()
-  if fixed then
-    return fixed
-  end
   counter = counter + 1
+  local turn = counter % #skus + 1
+  if fixed then
+    return fixed[turn]
+  end
+  local body = bodies[turn]
   local headers = {
     ["Content-Type"] = "application/json",
     ["Idempotency-Key"] = string.format("wrk-%s-%d-%d", run, number, counter),

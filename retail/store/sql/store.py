@@ -20,7 +20,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, and_, func, or_, select, text
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from retail.core.errors import IdempotencyKeyInUse, InvalidOrder, RetailError
 from retail.core.events import OrderEvent
@@ -41,7 +42,7 @@ from retail.store.base import (
     Transition,
     Transitioned,
 )
-from retail.store.sql import idempotency, orders, products, queue
+from retail.store.sql import idempotency, orders, pgbatch, products, queue
 from retail.store.sql import models as m
 from retail.store.sql.engine import Database
 from retail.store.sql.migrations import schema_status, upgrade_to_head
@@ -52,6 +53,9 @@ from retail.store.sql.outage import database_outage
 class SqlStore:
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.db = Database(url, pool_size=pool_size)
+        # PostgreSQL: the batch writer's own connection, in autocommit (see `pgbatch`).
+        self._batch_connection: AsyncConnection | None = None
+        self._batch_lock = asyncio.Lock()
 
     # --- life -------------------------------------------------------------------------
     async def prepare(self, *, migrate: bool, seed_catalogue: bool, now: datetime) -> int:
@@ -65,6 +69,7 @@ class SqlStore:
         return added
 
     async def close(self) -> None:
+        await self._drop_batch_connection()
         await self.db.dispose()
 
     async def problems(self) -> list[str]:
@@ -103,6 +108,11 @@ class SqlStore:
     async def _write(
         self, batch: Sequence[Placing], now: datetime, keys_expire_at: datetime
     ) -> list[Outcome]:
+        if not self.db.is_sqlite:
+            placed = await self._place_in_one_statement(batch, now, keys_expire_at)
+            if placed is not None:
+                return placed
+
         def write(connection: Connection) -> list[Outcome]:
             keys = [p.keyed.key for p in batch if p.keyed is not None]
             stored = idempotency.find_live(connection=connection, keys=keys, now=now)
@@ -131,6 +141,33 @@ class SqlStore:
             return outcomes
 
         return await self.db.run_write(write)
+
+    async def _place_in_one_statement(
+        self, batch: Sequence[Placing], now: datetime, keys_expire_at: datetime
+    ) -> list[Outcome] | None:
+        """PostgreSQL: the batch in one statement (`pgbatch`); None when it must go the
+        general way, which then also decides what any error of this one meant."""
+        async with self._batch_lock:
+            try:
+                connection = self._batch_connection
+                if connection is None:
+                    connection = await self.db.writer.connect()
+                    self._batch_connection = connection
+                    await connection.execution_options(isolation_level="AUTOCOMMIT")
+                return await connection.run_sync(
+                    pgbatch.place, batch, now=now, keys_expire_at=keys_expire_at
+                )
+            except SQLAlchemyError:
+                await self._drop_batch_connection()
+                return None
+
+    async def _drop_batch_connection(self) -> None:
+        connection, self._batch_connection = self._batch_connection, None
+        if connection is not None:
+            try:
+                await connection.close()
+            except Exception:
+                await connection.invalidate()
 
     async def find_response(self, key: str, *, now: datetime) -> StoredResponse | None:
         async with self.db.read() as session:
