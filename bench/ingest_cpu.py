@@ -142,7 +142,11 @@ def main() -> None:
         settings |= {"RETAIL_WORKERS_ENABLED": "false", "RETAIL_LOG_LEVEL": "warning"}
     os.environ.update(settings)
     from retail.config import LogFormat, Settings
-    from retail.runtime.logs import configure_logging
+
+    try:
+        from retail.runtime.logs import configure_logging
+    except ImportError:  # the tree before the layered redesign (d90c89b)
+        from retail.logs import configure_logging  # type: ignore[no-redef]
 
     # As `retail.main` (the app `bench ingest` serves) does; to a file, as stderr would be.
     sys.stderr = open(f"{workdir}/server.log", "w")  # noqa: SIM115 - for the whole run
