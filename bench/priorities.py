@@ -398,22 +398,7 @@ def simulated(
 def simulated_accepted(mode: str, multiple: float, config: PriorityConfig) -> set[float]:
     """The due times (rounded to the microsecond) of the orders the simulator accepts in
     the overload phase: every order is due at its own instant, so they name the orders."""
-    run = simulate(
-        SimConfig(
-            limits=Limits(
-                mode=OverloadMode(mode),
-                capacity=config.capacity,
-                queue_limit=QUEUE_LIMIT,
-                critical_reserve=RESERVE[mode],
-                target_wait_s=config.target_wait_s,
-            ),
-            pipeline=Pipeline.build(fulfilment_delay=f"fixed:{config.delay_s:g}"),
-            schedule=Schedule.constant(multiple * config.limit_rate, config.duration_s),
-            arrivals=Arrivals.POISSON,
-            seed=config.seed,
-            mix=Mix.parse(config.mix),
-        )
-    )
+    run = _sim_run(mode, config, Schedule.constant(multiple * config.limit_rate, config.duration_s))
     return {round(at, 6) for at in run.accepted_at}
 
 

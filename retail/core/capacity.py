@@ -144,21 +144,28 @@ def estimated_start_s(load: Load, capacity: int, waiting_index: int, service_s: 
     free = slot_free_times(load, capacity)  # sorted, so already a heap
     if service_s <= 0:
         return free[0]
-    # Hand out slots one by one until they all free within one service time of each
-    # other; from then on they come round in the same order every `service_s`.
+    free, index = _even_out(free, waiting_index, service_s)
+    rounds, slot = divmod(index, capacity)
+    return free[slot] + rounds * service_s
+
+
+def _even_out(free: list[float], count: int, service_s: float) -> tuple[list[float], int]:
+    """Hand out slots (sorted free times) one by one, to `count` orders of `service_s` at
+    most, until they all free within one service time of each other; from then on they
+    come round in the same order every `service_s`. The free times then (sorted) and the
+    orders left to hand out."""
     latest = free[-1]
-    if latest - free[0] <= service_s:  # already so (the usual case): `free` is still sorted
-        rounds, slot = divmod(waiting_index, capacity)
-        return free[slot] + rounds * service_s
-    index = waiting_index
-    while index > 0 and latest - free[0] > service_s:
+    if latest - free[0] <= service_s:  # already so (the usual case): nothing to do
+        return free, count
+    free = list(free)  # sorted, so already a heap
+    while count > 0 and latest - free[0] > service_s:
         freed_again = free[0] + service_s
         heapq.heapreplace(free, freed_again)
         if freed_again > latest:
             latest = freed_again
-        index -= 1
-    rounds, slot = divmod(index, capacity)
-    return sorted(free)[slot] + rounds * service_s
+        count -= 1
+    free.sort()
+    return free, count
 
 
 def ahead_segments(load: Load, priority: Priority) -> list[tuple[int, float]]:
@@ -203,18 +210,7 @@ def _hand_out(free: list[float], count: int, service_s: float) -> list[float]:
     the slot that frees first, in turn."""
     if service_s <= 0:
         return free  # each order gives its slot straight back
-    latest = free[-1]
-    if latest - free[0] > service_s:
-        # Hand out slots one by one until they all free within one service time of each
-        # other; from then on they come round in the same order every `service_s`.
-        free = list(free)  # sorted, so already a heap
-        while count > 0 and latest - free[0] > service_s:
-            freed_again = free[0] + service_s
-            heapq.heapreplace(free, freed_again)
-            if freed_again > latest:
-                latest = freed_again
-            count -= 1
-        free.sort()
+    free, count = _even_out(free, count, service_s)
     rounds, taken = divmod(count, len(free))
     if not count:
         return free

@@ -18,6 +18,7 @@ once, here, and chooses the door:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from typing import Any
@@ -37,7 +38,7 @@ from retail.web.outage import outage_response
 from retail.web.problems import responses, retail_problem
 from retail.web.schemas import OrderCreate, OrderRead
 from retail.web.security import DEFAULT_HEADERS, add_security_headers
-from retail.web.telemetry import REQUEST_ID_RAW, Telemetry
+from retail.web.telemetry import REQUEST_ID_RAW, TaggedSend, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -239,20 +240,8 @@ class OrderIntake:
         scope["route"] = ROUTE  # as routing would have set it: telemetry labels by it
         telemetry = self.telemetry
         begun = telemetry.begin(scope)
-        status = 500  # unless a response starts: the server answers an exception with 500
-        response_headers: list[tuple[bytes, bytes]] = []
-
-        async def finished_send(message: Message) -> None:
-            # For the problems: the request id and the security headers, as behind.
-            nonlocal status, response_headers
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                response_headers = [*message.get("headers", ()), (REQUEST_ID_RAW, rid)]
-                add_security_headers(response_headers, PATH)
-                message["headers"] = response_headers
-            await send(message)
-
-        rid = begun[0].encode("latin-1")
+        # For the problems: the request id and the security headers, as behind.
+        finished_send = TaggedSend(send, begun[0], _SECURED)
         recorded = True
         try:
             try:
@@ -273,12 +262,12 @@ class OrderIntake:
                 request_id.reset(begun[1])  # the middlewares behind record it
                 await self.app(scope, _replay(answer, receive), send)
                 return
-            status = answer.status
-            response_headers = [
+            finished_send.status = status = answer.status
+            finished_send.headers = response_headers = [
                 (b"content-type", JSON_RAW),
                 (b"content-length", b"%d" % len(answer.body)),
                 *((_raw_name(name), value.encode()) for name, value in answer.headers.items()),
-                (REQUEST_ID_RAW, rid),
+                (REQUEST_ID_RAW, begun[0].encode("latin-1")),
                 *DEFAULT_HEADERS,
             ]
             await send(
@@ -287,7 +276,7 @@ class OrderIntake:
             await send({"type": "http.response.body", "body": answer.body})
         finally:
             if recorded:
-                telemetry.end(scope, begun, status, response_headers)
+                telemetry.end(scope, begun, finished_send.status, finished_send.headers)
 
     async def _answer(
         self, scope: Scope, receive: Receive, services: Services
@@ -314,6 +303,7 @@ class OrderIntake:
 
 
 JSON_RAW = JSON.encode()
+_SECURED = functools.partial(add_security_headers, path=PATH)
 _RAW_NAMES: dict[str, bytes] = {}
 
 

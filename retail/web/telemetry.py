@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from contextvars import Token
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -132,19 +133,36 @@ class RequestTelemetry(HttpMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         begun = self.telemetry.begin(scope)
-        rid = begun[0].encode("latin-1")
-        status = 500  # unless a response starts: the server answers an exception with 500
-        headers: list[tuple[bytes, bytes]] = []
-
-        async def tagged_send(message: Message) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = [*message.get("headers", ()), (REQUEST_ID_RAW, rid)]
-                message["headers"] = headers
-            await send(message)
-
+        tagged = TaggedSend(send, begun[0])
         try:
-            await self.app(scope, receive, tagged_send)
+            await self.app(scope, receive, tagged)
         finally:
-            self.telemetry.end(scope, begun, status, headers)
+            self.telemetry.end(scope, begun, tagged.status, tagged.headers)
+
+
+class TaggedSend:
+    """`send` for a recorded request: the response's headers gain the request id (and
+    what `extra` adds to them); its status and headers are kept for `Telemetry.end`."""
+
+    __slots__ = ("_extra", "_rid", "_send", "headers", "status")
+
+    def __init__(
+        self,
+        send: Send,
+        rid: str,
+        extra: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
+    ) -> None:
+        self._send = send
+        self._rid = rid.encode("latin-1")
+        self._extra = extra
+        self.status = 500  # unless a response starts: the server answers an exception with 500
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = self.headers = [*message.get("headers", ()), (REQUEST_ID_RAW, self._rid)]
+            if self._extra is not None:
+                self._extra(headers)
+            message["headers"] = headers
+        await self._send(message)

@@ -30,21 +30,27 @@ async def level(client: httpx.AsyncClient) -> str:
     return value
 
 
-async def test_auto_moves_between_levels_and_back_as_the_load_rises_and_falls(
-    start_app: StartApp, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="retail.capacity")
+async def auto_service(start_app: StartApp) -> tuple[ManualClock, Running, httpx.Response]:
+    """Two slots of DELAY_S in virtual time, switched to auto mode (target TARGET_S)."""
     clock = ManualClock()
     running = await start_app(
         clock=clock, capacity=2, fulfilment_delay=str(DELAY_S), fair_share=False
     )
-    client = running.client
-    switched = await client.put(
+    switched = await running.client.put(
         "/admin/capacity",
         json={"mode": "auto", "target_wait_s": TARGET_S},
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     )
     assert switched.status_code == 200, switched.text
+    return clock, running, switched
+
+
+async def test_auto_moves_between_levels_and_back_as_the_load_rises_and_falls(
+    start_app: StartApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="retail.capacity")
+    clock, running, switched = await auto_service(start_app)
+    client = running.client
     assert (switched.json()["mode"], switched.json()["level"]) == ("auto", "queue")
 
     # The load rises: two orders a second, where two slots fulfil 0.2 (in full) or 0.5
@@ -181,17 +187,8 @@ async def test_retry_after_is_spread_across_a_burst(
 async def test_once_the_queue_drains_the_next_order_a_slot_can_take_is_served_as_usual(
     start_app: StartApp,
 ) -> None:
-    clock = ManualClock()
-    running = await start_app(
-        clock=clock, capacity=2, fulfilment_delay=str(DELAY_S), fair_share=False
-    )
+    clock, running, _ = await auto_service(start_app)
     client = running.client
-    switched = await client.put(
-        "/admin/capacity",
-        json={"mode": "auto", "target_wait_s": TARGET_S},
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    )
-    assert switched.status_code == 200, switched.text
     # Overload: two orders a second on two slots of 10 s, until auto refuses.
     for n in range(200):
         for _ in range(2):

@@ -291,8 +291,14 @@ def test_queue_mode_one_limit_and_one_order_for_the_fleet(pg_url: str, tmp_path:
                 assert seen["queue_position"] == answer["queue_position"]
                 estimate = at(seen["estimated_start_at"]).timestamp()
                 assert abs(estimate - at(answer["estimated_start_at"]).timestamp()) < 1.0
-        # The queue is full for the fleet: both processes refuse the next one.
+        # The queue is full for the fleet: both processes refuse the next one, asked (as
+        # every request here) once their views have caught up with the last order.
         for api in (0, 1):
+            wait_until(
+                lambda api=api: fleet.capacity(api)["queued"] == 3,
+                STALENESS_S,
+                f"API process {api} counts 3 queued",
+            )
             refused = fleet.place(api, "late")
             assert refused.status_code == 503, refused.text
             assert refused.json()["queued"] == 3
