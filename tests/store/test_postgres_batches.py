@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -61,6 +62,17 @@ def stale_read(monkeypatch: pytest.MonkeyPatch, **seen: Stock) -> None:
     monkeypatch.setattr(pgbatch, "allocate", allocate)
 
 
+@asynccontextmanager
+async def stale_mugs(
+    url: str, monkeypatch: pytest.MonkeyPatch, *, stock: int, price: int
+) -> AsyncIterator[SqlStore]:
+    """A store whose MUG-1 has `stock` at `price`, while the batch's read sees 10 at 250."""
+    async with _sql(url) as store:
+        await product(store, "MUG-1", stock=stock, price=price)
+        stale_read(monkeypatch, **{"MUG-1": Stock(10, 250, "EUR")})
+        yield store
+
+
 async def test_a_batch_is_one_statement_and_reads_back_whole(
     url: str, one_statement: list[bool]
 ) -> None:
@@ -84,9 +96,7 @@ async def test_a_batch_is_one_statement_and_reads_back_whole(
 async def test_stock_taken_since_the_read_sends_the_batch_the_general_way(
     url: str, one_statement: list[bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with _sql(url) as store:
-        await product(store, "MUG-1", stock=3, price=250)
-        stale_read(monkeypatch, **{"MUG-1": Stock(10, 250, "EUR")})
+    async with stale_mugs(url, monkeypatch, stock=3, price=250) as store:
         outcomes = await place(store, order(("MUG-1", 2)), order(("MUG-1", 2)))
         assert one_statement == [False]  # the statement found 3 < 4 and undid itself
         assert isinstance(outcomes[0], Placed)
@@ -97,9 +107,7 @@ async def test_stock_taken_since_the_read_sends_the_batch_the_general_way(
 async def test_a_price_changed_since_the_read_is_charged_at_the_new_price(
     url: str, one_statement: list[bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with _sql(url) as store:
-        await product(store, "MUG-1", stock=10, price=300)
-        stale_read(monkeypatch, **{"MUG-1": Stock(10, 250, "EUR")})
+    async with stale_mugs(url, monkeypatch, stock=10, price=300) as store:
         (outcome,) = await place(store, Placing(order(("MUG-1", 2)), keyed("key-1")))
         assert one_statement == [False]
         assert isinstance(outcome, Placed)
