@@ -269,7 +269,8 @@ class MemoryStore:
         record.lease_owner = owner
         record.lease_token += 1
         record.lease_expires_at = now + timedelta(seconds=lease_s)
-        started_at = view.started_at or now
+        at = max(now, view.created_at)  # never before the order was created
+        started_at = view.started_at or at
         record.view = replace(
             view, status=OrderStatus.PROCESSING, started_at=started_at, updated_at=now
         )
@@ -278,7 +279,7 @@ class MemoryStore:
             record,
             "resumed" if resumed else "started",
             OrderStatus.PROCESSING,
-            now,
+            at,
             detail={"worker": owner, "attempt": record.lease_token, "from_step": view.step_index},
         )
         return Claim(

@@ -429,6 +429,23 @@ async def test_claims_are_fifo_and_an_expired_lease_comes_first(store: Store) ->
     assert (view.status, view.started_at, view.step_index) == (PROCESSING, NOW, 1)
 
 
+async def test_an_order_claimed_on_a_clock_read_before_it_was_stored_starts_when_it_was_created(
+    store: Store,
+) -> None:
+    # A worker reads the time, then claims: an order committed in between is claimed with
+    # a `now` before its creation. It does not start before it existed.
+    await product(store, "MUG-1", stock=10)
+    (first,) = await placed(store, order(("MUG-1", 1)))
+    got = await claim(store, now=NOW - timedelta(milliseconds=50))
+    assert got.order_id == first.order.id
+    assert (got.started_at, got.event.at) == (NOW, NOW)
+    assert (await store.get_order(first.order.id)).started_at == NOW
+    assert [(e.kind, e.at) for e in await store.list_events(first.order.id)] == [
+        ("created", NOW),
+        ("started", NOW),
+    ]
+
+
 async def test_claims_go_by_priority_then_first_come_first_served(store: Store) -> None:
     await product(store, "MUG-1", stock=10)
     sheddable, standard, critical, critical_2, standard_2 = await placed(

@@ -20,7 +20,9 @@ from sqlalchemy import (
     Integer,
     and_,
     bindparam,
+    case,
     func,
+    literal,
     or_,
     select,
     update,
@@ -118,6 +120,7 @@ def claim_many(
             break
     if not seqs:
         return []
+    at_now = literal(now, _orders.c.created_at.type)
     returned = connection.execute(
         update(_orders)
         .where(_orders.c.seq.in_(seqs), or_(*(condition for condition, _ in candidates)))
@@ -126,7 +129,15 @@ def claim_many(
             lease_owner=owner,
             lease_token=_orders.c.lease_token + 1,
             lease_expires_at=now + timedelta(seconds=lease_s),
-            started_at=func.coalesce(_orders.c.started_at, now),
+            # Never before the order was created: `now` was read before this transaction,
+            # which may claim an order committed since.
+            started_at=func.coalesce(
+                _orders.c.started_at,
+                case(
+                    (_orders.c.created_at > at_now, _orders.c.created_at),
+                    else_=at_now,
+                ),
+            ),
             updated_at=now,
         )
         .returning(
@@ -151,7 +162,7 @@ def claim_many(
     ids = _EVENTS.returning(
         connection,
         [
-            (row.id, kind, PROCESSING, None, now, detail)
+            (row.id, kind, PROCESSING, None, max(now, row.created_at), detail)
             for row, kind, detail in zip(rows, kinds, details, strict=True)
         ],
         key="order_id",
@@ -166,7 +177,15 @@ def claim_many(
             line_count=row.line_count,
             service_level=ServiceLevel(row.service_level),
             resumed=row.lease_token > 1,
-            event=Event(event_id, row.id, kind, OrderStatus.PROCESSING, None, now, detail),
+            event=Event(
+                event_id,
+                row.id,
+                kind,
+                OrderStatus.PROCESSING,
+                None,
+                max(now, row.created_at),
+                detail,
+            ),
             created_at=row.created_at,
             started_at=row.started_at,
             priority=Priority.of_rank(row.priority),
