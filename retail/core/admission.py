@@ -260,17 +260,14 @@ class Admission:
         `Load` is built only when no slot is free (or auto mode is above its first level)."""
         level = self.level
         if level is AutoLevel.QUEUE:
-            ahead = self._ahead(priority)
             dispatcher = self.dispatcher
-            waiting = sum(self._waiting)
-            limits = self.limits
             at_once = capacity.admit_at_once(
-                limits, len(dispatcher.running), ahead, priority, waiting=waiting
+                self.limits,
+                dispatcher.busy(now) if dispatcher.running else 0,  # a plan ended frees its slot
+                self._ahead(priority),
+                priority,
+                waiting=sum(self._waiting),
             )
-            if at_once is None and dispatcher.running:  # unless a plan has ended already
-                at_once = capacity.admit_at_once(
-                    limits, dispatcher.busy(now), ahead, priority, waiting=waiting
-                )
             if at_once is not None:
                 return at_once, None, level
         load = self.load(now)
