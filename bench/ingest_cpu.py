@@ -1,13 +1,15 @@
 """Ingest CPU per order, in-process: `POST /orders` driven through the ASGI app directly.
 
-    uv run python -m bench.ingest_cpu [--orders 12000] [--clients 64] [--defaults] [--profile F]
+    uv run python -m bench.ingest_cpu [--orders 12000] [--clients 64] [--defaults] [--keys]
+                                      [--profile F]
 
 No server, no sockets: `clients` tasks each send their share of orders through the app
 (SQLite file in a temporary directory, workers off, queue mode with a queue limit nothing
 reaches, logs at warning, two customers as `bench ingest`'s wrk threads are). With
 `--defaults`, as `bench ingest`'s "defaults" row runs it: workers on (capacity 8, 1 s
 per order, so the queue deepens all through the run) and logs at info, written to
-a file (as a server's stderr would be). Prints the
+a file (as a server's stderr would be). With `--keys`, every request carries its own
+`Idempotency-Key`, as `bench ingest`'s keyed row sends them. Prints the
 process's CPU microseconds per order (every thread: the event loop and the SQLite
 writer) and the event loop thread's alone. For finding where the write path spends its
 CPU (`--profile F` writes cProfile's figures of the event loop thread for the measured part
@@ -66,7 +68,7 @@ async def _request(app: Any, method: str, path: str, body: bytes, headers: list[
     return int(sent[0]["status"])
 
 
-async def _run(orders: int, clients: int, profile: str | None) -> None:
+async def _run(orders: int, clients: int, keys: bool, profile: str | None) -> None:
     try:
         from retail.web.app import create_app
     except ImportError:  # the tree before the layered redesign (d90c89b)
@@ -83,9 +85,16 @@ async def _run(orders: int, clients: int, profile: str | None) -> None:
         (b"content-length", str(len(bodies[0])).encode()),
     ]
 
+    sent = 0
+
     async def client(count: int, number: int) -> None:
+        nonlocal sent
         for _ in range(count):
-            status = await _request(app, "POST", "/orders", bodies[number % 2], headers)
+            keyed = headers
+            if keys:
+                sent += 1
+                keyed = [*headers, (b"idempotency-key", b"bench-%d-%d" % (number, sent))]
+            status = await _request(app, "POST", "/orders", bodies[number % 2], keyed)
             assert status == 202, status
 
     async with app.router.lifespan_context(app):
@@ -122,6 +131,9 @@ def main() -> None:
     parser.add_argument(
         "--defaults", action="store_true", help="workers on (capacity 8, 1 s orders), logs at info"
     )
+    parser.add_argument(
+        "--keys", action="store_true", help="an Idempotency-Key of its own on every request"
+    )
     parser.add_argument("--profile", metavar="FILE", help="write cProfile figures here")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="retail-ingest-cpu-")
@@ -152,7 +164,7 @@ def main() -> None:
     sys.stderr = open(f"{workdir}/server.log", "w")  # noqa: SIM115 - for the whole run
     configure_logging(LogFormat.TEXT, Settings().log_level, logger="retail")
     try:
-        asyncio.run(_run(args.orders, args.clients, args.profile))
+        asyncio.run(_run(args.orders, args.clients, args.keys, args.profile))
     finally:
         logging.shutdown()
 

@@ -365,20 +365,15 @@ def _is_json(content_type: str | None) -> bool:
 async def _read_body(receive: Receive, max_bytes: int, timeout_s: float) -> bytes | None:
     """The whole request body, or None if the client disconnected first.
 
-    `BodyTooLarge` past `max_bytes`; `BodyTimeout` if it is not whole within `timeout_s`.
-    The timer is one `call_later` that cancels this task (what `asyncio.timeout` does,
-    without its bookkeeping, which costs more than reading a small body).
+    `BodyTooLarge` past `max_bytes`; `BodyTimeout` if it is not whole within `timeout_s`
+    (`limits.BodyDeadlines` cancels this task then: what `asyncio.timeout` does, without
+    a timer per request, which costs more than reading a small body).
     """
     task = asyncio.current_task()
     assert task is not None
-    expired = False
-
-    def expire() -> None:
-        nonlocal expired
-        expired = True
-        task.cancel()
-
-    timer = asyncio.get_running_loop().call_later(timeout_s, expire)
+    deadlines = limits.BodyDeadlines.for_loop(task.get_loop())
+    tick = deadlines.start(task, timeout_s)
+    stopped = False
     chunks = []
     size = 0
     try:
@@ -394,14 +389,16 @@ async def _read_body(receive: Receive, max_bytes: int, timeout_s: float) -> byte
             if not message.get("more_body", False):
                 return b"".join(chunks)
     except asyncio.CancelledError:
-        # Ours only if the timer fired and nobody else cancelled the task as well.
-        if expired and task.uncancel() == 0:
+        stopped = True
+        # Ours only if the deadline cancelled it and nobody else did as well.
+        if deadlines.stop(task, tick) and task.uncancel() == 0:
             raise BodyTimeout(
                 f"The request body did not arrive within {timeout_s:g} s; send it whole and retry."
             ) from None
         raise
     finally:
-        timer.cancel()
+        if not stopped:
+            deadlines.stop(task, tick)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

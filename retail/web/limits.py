@@ -1,6 +1,10 @@
-"""Request body size limit, enforced before the body is read into memory."""
+"""Request body limits: size, enforced before the body is read into memory, and time."""
 
 from __future__ import annotations
+
+import asyncio
+import math
+import weakref
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,6 +18,72 @@ class BodyTooLarge(RetailError):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(f"The request body exceeds {max_bytes} bytes.")
+
+
+class BodyDeadlines:
+    """Cancels the tasks still reading a request body when their time is up.
+
+    One timer ticks every `TICK_S` while any request reads, for all of them, instead of
+    a timer of their own: a request that reads its body in time (nearly all) costs a set
+    insertion and removal, not a timer made and cancelled. A deadline is kept at most
+    two ticks late. One per event loop (`for_loop`).
+    """
+
+    TICK_S = 0.05
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._tick = 0  # ticks so far
+        self._ticking = False
+        self._due: dict[int, set[asyncio.Task[object]]] = {}  # tick -> tasks reading
+        self.expired: set[asyncio.Task[object]] = set()  # cancelled by a deadline
+
+    def start(self, task: asyncio.Task[object], timeout_s: float) -> int:
+        """`task` reads a body for at most `timeout_s`; the tick to give to `stop`."""
+        # The next tick comes within one TICK_S: one more makes up for the part gone.
+        tick = self._tick + math.ceil(timeout_s / self.TICK_S) + 1
+        tasks = self._due.get(tick)
+        if tasks is None:
+            tasks = self._due[tick] = set()
+        tasks.add(task)
+        if not self._ticking:
+            self._ticking = True
+            self._loop.call_later(self.TICK_S, self._advance)
+        return tick
+
+    def stop(self, task: asyncio.Task[object], tick: int) -> bool:
+        """`task` is done reading; whether its deadline cancelled it first."""
+        tasks = self._due.get(tick)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._due[tick]
+        if self.expired and task in self.expired:
+            self.expired.discard(task)
+            return True
+        return False
+
+    def _advance(self) -> None:
+        self._tick += 1
+        for task in self._due.pop(self._tick, ()):
+            self.expired.add(task)
+            task.cancel()
+        if self._due:
+            self._loop.call_later(self.TICK_S, self._advance)
+        else:
+            self._ticking = False  # until the next request reads
+
+    @classmethod
+    def for_loop(cls, loop: asyncio.AbstractEventLoop) -> BodyDeadlines:
+        deadlines = _DEADLINES.get(loop)
+        if deadlines is None:
+            deadlines = _DEADLINES[loop] = cls(loop)
+        return deadlines
+
+
+_DEADLINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BodyDeadlines] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def declared_too_large(content_length: str | bytes | None, max_bytes: int) -> bool:
