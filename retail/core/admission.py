@@ -380,7 +380,9 @@ class Admission:
         return max(self.limits.capacity, self.limits.queue_limit)
 
     def _check_share(self, fair: FairShare, customer: str, now: float) -> None:
-        over = fair.check(customer, now, self.places())
+        over = fair.check(
+            customer, now, self.places(), freed=lambda: self.dispatcher.ended_by_plan(now)
+        )
         if over is not None:
             raise self._over_share(over, now)
 

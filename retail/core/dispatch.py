@@ -43,6 +43,7 @@ class Running:
     started_at: float
     expected_end: float
     step: str | None = None
+    customer: str | None = None  # whose place it holds (for fair shares), if known
 
 
 class Dispatcher(Generic[Key]):
@@ -61,10 +62,12 @@ class Dispatcher(Generic[Key]):
     def free_slots(self) -> int:
         return max(0, self.capacity - len(self.running))
 
-    def start(self, key: Key, *, now: float, planned_s: float) -> Running:
-        """`key` takes a slot at `now` for `planned_s` seconds."""
+    def start(
+        self, key: Key, *, now: float, planned_s: float, customer: str | None = None
+    ) -> Running:
+        """`key` (an order of `customer`) takes a slot at `now` for `planned_s` seconds."""
         end = now + planned_s
-        running = Running(now, end)
+        running = Running(now, end, customer=customer)
         previous = self.running.get(key)
         self.running[key] = running
         if previous is not None:  # started again: its earlier plan no longer holds the slot
@@ -113,6 +116,18 @@ class Dispatcher(Generic[Key]):
         the planned end: `freed_at`)."""
         ends = self.ends()
         return len(ends) - bisect_right(ends, now)
+
+    def ended_by_plan(self, now: float) -> dict[str, int]:
+        """Per customer, its orders still holding a slot whose plan has ended by `now`
+        (only recording their end): the slots `busy` counts as free already."""
+        ended: dict[str, int] = {}
+        if not self.ends() or self._ends[0] > now:
+            return ended
+        for running in self.running.values():
+            customer = running.customer
+            if customer is not None and running.expected_end <= now:
+                ended[customer] = ended.get(customer, 0) + 1
+        return ended
 
     def remaining_s(self, now: float) -> tuple[float, ...]:
         """Seconds until each in-flight order is expected to end (never negative), soonest

@@ -111,17 +111,36 @@ class FairShare:
             seen.popitem(last=False)
             self.refused.pop(customer, None)
 
-    def competitors(self, customer: str, now: float) -> dict[str, int]:
-        """What each other competing customer wants: its places, plus one if it asked lately."""
+    def competitors(
+        self, customer: str, now: float, freed: Mapping[str, int] | None = None
+    ) -> dict[str, int]:
+        """What each other competing customer wants: its places, plus one if it asked lately.
+
+        `freed`: places per customer counted as free already (see `check`)."""
         self._forget_old(now)
-        wants = dict(self.held)
+        if freed:
+            wants = {c: n - freed.get(c, 0) for c, n in self.held.items() if n > freed.get(c, 0)}
+        else:
+            wants = dict(self.held)
         for other in self._seen:
             wants[other] = wants.get(other, 0) + 1
         wants.pop(customer, None)
         return wants
 
-    def check(self, customer: str, now: float, places: int) -> OverShare | None:
-        """Note that `customer` asks now; an `OverShare` if one more place is over its share."""
+    def check(
+        self,
+        customer: str,
+        now: float,
+        places: int,
+        freed: Callable[[], Mapping[str, int]] | None = None,
+    ) -> OverShare | None:
+        """Note that `customer` asks now; an `OverShare` if one more place is over its share.
+
+        `freed` gives the places per customer that count as free already though their
+        orders have not ended yet (an order past its planned end, only recording its end:
+        admission counts its slot as free, so its place is too). Asked only when the
+        places held could be over a share.
+        """
         seen = self._seen
         seen[customer] = now
         seen.move_to_end(customer)
@@ -140,7 +159,10 @@ class FairShare:
             # a place more (`within_share` is true), found without looking at each.
             self._observe("within_share")
             return None
-        others = self.competitors(customer, now)
+        gone = freed() if freed is not None else None
+        if gone:
+            held = max(0, held - gone.get(customer, 0))
+        others = self.competitors(customer, now, gone)
         if within_share(held, others.values(), places):
             self._observe("within_share")
             return None

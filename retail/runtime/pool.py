@@ -215,7 +215,12 @@ class WorkerPool:
         )
         delays = plan.delays_s[claim.step_index :]
         begin = self._handed_over(claim, now, delays[0] if delays else 0.0)
-        self._dispatcher.start(claim.order_id, now=begin.timestamp(), planned_s=sum(delays))
+        self._dispatcher.start(
+            claim.order_id,
+            now=begin.timestamp(),
+            planned_s=sum(delays),
+            customer=claim.customer_id,
+        )
         self._metrics.set_in_flight(self._dispatcher.in_flight)
         task = asyncio.create_task(
             self._fulfil(claim, plan, begin), name=f"retail-order-{claim.order_id}"

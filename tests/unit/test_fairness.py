@@ -186,3 +186,22 @@ def test_the_quick_answer_is_the_water_filled_one() -> None:
                 fair.took(customer)
                 fair.settled(customer, kept=True)
             assert sum(fair.held.values()) == fair._total_held
+
+
+def test_a_place_is_free_once_its_order_is_past_its_planned_end() -> None:
+    # Two customers hold every slot until t=1 (1 s orders). Past their planned end, the
+    # orders are only recording their end: admission counts their slots as free, and
+    # their places are free too, so the next orders of both are admitted at once, not
+    # refused as over their share until the ends are written.
+    gate = admission(capacity_=4)
+    for customer in ("a", "a", "b", "b"):
+        ticket = gate.admit(0.0, customer)
+        ticket.keep()
+        gate.left_queue()
+        gate.dispatcher.start(object(), now=0.0, planned_s=1.0, customer=customer)
+    with pytest.raises(OverFairShare):  # before the planned end: a holds its share
+        gate.admit(0.5, "a")
+    for customer in ("a", "b", "a", "b"):
+        assert isinstance(gate.admit(1.0, customer).decision, capacity.Admit)
+    with pytest.raises(OverFairShare):  # a's share of the places is 2, taken again
+        gate.admit(1.0, "a")
