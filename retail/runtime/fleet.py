@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,6 +32,7 @@ from retail.core import capacity
 from retail.core.admission import Admission, DecisionObserver, LevelObserver
 from retail.core.fairness import FairShare
 from retail.core.fleet import FleetView, FleetWorker
+from retail.core.orders import Placed
 from retail.core.pipeline import Pipeline
 from retail.core.types import Priority
 from retail.runtime.clock import Clock
@@ -47,10 +48,12 @@ class FleetAdmission(Admission):
     """Admission on the fleet's load: the view's timetable, its queue and this process's
     orders not stored yet.
 
-    An order this process stores shows in the view once its notice arrives, which may be
-    a moment before or after its ticket is kept: the waiting count is taken from the view
-    again whenever a ticket settles, so an order is never counted twice for longer than
-    that moment.
+    An order admitted here counts by its ticket until it is stored, then by the view:
+    the group commit hands the view the orders of each batch (`Fleet.stored`) before
+    their tickets settle, and the view skips their notice when it comes (or, if the
+    notice came first, has them already). The waiting count is taken from the view
+    again whenever a ticket settles. An order leaving the queue (started, cancelled)
+    leaves the count when its notice comes.
     """
 
     def __init__(
@@ -75,6 +78,13 @@ class FleetAdmission(Admission):
 
     def _settled(self, priority: Priority, *, queued: int) -> None:
         super()._settled(priority, queued=queued)
+        self.restore(self.view.queued_by_priority())
+
+    def left_queue(self, priority: Priority = Priority.STANDARD) -> None:
+        """An order cancelled here: the view counts it until its notice says it left (a
+        moment longer than it waits, never less). Taken off here as well, it would be
+        taken off twice once the notice had come first."""
+        self.changes += 1
         self.restore(self.view.queued_by_priority())
 
 
@@ -192,6 +202,7 @@ class Fleet:
     async def _reconcile(self) -> None:
         self._reread.clear()
         fairness = self._admission.fairness
+        self.view.reading()
         state = await self._channel.read(
             self.timing.dead_after_s, per_customer=fairness is not None
         )
@@ -231,6 +242,22 @@ class Fleet:
         self._feed()
         if applied.work_arrived:
             self._on_work()
+
+    # --- this process's own commits --------------------------------------------------------
+
+    def stored(self, placed: Sequence[Placed]) -> None:
+        """Orders this process just stored: in the view at once, as their notices will put
+        them (those notices are then skipped), before their tickets settle, so each is
+        counted once all along: by its ticket, then by the view."""
+        by_xid: dict[int, list[int]] = {}
+        for order in placed:
+            if order.xid is not None:
+                counts = by_xid.setdefault(order.xid, [0] * len(Priority))
+                counts[order.order.priority.rank] += 1
+        now = self._clock.seconds()
+        for xid, counts in by_xid.items():
+            queued = [[rank, count] for rank, count in enumerate(counts) if count]
+            self.view.own({"k": "i", "x": xid, "q": queued}, now)
 
     def _feed(self) -> None:
         """Admission plans with the fleet: its slots, timetable and queue."""
