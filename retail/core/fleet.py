@@ -116,8 +116,10 @@ class FleetView:
         # Notices applied since the read under way began: a snapshot that does not see
         # their transactions gets them applied again (by transaction id).
         self._since_read: list[tuple[int, Mapping[str, Any]]] = []
-        # (transaction id, kind) of the notices applied that the snapshot does not see.
+        # (transaction id, kind) of the notices applied that the snapshot does not see,
+        # and the queued orders their inserts added, per transaction, by priority rank.
         self._applied: set[tuple[int, str]] = set()
+        self._inserted: dict[int, list[int]] = {}
         # (transaction id, kind) applied by `own` ahead of their notices: kept until a
         # snapshot sees the transaction, so its notice is skipped however late it comes.
         self._own: set[tuple[int, str]] = set()
@@ -173,6 +175,7 @@ class FleetView:
         snapshot = state.snapshot
         since, self._since_read = self._since_read, []
         self._applied = set()
+        self._inserted = {}
         for xid, notice in since:
             if not snapshot.sees(xid):
                 self._apply(notice, xid, now)
@@ -197,16 +200,31 @@ class FleetView:
         return self._apply(notice, xid, now, applied)
 
     def own(self, notice: Mapping[str, Any], now: float) -> bool:
-        """Apply a transaction this process just committed, as its notice will say it
-        (`x` its id, `k` its kind, the orders it changed): at once, and that notice is
-        skipped when it comes. False if the view has it already (its notice came first,
-        or a read saw it)."""
+        """Apply a transaction this process just committed, as its notices will say it
+        (`x` its id, `k` its kind, the orders it changed): at once, and its notices of
+        that kind are skipped when they come. False if the view has it already (its
+        notice came first, or a read saw it). Inserts that came in several statements
+        (so several notices), some of them here already: the rest is applied."""
         xid = int(notice["x"])
         kind = str(notice["k"])
         if self.snapshot is not None and self.snapshot.sees(xid):
             return False
         key = (xid, kind)
-        if key in self._own or key in self._applied:
+        if key in self._own:
+            return False
+        if kind == "i":
+            counts = [0] * len(Priority)
+            for rank, count in notice.get("q", ()):
+                counts[int(rank)] += int(count)
+            already = self._inserted.get(xid, [0] * len(Priority))
+            pairs = enumerate(zip(counts, already, strict=True))
+            rest = [[rank, n - a] for rank, (n, a) in pairs if n > a]
+            self._own.add(key)
+            if not rest:
+                return False
+            self._apply({"k": "i", "x": xid, "q": rest}, xid, now)
+            return True
+        if key in self._applied:
             return False
         self._own.add(key)
         self._apply(notice, xid, now)
@@ -222,8 +240,13 @@ class FleetView:
             self._applied.add((xid, str(kind)))
         applied.counted = True
         if kind == "i":
+            inserted = None
+            if xid is not None:
+                inserted = self._inserted.setdefault(xid, [0] * len(Priority))
             for rank, count in notice.get("q", ()):
                 self._queued[int(rank)] += int(count)
+                if inserted is not None:
+                    inserted[int(rank)] += int(count)
             applied.work_arrived = True
         elif kind == "u":
             for entry in notice.get("s", ()):

@@ -147,3 +147,13 @@ def test_a_notice_applied_between_a_read_and_its_adoption_is_not_dropped() -> No
     fleet.notice(started(13, seq=1), now=0.0)  # committed after the read's snapshot
     fleet.reconcile(state("12:12:", queued=2), now=0.0)
     assert (fleet.queued, fleet.in_flight) == (1, 1)
+
+
+def test_a_commit_whose_inserts_took_several_statements_counts_the_rest_of_them() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:"), now=0.0)
+    fleet.notice(inserted(12, seq=1, count=71), now=0.0)  # one statement's notice came
+    assert fleet.own(own_inserted(12, count=100), now=0.0)  # the batch: 29 more
+    assert fleet.queued == 100
+    assert not fleet.notice(inserted(12, seq=72, count=29), now=0.0).counted
+    assert fleet.queued == 100
