@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -42,6 +42,7 @@ from retail.store.sql.fleet import FleetChannel
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 1.0
+RANKS = range(len(Priority))
 
 
 class FleetAdmission(Admission):
@@ -50,10 +51,12 @@ class FleetAdmission(Admission):
 
     An order admitted here counts by its ticket until it is stored, then by the view:
     the group commit hands the view the orders of each batch (`Fleet.stored`) before
-    their tickets settle, and the view skips their notice when it comes (or, if the
-    notice came first, has them already). The waiting count is taken from the view
-    again whenever a ticket settles. An order leaving the queue (started, cancelled)
-    leaves the count when its notice comes.
+    their tickets settle, and the view skips their notice when it comes. A notice that
+    comes first (between the commit and the store's answer) is known for this
+    process's own by its sender (`Fleet._received`): its orders count by the view from
+    then on, not by their tickets too. The waiting count is taken from the view again
+    whenever a ticket settles. An order leaving the queue (started, cancelled) leaves
+    the count when its notice comes.
     """
 
     def __init__(
@@ -75,6 +78,37 @@ class FleetAdmission(Admission):
             on_level=on_level,
         )
         self.view = view
+        # Orders of this process's transactions that the view has from their notices
+        # while their tickets have not settled yet (per transaction id, by priority
+        # rank): counted by the view, not by their tickets too.
+        self._early: dict[int, list[int]] = {}
+
+    def noticed_own(self, xid: int, queued: Sequence[Sequence[int]]) -> None:
+        """The notice of a transaction of this process came before the store said it
+        committed (`Fleet.stored`): the view counts its orders already."""
+        if not any(self._unsettled):
+            return
+        counts = self._early.setdefault(xid, [0] * len(Priority))
+        for rank, count in queued:
+            counts[int(rank)] += int(count)
+
+    def stored_own(self, xid: int) -> None:
+        """The store said transaction `xid` committed; its tickets settle now."""
+        self._early.pop(xid, None)
+
+    def restore(self, stored_queued: int | Mapping[Priority, int]) -> None:
+        if self._early and isinstance(stored_queued, Mapping):
+            if not any(self._unsettled):
+                self._early.clear()  # settled (or given back) all: nothing is counted twice
+            else:
+                early = [sum(counts[rank] for counts in self._early.values()) for rank in RANKS]
+                stored_queued = {
+                    priority: max(
+                        0, count - min(early[priority.rank], self._unsettled[priority.rank])
+                    )
+                    for priority, count in stored_queued.items()
+                }
+        super().restore(stored_queued)
 
     def _settled(self, priority: Priority, *, queued: int) -> None:
         super()._settled(priority, queued=queued)
@@ -122,8 +156,12 @@ class Fleet:
         member: tuple[str, int],
         on_work: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        own_backends: Callable[[], Collection[int]] = frozenset,
     ) -> None:
         self._channel = FleetChannel(database_url)
+        # The server processes of this process's database connections: a notice one of
+        # them sent is this process's own transaction.
+        self._own_backends = own_backends
         self._clock = clock
         self._admission = admission
         self.view = admission.view
@@ -215,7 +253,7 @@ class Fleet:
 
     # --- notices ---------------------------------------------------------------------------
 
-    def _received(self, payload: str) -> None:
+    def _received(self, payload: str, pid: int | None = None) -> None:
         try:
             notice = json.loads(payload)
         except ValueError:
@@ -232,6 +270,14 @@ class Fleet:
             return
         if not applied.counted:
             return
+        if (
+            notice.get("k") == "i"
+            and "x" in notice
+            and pid is not None
+            and self._admission.unsettled
+            and pid in self._own_backends()
+        ):
+            self._admission.noticed_own(int(notice["x"]), notice.get("q", ()))
         if applied.sent_at is not None:
             delay_s = max(0.0, self._clock.seconds() - applied.sent_at)
             self.notice_delay_max_s = max(self.notice_delay_max_s, delay_s)
@@ -258,6 +304,7 @@ class Fleet:
         for xid, counts in by_xid.items():
             queued = [[rank, count] for rank, count in enumerate(counts) if count]
             self.view.own({"k": "i", "x": xid, "q": queued}, now)
+            self._admission.stored_own(xid)
 
     def _feed(self) -> None:
         """Admission plans with the fleet: its slots, timetable and queue."""

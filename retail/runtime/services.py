@@ -143,6 +143,7 @@ async def running_services(
                 member=(pool.owner, settings.capacity if settings.workers_enabled else 0),
                 on_work=pool.notify,
                 metrics=metrics,
+                own_backends=store.server_pids,
             )
         ingest = Ingest(
             store=store,

@@ -163,10 +163,18 @@ async def test_stores_racing_for_one_sku_never_oversell_nor_lose_an_order(url: s
 async def test_a_batch_names_the_transaction_its_notice_to_the_fleet_names(
     url: str, one_statement: list[bool], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fleet counts a process's own batch at once and skips its notice by this id."""
+    """The fleet counts a process's own batch at once and skips its notice by this id;
+    a notice that comes first is known for the process's own by its sender."""
     payloads: list[str] = []
+    senders: set[int] = set()
     channel = FleetChannel(url)
-    await channel.connect(payloads.append)
+
+    def received(payload: str, pid: int) -> None:
+        payloads.append(payload)
+        if json.loads(payload)["k"] == "i":
+            senders.add(pid)
+
+    await channel.connect(received)
     await channel.announce("api-1", 0)  # a fleet: the database notifies
     try:
         async with _sql(url) as store:
@@ -191,5 +199,6 @@ async def test_a_batch_names_the_transaction_its_notice_to_the_fleet_names(
                     break
                 await asyncio.sleep(0.01)
             assert inserted() == {first.xid: 2, third.xid: 1}
+            assert senders and senders <= store.server_pids()
     finally:
         await channel.close()

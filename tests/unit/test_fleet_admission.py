@@ -32,6 +32,7 @@ from retail.store.memory import MemoryStore
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 QUEUE_LIMIT = 5
+BACKEND = 4242  # the server process of this process's database session
 
 
 class Database(MemoryStore):
@@ -56,7 +57,10 @@ class Database(MemoryStore):
         stored = sum(isinstance(o, Placed) for o in outcomes)
         notice = {"k": "i", "x": str(self.xid), "q": [[1, stored]], "t": 0.0}
         if self.early and self.fleet is not None:
-            self.fleet._received(json.dumps(notice))  # before the write returns
+            # Before the write returns, from this process's own session: counted once.
+            queued = self.fleet._admission.queued
+            self.fleet._received(json.dumps(notice), BACKEND)
+            assert self.fleet._admission.queued == queued
         else:
             self.held.append(notice)
         return outcomes
@@ -87,6 +91,7 @@ class Process:
             admission=self.admission,
             timing=FleetTiming(heartbeat_s=1.0, dead_after_s=5.0, reconcile_s=5.0),
             member=("api-1", 0),
+            own_backends=lambda: {BACKEND},
         )
         database.fleet = self.fleet
         self.ingest = Ingest(

@@ -73,6 +73,9 @@ class SqlStore:
         await self._drop_batch_connection()
         await self.db.dispose()
 
+    def server_pids(self) -> frozenset[int]:
+        return frozenset(self.db.server_pids)
+
     async def problems(self) -> list[str]:
         file_problem = await asyncio.to_thread(self.db.file_problem)
         if file_problem is not None:
