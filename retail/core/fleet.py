@@ -11,6 +11,17 @@ not counted twice, and one it did not see is counted once, in whichever order th
 arrive. The view is then as fresh as the notices: it lags the database by their
 delivery time, and by at most one reconcile interval if a notice is lost.
 
+A reconcile read before a transaction committed and adopted after its notice was
+applied would drop that transaction's orders: the notices applied since the read
+began (`reading`) whose transactions its snapshot did not see are applied again on
+top of it.
+
+This process's own commits need not wait for their notices: `own` applies a
+transaction as its notice would, as soon as the store says it committed, and the
+notice of that transaction and kind is then skipped when it arrives. Applied the
+other way round (the notice first), `own` changes nothing. An order stored here is
+then counted by the view from the moment its ticket settles, once.
+
 The view owns a `Dispatcher` (the in-flight timetable admission plans with): each
 order in flight anywhere in the fleet, with its expected end estimated from the
 pipeline's mean for its service level and the steps it has left.
@@ -102,6 +113,16 @@ class FleetView:
         self.reconciles = 0
         self.notices = 0
         self.drift = 0  # orders the last reconcile corrected (queued and in flight)
+        # Notices applied since the read under way began: a snapshot that does not see
+        # their transactions gets them applied again (by transaction id).
+        self._since_read: list[tuple[int, Mapping[str, Any]]] = []
+        # (transaction id, kind) of the notices applied that the snapshot does not see,
+        # and the queued orders their inserts added, per transaction, by priority rank.
+        self._applied: set[tuple[int, str]] = set()
+        self._inserted: dict[int, list[int]] = {}
+        # (transaction id, kind) applied by `own` ahead of their notices: kept until a
+        # snapshot sees the transaction, so its notice is skipped however late it comes.
+        self._own: set[tuple[int, str]] = set()
 
     # --- what admission reads ------------------------------------------------------------
 
@@ -123,8 +144,18 @@ class FleetView:
 
     # --- keeping it current --------------------------------------------------------------
 
+    def reading(self) -> None:
+        """A read of the fleet begins: every notice applied so far committed before its
+        snapshot, so the snapshot counts it; only those applied from now on may need
+        applying again on top of it (`reconcile`)."""
+        self._since_read = []
+
     def reconcile(self, state: FleetState, now: float) -> None:
-        """Adopt a whole read of the fleet; `now` is the caller's timeline (seconds)."""
+        """Adopt a whole read of the fleet; `now` is the caller's timeline (seconds).
+
+        The notices applied since the read began (`reading`) whose transactions its
+        snapshot does not see are applied again on top of it: the read was taken before
+        they committed."""
         before_queued = list(self._queued)
         before_running = set(self.dispatcher.running)
         self.workers = {worker.id: worker for worker in state.workers}
@@ -141,6 +172,14 @@ class FleetView:
         self.snapshot = state.snapshot
         self.read_at = state.read_at
         self.reconciles += 1
+        snapshot = state.snapshot
+        since, self._since_read = self._since_read, []
+        self._applied = set()
+        self._inserted = {}
+        for xid, notice in since:
+            if not snapshot.sees(xid):
+                self._apply(notice, xid, now)
+        self._own = {key for key in self._own if not snapshot.sees(key[0])}
         self.drift = sum(abs(a - b) for a, b in zip(before_queued, self._queued, strict=True))
         self.drift += len(before_running.symmetric_difference(running))
 
@@ -150,14 +189,64 @@ class FleetView:
         if kind == "r":
             return Applied(counted=True, reread=True)
         applied = Applied(sent_at=_float(notice.get("t")))
-        xid = notice.get("x")
-        if xid is not None and self.snapshot is not None and self.snapshot.sees(int(xid)):
-            return applied  # the last reconcile counted it already
-        applied.counted = True
+        raw_xid = notice.get("x")
+        xid = None if raw_xid is None else int(raw_xid)
+        if xid is not None:
+            if self.snapshot is not None and self.snapshot.sees(xid):
+                return applied  # the last reconcile counted it already
+            if (xid, kind) in self._own:
+                return applied  # this process applied it when it committed
         self.notices += 1
+        return self._apply(notice, xid, now, applied)
+
+    def own(self, notice: Mapping[str, Any], now: float) -> bool:
+        """Apply a transaction this process just committed, as its notices will say it
+        (`x` its id, `k` its kind, the orders it changed): at once, and its notices of
+        that kind are skipped when they come. False if the view has it already (its
+        notice came first, or a read saw it). Inserts that came in several statements
+        (so several notices), some of them here already: the rest is applied."""
+        xid = int(notice["x"])
+        kind = str(notice["k"])
+        if self.snapshot is not None and self.snapshot.sees(xid):
+            return False
+        key = (xid, kind)
+        if key in self._own:
+            return False
         if kind == "i":
+            counts = [0] * len(Priority)
+            for rank, count in notice.get("q", ()):
+                counts[int(rank)] += int(count)
+            already = self._inserted.get(xid, [0] * len(Priority))
+            pairs = enumerate(zip(counts, already, strict=True))
+            rest = [[rank, n - a] for rank, (n, a) in pairs if n > a]
+            self._own.add(key)
+            if not rest:
+                return False
+            self._apply({"k": "i", "x": xid, "q": rest}, xid, now)
+            return True
+        if key in self._applied:
+            return False
+        self._own.add(key)
+        self._apply(notice, xid, now)
+        return True
+
+    def _apply(
+        self, notice: Mapping[str, Any], xid: int | None, now: float, applied: Applied | None = None
+    ) -> Applied:
+        applied = applied if applied is not None else Applied()
+        kind = notice.get("k")
+        if xid is not None:
+            self._since_read.append((xid, notice))
+            self._applied.add((xid, str(kind)))
+        applied.counted = True
+        if kind == "i":
+            inserted = None
+            if xid is not None:
+                inserted = self._inserted.setdefault(xid, [0] * len(Priority))
             for rank, count in notice.get("q", ()):
                 self._queued[int(rank)] += int(count)
+                if inserted is not None:
+                    inserted[int(rank)] += int(count)
             applied.work_arrived = True
         elif kind == "u":
             for entry in notice.get("s", ()):

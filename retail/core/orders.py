@@ -155,6 +155,8 @@ class Placed:
 
     order: OrderView
     event: OrderEvent
+    # PostgreSQL: the transaction that stored it (its notice to the fleet carries it too).
+    xid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -32,6 +32,7 @@ from retail.core import capacity
 from retail.core.admission import Admission, DecisionObserver, LevelObserver
 from retail.core.fairness import FairShare
 from retail.core.fleet import FleetView, FleetWorker
+from retail.core.orders import Placed
 from retail.core.pipeline import Pipeline
 from retail.core.types import Priority
 from retail.runtime.clock import Clock
@@ -41,16 +42,21 @@ from retail.store.sql.fleet import FleetChannel
 log = logging.getLogger(__name__)
 
 RECONNECT_S = 1.0
+RANKS = range(len(Priority))
 
 
 class FleetAdmission(Admission):
     """Admission on the fleet's load: the view's timetable, its queue and this process's
     orders not stored yet.
 
-    An order this process stores shows in the view once its notice arrives, which may be
-    a moment before or after its ticket is kept: the waiting count is taken from the view
-    again whenever a ticket settles, so an order is never counted twice for longer than
-    that moment.
+    An order admitted here counts by its ticket until it is stored, then by the view:
+    the group commit hands the view the orders of each batch (`Fleet.stored`) before
+    their tickets settle, and the view skips their notice when it comes. A notice that
+    comes first (between the commit and the store's answer) is known for this
+    process's own by its sender (`Fleet._received`): its orders count by the view from
+    then on, not by their tickets too. The waiting count is taken from the view again
+    whenever a ticket settles. An order leaving the queue (started, cancelled) leaves
+    the count when its notice comes.
     """
 
     def __init__(
@@ -72,9 +78,47 @@ class FleetAdmission(Admission):
             on_level=on_level,
         )
         self.view = view
+        # Orders of this process's transactions that the view has from their notices
+        # while their tickets have not settled yet (per transaction id, by priority
+        # rank): counted by the view, not by their tickets too.
+        self._early: dict[int, list[int]] = {}
+
+    def noticed_own(self, xid: int, queued: Sequence[Sequence[int]]) -> None:
+        """The notice of a transaction of this process came before the store said it
+        committed (`Fleet.stored`): the view counts its orders already."""
+        if not any(self._unsettled):
+            return
+        counts = self._early.setdefault(xid, [0] * len(Priority))
+        for rank, count in queued:
+            counts[int(rank)] += int(count)
+
+    def stored_own(self, xid: int) -> None:
+        """The store said transaction `xid` committed; its tickets settle now."""
+        self._early.pop(xid, None)
+
+    def restore(self, stored_queued: int | Mapping[Priority, int]) -> None:
+        if self._early and isinstance(stored_queued, Mapping):
+            if not any(self._unsettled):
+                self._early.clear()  # settled (or given back) all: nothing is counted twice
+            else:
+                early = [sum(counts[rank] for counts in self._early.values()) for rank in RANKS]
+                stored_queued = {
+                    priority: max(
+                        0, count - min(early[priority.rank], self._unsettled[priority.rank])
+                    )
+                    for priority, count in stored_queued.items()
+                }
+        super().restore(stored_queued)
 
     def _settled(self, priority: Priority, *, queued: int) -> None:
         super()._settled(priority, queued=queued)
+        self.restore(self.view.queued_by_priority())
+
+    def left_queue(self, priority: Priority = Priority.STANDARD) -> None:
+        """An order cancelled here: the view counts it until its notice says it left (a
+        moment longer than it waits, never less). Taken off here as well, it would be
+        taken off twice once the notice had come first."""
+        self.changes += 1
         self.restore(self.view.queued_by_priority())
 
 
@@ -112,8 +156,12 @@ class Fleet:
         member: tuple[str, int],
         on_work: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None,
+        own_backends: Callable[[], Collection[int]] = frozenset,
     ) -> None:
         self._channel = FleetChannel(database_url)
+        # The server processes of this process's database connections: a notice one of
+        # them sent is this process's own transaction.
+        self._own_backends = own_backends
         self._clock = clock
         self._admission = admission
         self.view = admission.view
@@ -192,6 +240,7 @@ class Fleet:
     async def _reconcile(self) -> None:
         self._reread.clear()
         fairness = self._admission.fairness
+        self.view.reading()
         state = await self._channel.read(
             self.timing.dead_after_s, per_customer=fairness is not None
         )
@@ -204,7 +253,7 @@ class Fleet:
 
     # --- notices ---------------------------------------------------------------------------
 
-    def _received(self, payload: str) -> None:
+    def _received(self, payload: str, pid: int | None = None) -> None:
         try:
             notice = json.loads(payload)
         except ValueError:
@@ -221,6 +270,14 @@ class Fleet:
             return
         if not applied.counted:
             return
+        if (
+            notice.get("k") == "i"
+            and "x" in notice
+            and pid is not None
+            and self._admission.unsettled
+            and pid in self._own_backends()
+        ):
+            self._admission.noticed_own(int(notice["x"]), notice.get("q", ()))
         if applied.sent_at is not None:
             delay_s = max(0.0, self._clock.seconds() - applied.sent_at)
             self.notice_delay_max_s = max(self.notice_delay_max_s, delay_s)
@@ -231,6 +288,23 @@ class Fleet:
         self._feed()
         if applied.work_arrived:
             self._on_work()
+
+    # --- this process's own commits --------------------------------------------------------
+
+    def stored(self, placed: Sequence[Placed]) -> None:
+        """Orders this process just stored: in the view at once, as their notices will put
+        them (those notices are then skipped), before their tickets settle, so each is
+        counted once all along: by its ticket, then by the view."""
+        by_xid: dict[int, list[int]] = {}
+        for order in placed:
+            if order.xid is not None:
+                counts = by_xid.setdefault(order.xid, [0] * len(Priority))
+                counts[order.order.priority.rank] += 1
+        now = self._clock.seconds()
+        for xid, counts in by_xid.items():
+            queued = [[rank, count] for rank, count in enumerate(counts) if count]
+            self.view.own({"k": "i", "x": xid, "q": queued}, now)
+            self._admission.stored_own(xid)
 
     def _feed(self) -> None:
         """Admission plans with the fleet: its slots, timetable and queue."""

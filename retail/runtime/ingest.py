@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from retail.core.errors import Unavailable
@@ -56,9 +56,12 @@ class Ingest:
         bus: EventBus,
         idempotency_ttl_s: float,
         on_committed: Callable[[], None] = lambda: None,
+        on_placed: Callable[[Sequence[Placed]], None] = lambda placed: None,
     ) -> None:
         self._store = store
         self._on_committed = on_committed
+        # Told the orders of a batch just stored, before any of their tickets is settled.
+        self._on_placed = on_placed
         self._clock = clock
         self._bus = bus
         self._ttl = timedelta(seconds=idempotency_ttl_s)
@@ -117,6 +120,9 @@ class Ingest:
         outcomes = await self._store.place_orders(
             [pending.placing for pending in batch], now=now, keys_expire_at=now + self._ttl
         )
+        stored = [outcome for outcome in outcomes if isinstance(outcome, Placed)]
+        if stored:
+            self._on_placed(stored)
         for pending, outcome in zip(batch, outcomes, strict=True):
             _answer(pending, outcome)
         placed = False

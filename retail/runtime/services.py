@@ -129,13 +129,6 @@ async def running_services(
             claiming=settings.workers_enabled,
             metrics=metrics,
         )
-        ingest = Ingest(
-            store=store,
-            clock=clock,
-            bus=bus,
-            idempotency_ttl_s=settings.idempotency_ttl_s,
-            on_committed=pool.work_arrived,
-        )
         fleet = None
         if fleet_admission is not None:
             fleet = Fleet(
@@ -150,7 +143,16 @@ async def running_services(
                 member=(pool.owner, settings.capacity if settings.workers_enabled else 0),
                 on_work=pool.notify,
                 metrics=metrics,
+                own_backends=store.server_pids,
             )
+        ingest = Ingest(
+            store=store,
+            clock=clock,
+            bus=bus,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            on_committed=pool.work_arrived,
+            on_placed=fleet.stored if fleet is not None else lambda placed: None,
+        )
         if fleet is not None:
             await fleet.start()  # the fleet's load is known before the first order
         await ingest.start()

@@ -194,6 +194,11 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    def server_pids(self) -> frozenset[int]:
+        """PostgreSQL: the server processes of this store's connections (a notice sent by
+        one is this process's own commit); empty elsewhere."""
+        ...
+
     async def problems(self) -> list[str]:
         """Why the store cannot take orders now (empty when all is well); raises if unreachable."""
         ...

@@ -98,6 +98,9 @@ class MemoryStore:
     async def close(self) -> None:
         pass
 
+    def server_pids(self) -> frozenset[int]:
+        return frozenset()
+
     async def problems(self) -> list[str]:
         return []
 

@@ -3,6 +3,7 @@ sharing one capacity, one queue limit and one view of the load (real processes).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
@@ -303,6 +304,56 @@ def test_queue_mode_one_limit_and_one_order_for_the_fleet(pg_url: str, tmp_path:
             assert refused.status_code == 503, refused.text
             assert refused.json()["queued"] == 3
             assert refused.json()["queue_limit"] == 3
+
+
+@pytest.mark.parametrize(
+    ("mode", "shape", "places"),
+    [("queue", (2, 0, 0), 6), ("reject", (2, 1, 3), 3)],
+    ids=["queue", "reject"],
+)
+def test_a_burst_at_one_process_takes_the_fleets_places_and_no_more(
+    pg_url: str, tmp_path: Path, mode: str, shape: tuple[int, int, int], places: int
+) -> None:
+    """Each order stored by a process counts there at once, not from its notice on: a
+    burst gets exactly the queue's places (no worker) or the fleet's slots (one worker),
+    however many of its batches commit meanwhile."""
+    requests = 48
+    with running_fleet(
+        pg_url, tmp_path, shape, overload_mode=mode, queue_limit=places, fulfilment_delay="fixed:30"
+    ) as fleet:
+
+        async def burst() -> list[int]:
+            """Eight clients, each placing one order after another: orders keep arriving
+            while the ones before are being stored and their notices are on the way."""
+            statuses: list[int] = []
+            async with httpx.AsyncClient(base_url=fleet.apis[0], timeout=10) as client:
+
+                async def one_client(index: int) -> None:
+                    for n in range(requests // 8):
+                        answer = await client.post(
+                            "/orders",
+                            json={
+                                "customer_id": f"c{index}-{n}",
+                                "items": [{"sku": "MUG-1", "quantity": 1}],
+                            },
+                        )
+                        statuses.append(answer.status_code)
+
+                await asyncio.gather(*(one_client(index) for index in range(8)))
+            return statuses
+
+        statuses = asyncio.run(burst())
+        assert statuses.count(202) == places, statuses
+        assert statuses.count(503) == requests - places, statuses
+        for api in (0, 1):
+            wait_until(
+                lambda api=api: (
+                    fleet.capacity(api)["queued"] + fleet.capacity(api)["in_flight"] == places
+                ),
+                STALENESS_S,
+                f"API process {api} counts the {places} orders",
+            )
+            assert fleet.place(api, "late").status_code == 503
 
 
 def test_a_worker_starts_a_new_order_on_the_notice_not_by_polling(

@@ -9,6 +9,7 @@ API processes would be) against one SKU at once.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +20,7 @@ from retail.core.errors import InsufficientStock
 from retail.core.orders import Line, NewOrder, Placed, Stock
 from retail.store.base import Placing
 from retail.store.sql import pgbatch
+from retail.store.sql.fleet import FleetChannel
 from retail.store.sql.store import SqlStore
 from tests.conftest import postgres_database
 from tests.store.conftest import NOW, _sql
@@ -156,3 +158,47 @@ async def test_stores_racing_for_one_sku_never_oversell_nor_lose_an_order(url: s
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_batch_names_the_transaction_its_notice_to_the_fleet_names(
+    url: str, one_statement: list[bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fleet counts a process's own batch at once and skips its notice by this id;
+    a notice that comes first is known for the process's own by its sender."""
+    payloads: list[str] = []
+    senders: set[int] = set()
+    channel = FleetChannel(url)
+
+    def received(payload: str, pid: int) -> None:
+        payloads.append(payload)
+        if json.loads(payload)["k"] == "i":
+            senders.add(pid)
+
+    await channel.connect(received)
+    await channel.announce("api-1", 0)  # a fleet: the database notifies
+    try:
+        async with _sql(url) as store:
+            await product(store, "MUG-1", stock=10, price=250)
+            first, second = await place(store, order(("MUG-1", 1)), order(("MUG-1", 1)))
+            stale_read(monkeypatch, **{"MUG-1": Stock(10, 200, "EUR")})
+            (third,) = await place(store, order(("MUG-1", 1)))
+            assert one_statement == [True, False]  # both ways
+            assert isinstance(first, Placed) and isinstance(second, Placed)
+            assert isinstance(third, Placed)
+            assert first.xid is not None and first.xid == second.xid
+            assert third.xid is not None and third.xid != first.xid
+
+            def inserted() -> dict[int, int]:
+                notices = [json.loads(payload) for payload in payloads]
+                return {
+                    int(n["x"]): sum(count for _, count in n["q"]) for n in notices if n["k"] == "i"
+                }
+
+            for _ in range(500):  # the notices come as the transactions commit
+                if len(inserted()) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert inserted() == {first.xid: 2, third.xid: 1}
+            assert senders and senders <= store.server_pids()
+    finally:
+        await channel.close()

@@ -92,3 +92,68 @@ def test_a_reconcile_keeps_known_ends_and_drops_orders_no_longer_in_flight() -> 
 def test_a_notice_too_large_to_send_asks_for_a_read() -> None:
     fleet = view()
     assert fleet.notice({"k": "r"}, now=0.0).reread
+
+
+def own_inserted(xid: int, count: int = 1, rank: int = 1) -> dict[str, Any]:
+    """What this process knows of its own batch when the store has committed it."""
+    return {"k": "i", "x": xid, "q": [[rank, count]]}
+
+
+def test_a_commit_of_this_process_counts_at_once_and_its_notice_not_again() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", queued=1), now=0.0)
+    assert fleet.own(own_inserted(12, count=3), now=0.0)
+    assert fleet.queued == 4
+    fleet.notice(inserted(11, seq=5), now=0.0)  # another process's
+    assert fleet.queued == 5
+    assert not fleet.notice(inserted(12, seq=2, count=3), now=0.0).counted
+    assert fleet.queued == 5
+    assert not fleet.own(own_inserted(12, count=3), now=0.0)  # told twice: once
+    assert fleet.queued == 5
+
+
+def test_a_notice_that_comes_before_its_commit_is_reported_counts_once() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:"), now=0.0)
+    assert fleet.notice(inserted(12, seq=1, count=2), now=0.0).counted
+    assert not fleet.own(own_inserted(12, count=2), now=0.0)
+    assert fleet.queued == 2
+
+
+def test_a_read_taken_before_a_commit_and_adopted_after_it_keeps_the_commit() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:"), now=0.0)
+    fleet.reading()
+    # While the read is under way: this process commits, another one's notice arrives.
+    fleet.own(own_inserted(14, count=2), now=0.0)
+    fleet.notice(inserted(15, seq=9), now=0.0)
+    fleet.notice(inserted(11, seq=3), now=0.0)  # committed before the read: it counts it
+    fleet.reconcile(state("12:12:", queued=1), now=0.0)
+    assert fleet.queued == 4
+    assert fleet.drift == 0
+    # This process's notice, late: counted once already.
+    assert not fleet.notice(inserted(14, seq=7, count=2), now=0.0).counted
+    assert fleet.queued == 4
+    # The next read sees all of it: nothing applied again, nothing lost.
+    fleet.reading()
+    fleet.reconcile(state("20:20:", queued=4), now=0.0)
+    assert (fleet.queued, fleet.drift) == (4, 0)
+
+
+def test_a_notice_applied_between_a_read_and_its_adoption_is_not_dropped() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", queued=2), now=0.0)
+    fleet.reading()
+    fleet.notice(started(13, seq=1), now=0.0)  # committed after the read's snapshot
+    fleet.reconcile(state("12:12:", queued=2), now=0.0)
+    assert (fleet.queued, fleet.in_flight) == (1, 1)
+
+
+def test_a_commit_whose_inserts_took_several_statements_counts_the_rest_of_them() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:"), now=0.0)
+    fleet.notice(inserted(12, seq=1, count=71), now=0.0)  # one statement's notice came
+    assert fleet.own(own_inserted(12, count=100), now=0.0)  # the batch: 29 more
+    assert fleet.queued == 100
+    assert not fleet.notice(inserted(12, seq=72, count=29), now=0.0).counted
+    assert fleet.queued == 100

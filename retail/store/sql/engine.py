@@ -61,6 +61,18 @@ def _configure_sqlite(engine: Engine, *, begin: str) -> None:
         connection.exec_driver_sql(begin)
 
 
+def _track_server_pids(engine: Engine, pids: set[int]) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        pid = dbapi_connection.driver_connection.get_server_pid()
+        record.info["server_pid"] = pid
+        pids.add(pid)
+
+    @event.listens_for(engine, "close")
+    def _on_close(_dbapi_connection: Any, record: Any) -> None:
+        pids.discard(record.info.pop("server_pid", None))
+
+
 @dataclass(eq=False, slots=True)
 class _Waiting:
     """A write waiting for the SQLite writer thread, then its outcome."""
@@ -76,6 +88,9 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
+        # PostgreSQL: the server processes of this process's connections (the sender of
+        # a notice names one when this process's own transaction sent it).
+        self.server_pids: set[int] = set()
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             self.writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE", pool_size=1)
@@ -85,6 +100,7 @@ class Database:
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
             )
             self.reader = self.writer
+            _track_server_pids(self.writer.sync_engine, self.server_pids)
         database = make_url(url).database if self.is_sqlite else None
         self.path = database if database and database != ":memory:" else None
         self._file_id: tuple[int, int] | None = None

@@ -48,13 +48,14 @@ class FleetChannel:
     def connected(self) -> bool:
         return self._connection is not None and not self._connection.is_closed()
 
-    async def connect(self, on_notice: Callable[[str], None], timeout_s: float = 10.0) -> None:
-        """Open the connection and listen; `on_notice(payload)` for every notice."""
+    async def connect(self, on_notice: Callable[[str, int], None], timeout_s: float = 10.0) -> None:
+        """Open the connection and listen; `on_notice(payload, pid)` for every notice, with
+        the server process of the session that sent it."""
         await self.close()
         connection = await asyncpg.connect(self._dsn, timeout=timeout_s)
 
-        def received(_connection: Any, _pid: int, _channel: str, payload: str) -> None:
-            on_notice(payload)
+        def received(_connection: Any, pid: int, _channel: str, payload: str) -> None:
+            on_notice(payload, pid)
 
         await connection.add_listener(CHANNEL, received)
         self._connection = connection

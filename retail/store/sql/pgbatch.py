@@ -98,6 +98,8 @@ new_keys AS (
 SELECT 0 AS kind, id, seq AS value FROM new_orders
 UNION ALL
 SELECT 1, order_id, id FROM new_events
+UNION ALL
+SELECT 2, NULL::uuid, pg_current_xact_id()::text::bigint
 """
 
 
@@ -180,6 +182,7 @@ def place(
     # The driver gives uuids of its own type: matched by their text.
     seqs = {str(row.id): row.value for row in rows if row.kind == 0}
     event_ids = {str(row.id): row.value for row in rows if row.kind == 1}
+    xid = next(row.value for row in rows if row.kind == 2)  # the notice carries it too
     placed = iter(
         [
             Placed(
@@ -193,6 +196,7 @@ def place(
                     now,
                     detail,
                 ),
+                xid,
             )
             for a, detail in zip(accepted, details, strict=True)
         ]

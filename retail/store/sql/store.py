@@ -14,6 +14,7 @@ again one by one, so that only the order at fault fails: its outcome is then a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -72,6 +73,9 @@ class SqlStore:
         await self._drop_batch_connection()
         await self.db.dispose()
 
+    def server_pids(self) -> frozenset[int]:
+        return frozenset(self.db.server_pids)
+
     async def problems(self) -> list[str]:
         file_problem = await asyncio.to_thread(self.db.file_problem)
         if file_problem is not None:
@@ -118,7 +122,14 @@ class SqlStore:
             stored = idempotency.find_live(connection=connection, keys=keys, now=now)
             replays = [stored.get(p.keyed.key) if p.keyed else None for p in batch]
             new = [p.order for p, replay in zip(batch, replays, strict=True) if replay is None]
-            placed = iter(orders.insert_orders(connection=connection, orders=new, now=now))
+            inserted = orders.insert_orders(connection=connection, orders=new, now=now)
+            if inserted and connection.dialect.name == "postgresql":
+                xid = connection.exec_driver_sql("SELECT pg_current_xact_id()::text").scalar_one()
+                inserted = [
+                    dataclasses.replace(p, xid=int(xid)) if isinstance(p, Placed) else p
+                    for p in inserted
+                ]
+            placed = iter(inserted)
             outcomes: list[Outcome] = [
                 next(placed) if replay is None else replay for replay in replays
             ]
