@@ -21,7 +21,6 @@ import atexit
 import json
 import logging
 import logging.handlers
-import math
 import os
 import re
 import sys
@@ -30,7 +29,6 @@ import time
 from collections import deque
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from json.encoder import encode_basestring_ascii as quoted
 from typing import Any
 
 from retail.config import LogFormat, LogLevel
@@ -174,42 +172,14 @@ def with_request_id(text: str, rid: object) -> str:
 
 # `json.dumps(entry, default=str)` without making an encoder for every line.
 JSON_ENCODER = json.JSONEncoder(default=str)
-# The keys a JSON line has before its fields: a field of the same name is left to the
-# general path, where it takes that key's place.
-JSON_KEYS = frozenset({"time", "level", "logger", "message", "request_id", "exception", "stack"})
-JSON_CACHE_LIMIT = 1000  # key and head texts kept; fields and loggers are a few fixed names
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id, fields.
-
-    A `Line` without a traceback whose fields are strings, numbers, booleans or None is
-    written by putting together texts made once per key and per logger (`format_line`);
-    every other record goes through `json` (`format_record`). Both give the same text
-    for the same record.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._second: tuple[int, str] = (-1, "")  # one tuple: read and replaced at once
-        self._heads: dict[tuple[str, str], str] = {}  # (levelname, logger): its keys
-        self._keys: dict[str, str] = {}  # field name: `, "name": `
+    """One JSON object per line: time, level, logger, message, request_id, fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        if (
-            record.__class__ is Line
-            and self.__class__ is JsonFormatter
-            and not (record.exc_info or record.stack_info)
-        ):
-            line = self.format_line(record)
-            if line is not None:
-                return line
-        return self.format_record(record)
-
-    def format_record(self, record: logging.LogRecord) -> str:
-        """Any record, through `json`."""
         entry: dict[str, Any] = {
-            "time": self.iso_time(record.created),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),  # json.dumps escapes every control character
@@ -225,72 +195,6 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return JSON_ENCODER.encode(entry)
-
-    def format_line(self, record: logging.LogRecord) -> str | None:
-        """The JSON of a record without traceback or stack whose values are plain, made
-        directly; None for anything else (the general path takes it)."""
-        levelname, name = record.levelname, record.name
-        head = self._heads.get((levelname, name))
-        if head is None:
-            if levelname.__class__ is not str or name.__class__ is not str:
-                return None
-            head = f'", "level": {quoted(levelname.lower())}, "logger": {quoted(name)}, '
-            if len(self._heads) < JSON_CACHE_LIMIT:
-                self._heads[(levelname, name)] = head
-        time_text = self.iso_time(record.created)
-        text = f'{{"time": "{time_text}{head}"message": {quoted(record.getMessage())}'
-        rid = getattr(record, "request_id", None)
-        if rid is not None:
-            if rid.__class__ is not str:
-                return None
-            text += f', "request_id": {quoted(rid)}'
-        fields = getattr(record, "fields", None)
-        if fields.__class__ is dict:
-            keys = self._keys
-            for field, value in fields.items():
-                key = keys.get(field)
-                if key is None:
-                    if field.__class__ is not str or field in JSON_KEYS:
-                        return None
-                    key = f", {quoted(field)}: "
-                    if len(keys) < JSON_CACHE_LIMIT:
-                        keys[field] = key
-                kind = value.__class__
-                if kind is str:
-                    text += key + quoted(value)
-                elif value is None:
-                    text += key + "null"
-                elif kind is int:
-                    text += key + int.__repr__(value)
-                elif kind is float and value - value == 0.0:  # finite
-                    text += key + float.__repr__(value)
-                elif kind is bool:
-                    text += key + ("true" if value else "false")
-                else:
-                    return None
-        elif fields is not None and isinstance(fields, dict):
-            return None  # a dict of another kind: as `json` sees it
-        return text + "}"
-
-    def iso_time(self, created: float) -> str:
-        """`datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")`, the
-        date and time made once per second."""
-        # As datetime rounds a timestamp: to the microsecond, half to even.
-        fraction, whole = math.modf(created)
-        micros = round(fraction * 1e6)
-        if micros >= 1_000_000:
-            micros -= 1_000_000
-            whole += 1.0
-        elif micros < 0:
-            micros += 1_000_000
-            whole -= 1.0
-        second = int(whole)
-        cached = self._second
-        if cached[0] != second:
-            text = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
-            cached = (second, text.removesuffix("+00:00"))
-            self._second = cached
-        return f"{cached[1]}.{micros // 1000:03d}+00:00"
 
 
 def formatter(log_format: LogFormat) -> logging.Formatter:
