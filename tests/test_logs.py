@@ -7,7 +7,10 @@ import io
 import json
 import logging
 import re
+import sys
+import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,16 @@ import httpx
 import pytest
 
 from retail.config import LogFormat, LogLevel
-from retail.runtime.logs import Line, LogQueue, configure_logging, log_line
+from retail.runtime.logs import (
+    JsonFormatter,
+    Line,
+    LogQueue,
+    RateLimit,
+    RequestIdFilter,
+    TextFormatter,
+    configure_logging,
+    log_line,
+)
 from tests.conftest import Running, StartApp, eventually, order_status, place
 from tests.serving import follow, server_in
 
@@ -274,3 +286,181 @@ def test_a_line_is_a_whole_log_record() -> None:
         "%(processName)s %(filename)s %(lineno)d %(relativeCreated)d: %(message)s"
     ).format(line)
     assert text.endswith(": GET 200")
+
+
+# --- the direct paths for `Line` records give what the general paths give --------------
+
+
+def reference_json(record: logging.LogRecord) -> str:
+    """A JSON line as `json.dumps` writes the entry (the general path, spelled out)."""
+    entry: dict[str, Any] = {
+        "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "message": record.getMessage(),
+    }
+    if getattr(record, "request_id", None) is not None:
+        entry["request_id"] = record.request_id
+    if isinstance(getattr(record, "fields", None), dict):
+        entry.update(record.fields)
+    if record.exc_info:
+        entry["exception"] = logging.Formatter().formatException(record.exc_info)
+    return json.dumps(entry, default=str)
+
+
+def as_log_record(line: Line) -> logging.LogRecord:
+    """The same facts in a record `Logger.makeRecord` makes."""
+    record = logging.getLogger(line.name).makeRecord(
+        line.name,
+        line.levelno,
+        __file__,
+        1,
+        line.msg,
+        line.args,
+        line.exc_info,
+        extra={"request_id": line.request_id, "fields": line.fields},
+    )
+    record.created, record.msecs = line.created, line.msecs
+    return record
+
+
+LINES = [
+    Line(
+        "retail.http",
+        logging.INFO,
+        "%s %s %d %.1fms%s%s",
+        ("POST", "/orders", 202, 1.25, " order_id=abc", ""),
+        "rid-1",
+        {
+            "method": "POST",
+            "path": "/orders",
+            "status": 202,
+            "duration_ms": 1.25,
+            "order_id": "abc",
+        },
+    ),
+    Line(
+        "retail.orders",
+        logging.INFO,
+        "order %s %s -> %s%s (%s)%s",
+        ("o-1", "new", "queued", "", "created", ""),
+        None,
+        {
+            "order_id": "o-1",
+            "event": "created",
+            "from_status": None,
+            "to_status": "queued",
+            "step": None,
+        },
+    ),
+    Line(
+        "retail.http",
+        logging.INFO,
+        "%s %s %d",
+        ("GET", "/x\n2026 INFO forged\r\x00\x1b[31m\x7f\x85\u2028\u2029 ünï ✓", 404),
+        "rid-2",
+        {"path": '/x\n\u2028"quoted"\\ ünï', "ok": True, "no": False, "big": 10**20, "tiny": -0.0},
+    ),
+    Line(
+        "retail.http",
+        logging.WARNING,
+        "%s %s%s",
+        ("GET", "/", " (and 3 more like it, not logged)"),
+        "rid-3",
+        {},
+    ),
+    Line("retail.odd\nname", 25, "no args %s", (), "rid-4", {"n": float("nan")}),
+    Line(
+        "retail.odd",
+        logging.INFO,
+        "fields",
+        (),
+        "rid-5",
+        {"message": "a field named like a key", 3: "a key not a string", "l": [1, "x"]},
+    ),
+    Line("retail.odd", logging.INFO, "fields", (), None, {"request_id": "from the fields"}),
+    Line("retail.odd", logging.INFO, "no fields", (), "rid-6", None),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize("line", LINES, ids=range(len(LINES)))
+def test_a_line_is_written_as_any_record_would_be(line: Line) -> None:
+    text, as_json = TextFormatter(), JsonFormatter()
+    record = as_log_record(line)
+    assert text.format(line) == text.format_record(as_log_record(line)) == text.format(record)
+    if "\n" not in line.name:  # one line stays one line, whatever the message holds
+        assert "\n" not in text.format(line)
+    assert as_json.format(line) == as_json.format(record) == reference_json(line)
+    assert json.loads(as_json.format(line), parse_constant=str)["logger"] == line.name
+
+
+def test_a_line_with_a_traceback_has_it_below() -> None:
+    try:
+        raise ValueError("bad\nthing")
+    except ValueError:
+        line = Line("retail.http", logging.ERROR, "failed %s", ("x",), "rid-7", {"a": 1})
+        line.exc_info = sys.exc_info()
+    text = TextFormatter().format(line)
+    first, *rest = text.splitlines()
+    assert first.endswith(" ERROR retail.http: failed x request_id=rid-7")
+    assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "thing"
+    assert text == TextFormatter().format(as_log_record(line))
+    as_json = JsonFormatter().format(line)
+    assert as_json == reference_json(line) == JsonFormatter().format(as_log_record(line))
+    assert json.loads(as_json)["exception"].endswith("ValueError: bad\nthing")
+
+
+def test_lines_pass_the_filters_that_could_change_them() -> None:
+    stream = io.StringIO()
+    writer = logging.StreamHandler(stream)
+    writer.setFormatter(TextFormatter())
+    handler = LogQueue(writer)
+    handler.addFilter(RequestIdFilter())
+    handler.addFilter(RateLimit(interval_s=3600))
+    logger = logging.getLogger("retail.test-line-filters")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for n in range(3):
+            line = Line(logger.name, logging.INFO, "refused %d", (n,), "rid", {})
+            line.cause = "refused"  # type: ignore[attr-defined]
+            logger.handle(line)
+        logger.handle(Line(logger.name, logging.INFO, "refused %d", (3,), "rid", {}))
+        handler.addFilter(lambda record: not record.getMessage().endswith("4"))
+        for n in (4, 5):
+            logger.handle(Line(logger.name, logging.INFO, "plain %d", (n,), None, {}))
+        handler.flush()
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+        handler.close()
+    messages = [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert messages == ["refused 0 request_id=rid", "refused 3 request_id=rid", "plain 5"]
+
+
+def test_a_line_names_the_thread_that_made_it() -> None:
+    made: list[Line] = []
+
+    def make() -> None:
+        made.append(Line("retail.x", logging.INFO, "a", (), None, {}))
+        threading.current_thread().name = "renamed"
+        made.append(Line("retail.x", logging.INFO, "b", (), None, {}))
+
+    thread = threading.Thread(target=make, name="maker")
+    thread.start()
+    thread.join()
+    here = Line("retail.x", logging.INFO, "c", (), None, {})
+    assert [(line.threadName, line.thread) for line in made] == [
+        ("maker", thread.ident),
+        ("renamed", thread.ident),
+    ]
+    assert (here.threadName, here.thread) == (
+        threading.current_thread().name,
+        threading.get_ident(),
+    )
+    assert made[0].__dict__ is not made[1].__dict__
+
+
+def test_plain_lines_take_the_direct_path() -> None:
+    for line in LINES[:4]:
+        assert TextFormatter().format_line(line) == TextFormatter().format_record(line)

@@ -9,7 +9,7 @@ Lines are formatted and written by a thread of their own (`LogQueue`): the event
 only makes the record and appends it to a deque, and the thread writes what has
 gathered a few times a second, so a log line costs the request little and a slow
 stderr (a pipe, a terminal) never blocks it. The lines logged per request and per
-order are made by `log_line`, without the caller lookup `Logger.info` does.
+order are `Line` records (`log_line`), made without the caller lookup `Logger.info` does.
 
 Structured fields go in `extra={"fields": {...}}`: JSON lines carry them as keys;
 text lines carry what the message says, plus the request id.
@@ -58,6 +58,8 @@ RATE_LIMIT_INTERVAL_S = 10.0
 
 def escape_controls(text: str) -> str:
     """`text` with every control character written as an escape: one line stays one line."""
+    if text.isprintable():  # no control character is printable: the common case, at once
+        return text
     return CONTROL_CHARACTERS.sub(lambda m: ascii(m.group())[1:-1], text)
 
 
@@ -110,33 +112,66 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 class TextFormatter(logging.Formatter):
-    """One line per record (control characters in values escaped), a traceback below it."""
+    """One line per record (control characters in values escaped), a traceback below it.
+
+    A `Line` without a traceback is written straight from its facts (`format_line`);
+    every other record, through `logging.Formatter` (`format_record`). Both give the
+    same text for the same record.
+    """
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._second = -1
-        self._second_text = ""
+        super().__init__(TEXT_FORMAT)
+        self._second: tuple[int, str] = (-1, "")  # one tuple: read and replaced at once
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # As the standard formatter writes it, the date and time made once per second.
         second = int(record.created)
-        if second != self._second:
-            self._second_text = time.strftime(self.default_time_format, self.converter(second))
-            self._second = second
-        return f"{self._second_text},{int(record.msecs):03d}"  # the default_msec_format
+        cached = self._second
+        if cached[0] != second:
+            cached = (second, time.strftime(self.default_time_format, self.converter(second)))
+            self._second = cached
+        return f"{cached[1]},{int(record.msecs):03d}"  # the default_msec_format
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(record.message)
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        rid = getattr(record, "request_id", None)
-        if rid is None:
-            return line
-        first, newline, rest = line.partition("\n")  # keep a traceback below the line
-        return f"{first} request_id={rid}{newline}{rest}"
+        if (
+            record.__class__ is Line
+            and self.__class__ is TextFormatter
+            and not (record.exc_info or record.exc_text or record.stack_info)
+        ):
+            return self.format_line(record)
+        return self.format_record(record)
+
+    def format_line(self, record: logging.LogRecord) -> str:
+        """The line of a record without traceback or stack, made directly."""
+        message = escape_controls(record.getMessage())
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
+        return with_request_id(line, getattr(record, "request_id", None))
+
+    def format_record(self, record: logging.LogRecord) -> str:
+        """Any record, through `logging.Formatter`."""
+        return with_request_id(super().format(record), getattr(record, "request_id", None))
+
+
+def with_request_id(text: str, rid: object) -> str:
+    """`text` with ` request_id=...` at the end of its first line (above a traceback)."""
+    if rid is None:
+        return text
+    if "\n" not in text:
+        return f"{text} request_id={rid}"
+    first, newline, rest = text.partition("\n")
+    return f"{first} request_id={rid}{newline}{rest}"
+
+
+# `json.dumps(entry, default=str)` without making an encoder for every line.
+JSON_ENCODER = json.JSONEncoder(default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -159,7 +194,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str)
+        return JSON_ENCODER.encode(entry)
 
 
 def formatter(log_format: LogFormat) -> logging.Formatter:
@@ -217,6 +252,7 @@ class LogQueue(logging.Handler):
 
     def __init__(self, writer: logging.Handler) -> None:
         super().__init__()
+        self._plain_filters: list[Any] | None = []  # filters a `Line` passes untouched
         self._writer = writer
         self._lines: deque[logging.LogRecord | threading.Event] = deque()
         self._wake = threading.Event()  # lines are waiting
@@ -229,10 +265,34 @@ class LogQueue(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:
         # As Handler.handle, without its lock: appending to a deque needs none.
-        if not self.filter(record):
+        # The filters installed by `configure_logging` pass a `Line` untouched when it
+        # has no `cause` (`RateLimit`): it always has a request id (`RequestIdFilter`).
+        # Other records, and every record once other filters are added, go through them.
+        filters = self.filters
+        if (
+            filters
+            and not (
+                record.__class__ is Line
+                and "cause" not in record.__dict__
+                and filters == self._plain_filters
+            )
+            and not self.filter(record)
+        ):
             return False
         self.emit(record)
         return True
+
+    def addFilter(self, filter: Any) -> None:
+        super().addFilter(filter)
+        self._note_filters()
+
+    def removeFilter(self, filter: Any) -> None:
+        super().removeFilter(filter)
+        self._note_filters()
+
+    def _note_filters(self) -> None:
+        plain = all(type(f) in (RequestIdFilter, RateLimit) for f in self.filters)
+        self._plain_filters = list(self.filters) if plain else None
 
     def emit(self, record: logging.LogRecord) -> None:
         self._lines.append(record)
@@ -255,6 +315,9 @@ class LogQueue(logging.Handler):
         writer = self._writer
         stream = writer.stream if isinstance(writer, logging.StreamHandler) else None
         terminator = getattr(writer, "terminator", "\n")
+        format_record = writer.format
+        if type(writer).format is logging.Handler.format and writer.formatter is not None:
+            format_record = writer.formatter.format  # what Handler.format calls, at once
         out: list[str] = []
         while lines:
             item = lines.popleft()
@@ -266,7 +329,7 @@ class LogQueue(logging.Handler):
                 writer.handle(item)
             else:
                 try:
-                    out.append(writer.format(item) + terminator)
+                    out.append(format_record(item) + terminator)
                 except Exception:
                     writer.handleError(item)
         self._write(stream, out)
@@ -307,7 +370,9 @@ class Line(logging.LogRecord):
     `logging.Logger.info` finds the calling frame and reads the thread and process
     names for every record; the formatters here use none of that, so a line logged
     once per request or order is made with the facts it needs set directly. It has
-    every attribute a LogRecord has, so any handler can take it.
+    every attribute a LogRecord has, so any handler can take it: what is the same for
+    every line of a thread (its id and name, the process's) is copied from a template
+    made once per thread (again when the thread is renamed, and in a forked child).
     """
 
     def __init__(
@@ -320,38 +385,77 @@ class Line(logging.LogRecord):
         fields: dict[str, object],
     ) -> None:
         created = time.time()
-        self.__dict__.update(_LINE_CONSTANTS)
-        self.name = name
-        self.msg = msg
-        self.args = args
-        self.levelname = logging.getLevelName(level)
-        self.levelno = level
-        self.created = created
-        self.msecs = int((created - int(created)) * 1000) + 0.0
-        self.relativeCreated = (created - _LOGGING_STARTED) * 1000
-        self.thread = threading.get_ident()
-        self.threadName = threading.current_thread().name
-        self.process = os.getpid()
-        processes = sys.modules.get("multiprocessing")
-        if processes is not None:  # as LogRecord names it
-            self.processName = processes.current_process().name
-        self.request_id = request_id
-        self.fields = fields
+        per_thread = _per_thread
+        try:
+            template: dict[str, object] = per_thread.template
+            if per_thread.thread.name is not template["threadName"]:
+                template = _line_template()
+        except AttributeError:
+            template = _line_template()
+        facts = template.copy()  # every key there already: no dict growth below
+        facts["name"] = name
+        facts["msg"] = msg
+        facts["args"] = args
+        facts["levelname"] = logging.getLevelName(level)
+        facts["levelno"] = level
+        facts["created"] = created
+        facts["msecs"] = int((created - int(created)) * 1000) + 0.0
+        facts["relativeCreated"] = (created - _LOGGING_STARTED) * 1000
+        facts["request_id"] = request_id
+        facts["fields"] = fields
+        self.__dict__ = facts
 
 
 _LINE_CONSTANTS: dict[str, object] = {
+    "name": "",
+    "msg": "",
+    "args": (),
+    "levelname": "",
+    "levelno": 0,
     "pathname": __file__,
     "filename": os.path.basename(__file__),
     "module": "logs",
-    "lineno": 0,
-    "funcName": None,
     "exc_info": None,
     "exc_text": None,
     "stack_info": None,
+    "lineno": 0,
+    "funcName": None,
+    "created": 0.0,
+    "msecs": 0.0,
+    "relativeCreated": 0.0,
+    "thread": None,
+    "threadName": None,
     "processName": "MainProcess",
+    "process": None,
     "taskName": None,
+    "request_id": None,
+    "fields": None,
 }
 _LOGGING_STARTED: float = logging._startTime  # type: ignore[attr-defined]
+_per_thread = threading.local()
+
+
+def _line_template() -> dict[str, object]:
+    """The facts every `Line` of the calling thread starts from; kept for the thread."""
+    thread = threading.current_thread()
+    template = dict(_LINE_CONSTANTS)
+    template["thread"] = threading.get_ident()
+    template["threadName"] = thread.name
+    template["process"] = os.getpid()
+    processes = sys.modules.get("multiprocessing")
+    if processes is not None:  # as LogRecord names it
+        template["processName"] = processes.current_process().name
+    _per_thread.thread = thread
+    _per_thread.template = template
+    return template
+
+
+def _forget_line_templates() -> None:
+    global _per_thread
+    _per_thread = threading.local()  # a forked child: another process id (and name)
+
+
+os.register_at_fork(after_in_child=_forget_line_templates)
 
 
 def log_line(
@@ -378,34 +482,42 @@ def flush_logs() -> None:
 
 def log_transition(notice: OrderEvent) -> None:
     """One line per order event: order id, from and to status, step."""
-    source = FROM_STATUS.get(notice.kind, OrderStatus.PROCESSING)
-    level = logging.DEBUG if notice.kind in STEP_KINDS else logging.INFO
+    kind = notice.kind
+    level = logging.DEBUG if kind in STEP_KINDS else logging.INFO
     if not transitions.isEnabledFor(level):
         return
-    detail = notice.detail or {}
-    step_name = notice.step or detail.get("step")  # a failure names the step it failed in
-    step = f" step={step_name}" if step_name else ""
-    reason = detail.get("reason") if notice.kind == "failed" else None
+    source = FROM_STATUS.get(kind, OrderStatus.PROCESSING)
+    from_status = source._value_ if source is not None else None  # `.value`, read directly
+    to_status = notice.status._value_
+    detail = notice.detail
+    step_name = notice.step or (detail.get("step") if detail else None)  # a failure's step
+    reason = detail.get("reason") if detail and kind == "failed" else None
     order_id = str(notice.order_id)
-    log_line(
-        transitions,
-        level,
-        "order %s %s -> %s%s (%s)%s",
-        order_id,
-        source.value if source else "new",
-        notice.status.value,
-        step,
-        notice.kind,
-        f": {reason}" if reason else "",
-        request_id=request_id.get(),
-        fields={
-            "order_id": order_id,
-            "event": notice.kind,
-            "from_status": source.value if source else None,
-            "to_status": notice.status.value,
-            "step": step_name,
-            **({"reason": reason} if reason else {}),
-        },
+    fields: dict[str, object] = {
+        "order_id": order_id,
+        "event": kind,
+        "from_status": from_status,
+        "to_status": to_status,
+        "step": step_name,
+    }
+    if reason:
+        fields["reason"] = reason
+    transitions.handle(
+        Line(
+            transitions.name,
+            level,
+            "order %s %s -> %s%s (%s)%s",
+            (
+                order_id,
+                from_status or "new",
+                to_status,
+                f" step={step_name}" if step_name else "",
+                kind,
+                f": {reason}" if reason else "",
+            ),
+            request_id.get(),
+            fields,
+        )
     )
 
 

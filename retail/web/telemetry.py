@@ -23,7 +23,7 @@ from contextvars import Token
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retail.runtime.clock import Clock
-from retail.runtime.logs import RateLimit, left_out_note, log_line, request_id
+from retail.runtime.logs import Line, RateLimit, left_out_note, request_id
 from retail.runtime.metrics import Metrics
 from retail.web.middleware import HttpMiddleware
 
@@ -103,26 +103,37 @@ class Telemetry:
             if left_out is None:
                 return
             note = left_out_note(left_out)
-        location = next((v.decode("latin-1") for k, v in headers if k == b"location"), "")
-        order_id = location.removeprefix("/orders/") if location.startswith("/orders/") else None
-        log_line(
-            access,
-            logging.INFO,
-            "%s %s %d %.1fms%s%s",
-            method,
-            path,
-            status,
-            seconds * 1000,
-            f" order_id={order_id}" if order_id else "",
-            note,
-            request_id=rid,
-            fields={
-                "method": method,
-                "path": path,
-                "status": status,
-                "duration_ms": round(seconds * 1000, 3),
-                **({"order_id": order_id} if order_id else {}),
-            },
+        order_id = None
+        for name, value in headers:
+            if name == b"location":
+                if value.startswith(b"/orders/"):
+                    order_id = value[8:].decode("latin-1")
+                break
+        milliseconds = seconds * 1000
+        fields: dict[str, object] = {
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(milliseconds, 3),
+        }
+        if order_id:
+            fields["order_id"] = order_id
+        access.handle(
+            Line(
+                access.name,
+                logging.INFO,
+                "%s %s %d %.1fms%s%s",
+                (
+                    method,
+                    path,
+                    status,
+                    milliseconds,
+                    f" order_id={order_id}" if order_id else "",
+                    note,
+                ),
+                rid,
+                fields,
+            )
         )
 
 
