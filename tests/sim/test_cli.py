@@ -120,16 +120,19 @@ LIVE_RUNS: dict[str, tuple[dict[str, Any], list[str]]] = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", sorted(LIVE_RUNS))
-def test_the_simulation_agrees_with_the_live_service(tmp_path: Path, mode: str) -> None:
-    service, schedule = LIVE_RUNS[mode]
-    arrivals = ["--schedule", "step:" + ",".join(schedule), "--arrivals", "fixed", "--seed", "5"]
+# The scenarios' margin: a load generator sending later than this may face other
+# decisions than the simulation's, so that run says nothing and is made again.
+MARGIN_S = 0.4
+ATTEMPTS = 3
+
+
+def run_live(tmp_path: Path, service: dict[str, Any], arrivals: list[str]) -> dict[str, Any]:
+    """`retail load` with `arrivals` against a fresh `retail serve`; its JSON report."""
     port = free_port()
     # The database on a RAM disk where there is one: the slots should be held for their
     # planned time, not for the disk's syncs at each step.
     shm = Path("/dev/shm")
-    folder = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path
+    folder = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else Path(tempfile.mkdtemp())
     env = environment(f"sqlite+aiosqlite:///{folder / 'retail.db'}", **service)
     command = [PYTHON, "-m", "retail", "serve", "--port", str(port), "--no-access-log"]
     try:
@@ -150,9 +153,28 @@ def test_the_simulation_agrees_with_the_live_service(tmp_path: Path, mode: str) 
                 env=WIDE,
             )
     finally:
-        if folder != tmp_path:
-            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     assert live.exit_code == 0, live.output
+    report: dict[str, Any] = json.loads((tmp_path / "live.json").read_text())
+    return report
+
+
+def send_lag_s(report: dict[str, Any]) -> float:
+    return max((o["send_lag_s"] or 0.0) for o in report["orders"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", sorted(LIVE_RUNS))
+def test_the_simulation_agrees_with_the_live_service(tmp_path: Path, mode: str) -> None:
+    service, schedule = LIVE_RUNS[mode]
+    arrivals = ["--schedule", "step:" + ",".join(schedule), "--arrivals", "fixed", "--seed", "5"]
+    lags = []
+    for _ in range(ATTEMPTS):  # a machine stalled past the margin: that run says nothing
+        report = run_live(tmp_path, service, arrivals)
+        lags.append(send_lag_s(report))
+        if lags[-1] < MARGIN_S:
+            break
+    assert lags[-1] < MARGIN_S, f"the load generator sent late in every run: {lags} s"
     simulated = CliRunner().invoke(
         app,
         [
@@ -165,7 +187,6 @@ def test_the_simulation_agrees_with_the_live_service(tmp_path: Path, mode: str) 
         env=WIDE,
     )
     assert simulated.exit_code == 0, simulated.output
-    report = json.loads((tmp_path / "live.json").read_text())
     measured = report["summary"]
     predicted = json.loads((tmp_path / "sim.json").read_text())
     assert measured["orders"] == predicted["orders"]
@@ -176,7 +197,7 @@ def test_the_simulation_agrees_with_the_live_service(tmp_path: Path, mode: str) 
     live_rate = measured["fulfilled"] / measured["duration_s"]
     sim_rate = predicted["fulfilled"] / predicted["duration_s"]
     live_refused = measured["refused"]["total"] / measured["orders"]
-    lag_s = max((o["send_lag_s"] or 0.0) for o in report["orders"])
+    lag_s = lags[-1]
     figures = (
         f"{mode}: fulfilled/s live {live_rate:.3f} sim {sim_rate:.3f}; refused live "
         f"{live_refused:.3f} sim {predicted['refused_share']:.3f}; the load generator sent "
