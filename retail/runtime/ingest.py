@@ -56,7 +56,7 @@ class Ingest:
         bus: EventBus,
         idempotency_ttl_s: float,
         on_committed: Callable[[], None] = lambda: None,
-        on_placed: Callable[[Sequence[Placed]], None] = lambda placed: None,
+        on_placed: Callable[[Sequence[Placed]], None] | None = None,
     ) -> None:
         self._store = store
         self._on_committed = on_committed
@@ -120,9 +120,10 @@ class Ingest:
         outcomes = await self._store.place_orders(
             [pending.placing for pending in batch], now=now, keys_expire_at=now + self._ttl
         )
-        stored = [outcome for outcome in outcomes if isinstance(outcome, Placed)]
-        if stored:
-            self._on_placed(stored)
+        if self._on_placed is not None:
+            stored = [outcome for outcome in outcomes if isinstance(outcome, Placed)]
+            if stored:
+                self._on_placed(stored)
         for pending, outcome in zip(batch, outcomes, strict=True):
             _answer(pending, outcome)
         placed = False

@@ -502,22 +502,18 @@ def log_transition(notice: OrderEvent) -> None:
     }
     if reason:
         fields["reason"] = reason
-    transitions.handle(
-        Line(
-            transitions.name,
-            level,
-            "order %s %s -> %s%s (%s)%s",
-            (
-                order_id,
-                from_status or "new",
-                to_status,
-                f" step={step_name}" if step_name else "",
-                kind,
-                f": {reason}" if reason else "",
-            ),
-            request_id.get(),
-            fields,
-        )
+    log_line(
+        transitions,
+        level,
+        "order %s %s -> %s%s (%s)%s",
+        order_id,
+        from_status or "new",
+        to_status,
+        f" step={step_name}" if step_name else "",
+        kind,
+        f": {reason}" if reason else "",
+        request_id=request_id.get(),
+        fields=fields,
     )
 
 

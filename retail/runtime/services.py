@@ -151,7 +151,7 @@ async def running_services(
             bus=bus,
             idempotency_ttl_s=settings.idempotency_ttl_s,
             on_committed=pool.work_arrived,
-            on_placed=fleet.stored if fleet is not None else lambda placed: None,
+            on_placed=fleet.stored if fleet is not None else None,
         )
         if fleet is not None:
             await fleet.start()  # the fleet's load is known before the first order

@@ -23,7 +23,7 @@ from contextvars import Token
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retail.runtime.clock import Clock
-from retail.runtime.logs import Line, RateLimit, left_out_note, request_id
+from retail.runtime.logs import RateLimit, left_out_note, log_line, request_id
 from retail.runtime.metrics import Metrics
 from retail.web.middleware import HttpMiddleware
 
@@ -118,22 +118,18 @@ class Telemetry:
         }
         if order_id:
             fields["order_id"] = order_id
-        access.handle(
-            Line(
-                access.name,
-                logging.INFO,
-                "%s %s %d %.1fms%s%s",
-                (
-                    method,
-                    path,
-                    status,
-                    milliseconds,
-                    f" order_id={order_id}" if order_id else "",
-                    note,
-                ),
-                rid,
-                fields,
-            )
+        log_line(
+            access,
+            logging.INFO,
+            "%s %s %d %.1fms%s%s",
+            method,
+            path,
+            status,
+            milliseconds,
+            f" order_id={order_id}" if order_id else "",
+            note,
+            request_id=rid,
+            fields=fields,
         )
 
 
