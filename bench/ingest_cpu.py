@@ -1,7 +1,7 @@
 """Ingest CPU per order, in-process: `POST /orders` driven through the ASGI app directly.
 
     uv run python -m bench.ingest_cpu [--orders 12000] [--clients 64] [--defaults] [--keys]
-                                      [--profile F]
+                                      [--profile F] [--set RETAIL_NAME=VALUE ...]
 
 No server, no sockets: `clients` tasks each send their share of orders through the app
 (SQLite file in a temporary directory, workers off, queue mode with a queue limit nothing
@@ -135,6 +135,13 @@ def main() -> None:
         "--keys", action="store_true", help="an Idempotency-Key of its own on every request"
     )
     parser.add_argument("--profile", metavar="FILE", help="write cProfile figures here")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="RETAIL_NAME=VALUE",
+        help="a setting over the above (repeatable), e.g. RETAIL_LOG_LEVEL=warning",
+    )
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="retail-ingest-cpu-")
     settings = {
@@ -152,6 +159,11 @@ def main() -> None:
         }
     else:
         settings |= {"RETAIL_WORKERS_ENABLED": "false", "RETAIL_LOG_LEVEL": "warning"}
+    for assignment in args.set:
+        name, equals, value = assignment.partition("=")
+        if not equals or not name.startswith("RETAIL_"):
+            parser.error(f"--set wants RETAIL_NAME=VALUE, not {assignment!r}")
+        settings[name] = value
     os.environ.update(settings)
     from retail.config import LogFormat, Settings
 

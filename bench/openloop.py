@@ -48,6 +48,7 @@ class Record:
     error: str | None = None
     priority: str | None = None
     retry_after: str | None = None
+    retry_after_ms: str | None = None
 
 
 def request_bytes(host: str, sku: str, index: int, priority: str | None = None) -> bytes:
@@ -143,6 +144,7 @@ async def run(
             record.answered_s = time.perf_counter() - start
             record.status, record.location = status, headers.get("location")
             record.retry_after = headers.get("retry-after")
+            record.retry_after_ms = headers.get("retry-after-ms")
             if headers.get("connection", "").lower() == "close":
                 connections.drop(writer)
             else:

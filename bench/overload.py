@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -88,8 +88,10 @@ class OverloadResult:
     service_s: float  # mean started -> finished of fulfilled full-service orders
     wait_ms: tuple[float, float] | None  # p50, p99 created -> started of fulfilled orders
     # `retail.sim.report.retry_after_error` of the 503s: how far each Retry-After was
-    # from the time until an order sent after it was first accepted
+    # from the time until an order sent after it was first accepted; and each
+    # Retry-After-Ms (the estimate in milliseconds)
     retry_after_error: dict[str, Any]
+    retry_after_ms_error: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fulfilled_rate(self) -> float:
@@ -209,6 +211,7 @@ class Sent:
     error: str | None
     retry_after: str | None = None
     priority: str | None = None
+    retry_after_ms: str | None = None
 
     @property
     def latency_s(self) -> float | None:
@@ -355,16 +358,20 @@ def measure(
         service_s=sum(full) / len(full) if full else 0.0,
         wait_ms=percentiles_ms(waits),
         retry_after_error=retry_after_accuracy(orders),
+        retry_after_ms_error=retry_after_accuracy(orders, fine=True),
     )
 
 
-def retry_after_accuracy(orders: list[Sent]) -> dict[str, Any]:
+def retry_after_accuracy(orders: list[Sent], *, fine: bool = False) -> dict[str, Any]:
     """`retail.sim.report.retry_after_error` on a live run: each 503 and each 202 at the
-    moment its request was sent (admission decides as a request arrives)."""
+    moment its request was sent (admission decides as a request arrives). `fine`: of the
+    `Retry-After-Ms` given, not the `Retry-After`."""
     refusals = [
-        (o.sent_s, float(o.retry_after))
+        (o.sent_s, int(o.retry_after_ms) / 1000.0 if fine else float(o.retry_after))
         for o in orders
-        if o.status == 503 and o.sent_s is not None and o.retry_after is not None
+        if o.status == 503
+        and o.sent_s is not None
+        and (o.retry_after_ms if fine else o.retry_after) is not None
     ]
     admitted = sorted(o.sent_s for o in orders if o.status == 202 and o.sent_s is not None)
     return retry_after_error(refusals, admitted)

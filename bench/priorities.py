@@ -50,7 +50,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,7 @@ class Figures:
     # `retail.sim.report.retry_after_error` of the whole run: "all" (a retry admitted as
     # any order), and per priority (a retry admitted when an order of its priority next is)
     retry_after_error: dict[str, dict[str, Any]]
+    retry_after_ms_error: dict[str, dict[str, Any]] = field(default_factory=dict)  # the same
 
     @property
     def recovery_s(self) -> float | None:
@@ -246,6 +247,7 @@ def _figures(
     config: PriorityConfig,
     recovery: Recovery | None,
     retry_after_error: dict[str, dict[str, Any]],
+    retry_after_ms_error: dict[str, dict[str, Any]],
 ) -> Figures:
     window = (2 * config.delay_s, config.duration_s)
     window_s = window[1] - window[0]
@@ -264,6 +266,7 @@ def _figures(
         accepted_by_priority=accepted_share,
         recovery=recovery,
         retry_after_error=retry_after_error,
+        retry_after_ms_error=retry_after_ms_error,
     )
 
 
@@ -375,6 +378,7 @@ def simulated(
         for p, c in zip(Priority, phase.by_priority, strict=True)
     }
     critical = phase.by_priority[Priority.CRITICAL.rank]
+    by_priority = sim_report.by_priority(whole)
     return Figures(
         critical_accepted=shares["critical"],
         critical_p99_wait_s=_p99(critical.waits),
@@ -387,10 +391,14 @@ def simulated(
             "all": retry_after_error(
                 zip(whole.refusal_at, whole.refusal_retry_after, strict=True), whole.accepted_at
             ),
-            **{
-                name: figures["retry_after_error"]
-                for name, figures in sim_report.by_priority(whole).items()
-            },
+            **{name: figures["retry_after_error"] for name, figures in by_priority.items()},
+        },
+        retry_after_ms_error={
+            "all": retry_after_error(
+                zip(whole.refusal_at, whole.refusal_retry_after_ms, strict=True),
+                whole.accepted_at,
+            ),
+            **{name: figures["retry_after_ms_error"] for name, figures in by_priority.items()},
         },
     )
 
@@ -451,13 +459,16 @@ def _live_outcomes(
     return outcomes
 
 
-def _retry_after_errors(sent: Sequence[overload.Sent]) -> dict[str, dict[str, Any]]:
+def _retry_after_errors(
+    sent: Sequence[overload.Sent], *, fine: bool = False
+) -> dict[str, dict[str, Any]]:
     """The Retry-After error of the whole run, and per priority: a refused order's retry
-    would first be admitted when the next order of its own priority was."""
-    errors = {"all": overload.retry_after_accuracy(list(sent))}
+    would first be admitted when the next order of its own priority was. `fine`: of the
+    Retry-After-Ms."""
+    errors = {"all": overload.retry_after_accuracy(list(sent), fine=fine)}
     for name in PRIORITIES:
         errors[name] = overload.retry_after_accuracy(
-            [o for o in sent if (o.priority or "standard") == name]
+            [o for o in sent if (o.priority or "standard") == name], fine=fine
         )
     return errors
 
@@ -509,6 +520,7 @@ def run_one(workdir: Path, mode: str, multiple: float, config: PriorityConfig) -
             _live_outcomes(sent, stored), control, config.duration_s, config.delay_s
         ),
         retry_after_error=_retry_after_errors(sent),
+        retry_after_ms_error=_retry_after_errors(sent, fine=True),
     )
     refused = [o for o in during if o.status == 503]
     full = [
@@ -639,6 +651,11 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
                     f"({_median_error(r.sim.retry_after_error.get(k, {}))})"
                     for k in ("all", *PRIORITIES)
                 ),
+                " / ".join(
+                    f"{_median_error(live.retry_after_ms_error.get(k, {}))} "
+                    f"({_median_error(r.sim.retry_after_ms_error.get(k, {}))})"
+                    for k in ("all", *PRIORITIES)
+                ),
                 "; ".join(checks),
             ]
         )
@@ -657,6 +674,7 @@ def tables(results: Sequence[PriorityResult], config: PriorityConfig) -> str:
             "client send lag p99 ms",
             "recovery s (abnormal / orders after it; waits > 0.1 D unperturbed)",
             "Retry-After median error all / crit / std / shed (simulated)",
+            "Retry-After-Ms, the same",
             "targets",
         ],
         targets_rows,

@@ -112,13 +112,20 @@ def auto_notes(runs: Sequence[OverloadResult]) -> list[str]:
             f"{_target(r.fulfilled_rate >= 0.97 * capacity_rate)})"
         )
     for r in runs:
-        error = r.retry_after_error
+        error, fine = r.retry_after_error, r.retry_after_ms_error
         if error.get("count"):
             notes.append(
                 f"- Retry-After, {r.mode} at {r.multiple:g}x: median error {error['median']:.0%} "
                 f"over {error['count']} refusals (given {error['median_retry_after_s']:g} s, "
                 f"first acceptance after {error['median_first_admitted_s']:.2f} s, medians; "
                 f"target <= 25 %: {_target(error['median'] <= 0.25)})"
+                + (
+                    f"; Retry-After-Ms median error {fine['median']:.0%} (given "
+                    f"{fine['median_retry_after_s']:.3f} s; target <= 25 %: "
+                    f"{_target(fine['median'] <= 0.25)})"
+                    if fine.get("count")
+                    else ""
+                )
             )
     return notes
 
@@ -148,7 +155,7 @@ def overload_runs_table(runs: Sequence[OverloadResult]) -> str:
                 _ms(r.refusal_sent_ms),
                 _ms(r.accept_ms),
                 _ms(r.wait_ms),
-                _retry_after(r.retry_after_error),
+                f"{_retry_after(r.retry_after_error)} / {_retry_after(r.retry_after_ms_error)}",
                 f"{r.rss_kib[2] / 1024:.0f} ({rss_growth(r):.2f})" if r.rss_kib[2] else "-",
             ]
         )
@@ -166,7 +173,7 @@ def overload_runs_table(runs: Sequence[OverloadResult]) -> str:
             "from send",
             "202 p50 / p99 ms from due",
             "wait p50 / p99 ms",
-            "Retry-After error: median (within 25 %, early)",
+            "Retry-After / Retry-After-Ms error: median (within 25 %, early)",
             "peak RSS MiB (end/25 %)",
         ],
         rows,

@@ -23,7 +23,9 @@ successive offsets of a golden-ratio sequence, which fills the window evenly how
 many there are: a burst refused together comes back spread over the window, and on
 average exactly at the estimate (rounding down after an even offset in [0, 1) is
 unbiased; rounding up would add half a second to every answer). Deterministic: the
-same refusals get the same values.
+same refusals get the same values. Room often comes back within a fraction of a second,
+which whole seconds cannot say: the refusal also carries the estimate in milliseconds
+(`Retry-After-Ms`), moved by the same offset within the quarter of the wait alone.
 """
 
 from __future__ import annotations
@@ -396,10 +398,12 @@ class Admission:
             self.fairness.gave_back(customer)
 
     def _over_share(self, over: OverShare, now: float) -> OverFairShare:
-        retry_s = capacity.retry_after_s(self.dispatcher.next_free_s(now))
+        free_s = self.dispatcher.next_free_s(now)
+        retry_s = capacity.retry_after_s(free_s)
         return OverFairShare(
             f"Order refused: {over.reason}. Retry in {retry_s} s.",
             retry_after_s=retry_s,
+            retry_after_ms=_milliseconds(free_s),
             held=over.held,
             fair_share=over.share,
             places=over.places,
@@ -468,17 +472,18 @@ class Admission:
         if self.limits.mode is not OverloadMode.AUTO:
             self._set_level(AutoLevel.QUEUE, None)  # entering auto starts from its first level
 
-    def _spread(self, decision: capacity.Reject) -> int:
-        """The Retry-After for `decision`: its estimate, dithered by the next offset."""
+    def _spread(self, decision: capacity.Reject) -> tuple[int, int]:
+        """The Retry-After for `decision`, in whole seconds and in milliseconds: its
+        estimate, dithered by the next offset."""
         wait_s = decision.retry_in_s
-        window = SPREAD_FRACTION * wait_s
-        if window < SPREAD_MIN_WINDOW_S:
-            window = SPREAD_MIN_WINDOW_S
         self._refusals = n = self._refusals + 1
+        offset = (n * GOLDEN_FRACTION) % 1.0
+        fine = SPREAD_FRACTION * wait_s
+        window = fine if fine > SPREAD_MIN_WINDOW_S else SPREAD_MIN_WINDOW_S
         # Never negative (the window's lower half is at most an eighth of the wait, or
         # nothing), so int() rounds down.
-        value = int(wait_s + window * ((n * GOLDEN_FRACTION) % 1.0) - (window - 1.0) / 2)
-        return value if value > 1 else 1
+        value = int(wait_s + window * offset - (window - 1.0) / 2)
+        return (value if value > 1 else 1), _milliseconds(wait_s + fine * (offset - 0.5))
 
     def _exceeded(
         self,
@@ -488,7 +493,7 @@ class Admission:
         now: float,
     ) -> CapacityExceeded:
         assert load is not None  # refused only when no slot is free: the full load was read
-        retry_s = self._spread(decision)
+        retry_s, retry_ms = self._spread(decision)
         # Who asked for more than the plain order is told which of it was refused.
         asked: dict[str, Any] = {}
         if priority is not None and priority is not Priority.STANDARD:
@@ -498,6 +503,7 @@ class Admission:
         return CapacityExceeded(
             _refusal_detail(decision.reason, retry_s),
             retry_after_s=retry_s,
+            retry_after_ms=retry_ms,
             mode=self.limits.mode.value,
             capacity=self.limits.capacity,
             in_flight=load.in_flight,
@@ -505,3 +511,9 @@ class Admission:
             queue_limit=self.limits.queue_limit,
             **asked,
         )
+
+
+def _milliseconds(seconds: float) -> int:
+    """A `Retry-After-Ms`: whole milliseconds, at least 1."""
+    value = round(seconds * 1000.0)
+    return value if value > 1 else 1

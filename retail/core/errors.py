@@ -14,6 +14,7 @@ class RetailError(Exception):
     slug: str = "internal-error"
     title: str = "Internal error"
     retry_after_s: int | None = None  # when set, the answer says when to retry
+    retry_after_ms: int | None = None  # ... and, where known, the estimate itself (ms)
 
     def __init__(self, detail: str, *, retry_after_s: int | None = None, **extra: Any) -> None:
         super().__init__(detail)
@@ -69,13 +70,17 @@ class InvalidHeader(RetailError):
 
 
 class CapacityExceeded(RetailError):
-    """Shed for lack of capacity: `Retry-After` says when to come back."""
+    """Shed for lack of capacity: `Retry-After` says when to come back (whole seconds),
+    `retry_after_ms` the estimate it rounds (the `Retry-After-Ms` header)."""
 
     status, slug, title = 503, "capacity-exceeded", "Over capacity"
     retry_after_s: int
 
-    def __init__(self, detail: str, *, retry_after_s: int, **extra: Any) -> None:
+    def __init__(
+        self, detail: str, *, retry_after_s: int, retry_after_ms: int | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail, retry_after_s=retry_after_s, **extra)
+        self.retry_after_ms = retry_after_ms
 
 
 class OverFairShare(CapacityExceeded):

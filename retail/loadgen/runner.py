@@ -13,7 +13,8 @@ Open loop, no coordinated omission:
 
 With a `mix` every order is sent with its priority (`retail.loadgen.mix`: drawn from the
 seed, as `retail simulate` draws it), with `start_within_s` its deadline; with `retry`
-a refused order comes back after its `Retry-After` plus jitter, while the retries stay
+a refused order comes back after its `Retry-After` (`Retry-After-Ms` where given) plus
+jitter, while the retries stay
 within `retry_budget` of the orders sent so far.
 
 Accepted orders are then followed (`GET /orders/{id}`, waiting as long as each
@@ -29,6 +30,7 @@ import email.utils
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -330,6 +332,15 @@ class LoadRun:
     retries_denied: int = 0  # retries the retry budget did not allow
 
 
+def retry_wait_s(headers: Mapping[str, str]) -> float | None:
+    """When to come back, in seconds: `Retry-After-Ms` where the server gives it (the
+    estimate itself; `Retry-After` has whole seconds), else `Retry-After`."""
+    fine = headers.get("retry-after-ms")
+    if fine is not None and (fine := fine.strip()).isascii() and fine.isdigit():
+        return int(fine) / 1000.0
+    return parse_retry_after(headers.get("retry-after"))
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a `Retry-After` header (delay-seconds or an HTTP date)."""
     if not value:
@@ -495,7 +506,7 @@ async def _place(context: _Context, order: OrderResult) -> None:
         if (
             _retryable(order)
             and attempt < config.retries
-            and await _back_off(context, attempt, order.retry_after_s)
+            and await _back_off(context, attempt, retry_wait_s(response.headers))
         ):
             continue
         break
@@ -547,7 +558,7 @@ def _absorb(order: OrderResult, data: dict[str, Any]) -> None:
 
 
 async def _back_off(context: _Context, attempt: int, retry_after_s: float | None) -> bool:
-    """Wait before another attempt: `Retry-After` if the server gave one (plus jitter
+    """Wait before another attempt: `retry_wait_s` if the server gave one (plus jitter
     with `retry`), otherwise exponential backoff with jitter. False (no wait) when that
     would pass the deadline or, with `retry`, when the retry budget is spent."""
     budget = context.budget

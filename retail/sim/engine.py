@@ -101,10 +101,11 @@ class PriorityCounts:
     fulfilled: int = 0
     ends: array[float] = field(default_factory=lambda: array("d"))  # of fulfilled orders
     sojourns: array[float] = field(default_factory=lambda: array("d"))
-    # every 503 of this priority's orders (retried ones too), the Retry-After it gave, and
-    # every accepted attempt: the Retry-After error per priority
+    # every 503 of this priority's orders (retried ones too), the Retry-After it gave (and
+    # its Retry-After-Ms, in seconds), and every accepted attempt: the error per priority
     refusal_at: array[float] = field(default_factory=lambda: array("d"))
     refusal_retry_after: array[float] = field(default_factory=lambda: array("d"))
+    refusal_retry_after_ms: array[float] = field(default_factory=lambda: array("d"))
     accepted_at: array[float] = field(default_factory=lambda: array("d"))
 
 
@@ -135,9 +136,11 @@ class SimRun:
     ends: array[float] = field(default_factory=lambda: array("d"))
     sojourns: array[float] = field(default_factory=lambda: array("d"))
     refused_at: array[float] = field(default_factory=lambda: array("d"))
-    # every 503 (retried ones too): when, and the Retry-After it gave; every accepted attempt
+    # every 503 (retried ones too): when, and the Retry-After it gave (and its
+    # Retry-After-Ms, in seconds); every accepted attempt
     refusal_at: array[float] = field(default_factory=lambda: array("d"))
     refusal_retry_after: array[float] = field(default_factory=lambda: array("d"))
+    refusal_retry_after_ms: array[float] = field(default_factory=lambda: array("d"))
     accepted_at: array[float] = field(default_factory=lambda: array("d"))
     timeline: list[Sample] = field(default_factory=list)
     expired: int = 0  # accepted, never started: the start deadline passed in the queue
@@ -210,6 +213,7 @@ def simulate(config: SimConfig) -> SimRun:
     ends_add, sojourns_add = run.ends.append, run.sojourns.append
     refused_add = run.refused_at.append
     refusal_add, retry_after_add = run.refusal_at.append, run.refusal_retry_after.append
+    retry_after_ms_add = run.refusal_retry_after_ms.append
     accepted_add = run.accepted_at.append
     degraded = ServiceLevel.DEGRADED
 
@@ -290,10 +294,18 @@ def simulate(config: SimConfig) -> SimRun:
                 refusals += 1
                 refusal_add(now)
                 retry_after_add(refusal.retry_after_s)
+                # As `retail load` retries: after Retry-After-Ms, where given.
+                fine_s = (
+                    refusal.retry_after_ms / 1000.0
+                    if refusal.retry_after_ms is not None
+                    else float(refusal.retry_after_s)
+                )
+                retry_after_ms_add(fine_s)
                 counts.refusal_at.append(now)
                 counts.refusal_retry_after.append(refusal.retry_after_s)
+                counts.refusal_retry_after_ms.append(fine_s)
                 if attempt < retries and (budget is None or budget.spend()):
-                    delay = float(refusal.retry_after_s)
+                    delay = fine_s
                     if budget is not None:
                         delay = retry_delay(delay, jitter_rng)
                     push(heap, (now + delay, _RETRY, key, first_due, attempt + 1))

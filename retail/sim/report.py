@@ -25,7 +25,7 @@ JSON (`--json`), schema `retail.sim.report/1`:
      "fulfilled", "failed", "expired", "retries_denied", "offered_rate", "duration_s",
      "throughput_per_s", "refused_share", "max_queued",
      "wait_s": STATS, "sojourn_s": STATS, "retry_after_error": RETRY_AFTER_ERROR,
-     "sim_seconds", "wall_seconds",
+     "retry_after_ms_error": RETRY_AFTER_ERROR, "sim_seconds", "wall_seconds",
      "settings": {"overload_mode", "capacity", "queue_limit", "max_queue_wait_s",
                   "critical_reserve", "target_wait_s", "full_service_s",
                   "degraded_service_s"},
@@ -34,7 +34,8 @@ JSON (`--json`), schema `retail.sim.report/1`:
      "by_priority": {"critical" | "standard" | "sheddable": {"orders", "accepted",
                      "degraded", "refused", "refused_share", "expired", "fulfilled",
                      "goodput_per_s", "wait_s": STATS, "sojourn_s": STATS,
-                     "retry_after_error": RETRY_AFTER_ERROR}},
+                     "retry_after_error": RETRY_AFTER_ERROR,
+                     "retry_after_ms_error": RETRY_AFTER_ERROR}},
      "timeline": [[t_s, in_flight, queued], ...]}
 
     STATS = {"count", "mean", "p50", "p90", "p99", "p99_9", "max"}  (null when empty)
@@ -46,7 +47,8 @@ would first have been admitted; the error is |Retry-After - that| / that. `retai
 simulate` and the overload benchmark measure it the same way, on the same data: when
 each refusal and each acceptance happened. Per priority, the time is until an order of
 the same priority was first admitted: room that comes back goes to higher priorities
-first.
+first. `retry_after_ms_error` is the same for the `Retry-After-Ms` given beside it (the
+estimate in milliseconds, where whole seconds cannot say a fraction of one).
 """
 
 from __future__ import annotations
@@ -159,6 +161,10 @@ def by_priority(run: SimRun) -> dict[str, Any]:
                 zip(counts.refusal_at, counts.refusal_retry_after, strict=True),
                 counts.accepted_at,
             ),
+            "retry_after_ms_error": retry_after_error(
+                zip(counts.refusal_at, counts.refusal_retry_after_ms, strict=True),
+                counts.accepted_at,
+            ),
         }
     return result
 
@@ -187,6 +193,9 @@ def summarize(run: SimRun, *, timeline: bool = True) -> dict[str, Any]:
         "sojourn_s": stats(run.sojourns),
         "retry_after_error": retry_after_error(
             zip(run.refusal_at, run.refusal_retry_after, strict=True), run.accepted_at
+        ),
+        "retry_after_ms_error": retry_after_error(
+            zip(run.refusal_at, run.refusal_retry_after_ms, strict=True), run.accepted_at
         ),
         "sim_seconds": run.sim_seconds,
         "wall_seconds": run.wall_seconds,
@@ -269,6 +278,14 @@ def render(summary: dict[str, Any]) -> RenderableType:
             f"{error['count']} refusals: given {error['median_retry_after_s']:g} s, "
             f"first admission after {error['median_first_admitted_s']:.2f} s (medians)",
         )
+    fine = summary.get("retry_after_ms_error") or {}
+    if fine.get("count"):
+        overview.add_row(
+            "Retry-After-Ms",
+            f"median error {fine['median']:.0%} (p90 {fine['p90']:.0%}, "
+            f"{fine['within_target']:.0%} within {ACCURATE_WITHIN:.0%}): "
+            f"given {fine['median_retry_after_s']:.3f} s (median)",
+        )
     overview.add_row(
         "simulated",
         f"{summary['sim_seconds']:,.1f} s in {summary['wall_seconds']:.2f} s of wall time",
@@ -296,7 +313,8 @@ def priority_table(rows: dict[str, Any]) -> Table:
     table = Table(title="by priority", title_justify="left")
     for name in ("priority", "orders", "accepted", "refused", "degraded", "expired"):
         table.add_column(name, justify="left" if name == "priority" else "right")
-    for name in ("fulfilled", "goodput/s", "wait p50 ms", "wait p99 ms", "Retry-After error"):
+    columns = ("fulfilled", "goodput/s", "wait p50 ms", "wait p99 ms", "Retry-After error s / ms")
+    for name in columns:
         table.add_column(name, justify="right")
     for name, row in rows.items():
         table.add_row(
@@ -310,7 +328,8 @@ def priority_table(rows: dict[str, Any]) -> Table:
             f"{row['goodput_per_s']:,.2f}",
             ms(row["wait_s"]["p50"]),
             ms(row["wait_s"]["p99"]),
-            _median_error(row.get("retry_after_error") or {}),
+            f"{_median_error(row.get('retry_after_error') or {})} / "
+            f"{_median_error(row.get('retry_after_ms_error') or {})}",
         )
     return table
 

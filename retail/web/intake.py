@@ -171,7 +171,7 @@ ORDER_EXAMPLE = {
                 },
             },
         },
-        **responses(400, 408, 409, 413, 415, 422, 429, 503),
+        **responses(400, 408, 409, 413, 415, 422, 429, 503, refusals=True),
     },
     response_model=OrderRead,
     dependencies=[Depends(json_body)],
@@ -330,12 +330,16 @@ async def _problem(error: RetailError, scope: Scope, receive: Receive, send: Sen
     rendered = _REFUSALS.get(key)
     if rendered is None:
         response = retail_problem(error, instance=PATH)
-        rendered = (response.raw_headers, bytes(response.body))
+        same = [h for h in response.raw_headers if h[0] != b"retry-after-ms"]
+        rendered = (same, bytes(response.body))
         if len(_REFUSALS) >= MAX_CACHED_REFUSALS:
             _REFUSALS.clear()
         _REFUSALS[key] = rendered
-    headers, body = rendered
-    await send({"type": "http.response.start", "status": error.status, "headers": list(headers)})
+    cached, body = rendered
+    headers = list(cached)
+    if error.retry_after_ms is not None:  # differs from one refusal to the next: not cached
+        headers.append((b"retry-after-ms", b"%d" % error.retry_after_ms))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

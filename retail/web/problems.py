@@ -84,6 +84,8 @@ def retail_problem(
     headers = None
     if error.retry_after_s is not None:
         headers = {"Retry-After": str(error.retry_after_s)}
+        if error.retry_after_ms is not None:
+            headers["Retry-After-Ms"] = str(error.retry_after_ms)
     elif error.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}  # required on every 401 (RFC 9110)
     return problem(
@@ -222,8 +224,9 @@ def _document_problem(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problem responses a route can give."""
+def responses(*statuses: int, refusals: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problem responses a route can give; `refusals`: its 429
+    and 503 are admission's refusals, which carry `Retry-After-Ms` too."""
     meaning = {
         400: "Malformed JSON or header.",
         401: "Missing or wrong admin token (`Authorization: Bearer …`).",
@@ -271,12 +274,19 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         if status in (409, 429, 503):
             entry["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+            if refusals and status != 409:
+                entry["headers"]["Retry-After-Ms"] = RETRY_AFTER_MS_HEADER
         entries[status] = entry
     return entries
 
 
 RETRY_AFTER_HEADER = {
     "description": "Seconds to wait before trying again (on `409` while a key is in flight).",
+    "schema": {"type": "integer", "minimum": 1},
+}
+RETRY_AFTER_MS_HEADER = {
+    "description": "On a refusal for capacity or fair share: the estimate `Retry-After` "
+    "rounds to whole seconds, in milliseconds (room often comes back within a second).",
     "schema": {"type": "integer", "minimum": 1},
 }
 REQUEST_ID_HEADER = {

@@ -174,6 +174,13 @@ async def test_retry_after_is_spread_across_a_burst(
     assert len(counts) >= 3, values
     assert max(counts.values()) <= len(values) // 2, values
     assert sum(values) / len(values) == pytest.approx(DELAY_S, abs=0.5)
+    # Retry-After-Ms: the same estimate in milliseconds, spread over the same quarter of
+    # the wait (no whole seconds to round to), each refusal its own value.
+    fine = [int(answer.headers["retry-after-ms"]) for answer in burst]
+    assert all(0.875 * DELAY_S * 1000 <= ms <= 1.125 * DELAY_S * 1000 for ms in fine), fine
+    assert len(set(fine)) == len(fine), fine
+    assert sum(fine) / len(fine) == pytest.approx(DELAY_S * 1000, rel=0.02)
+    assert all(abs(ms / 1000 - s) < 1.5 for ms, s in zip(fine, values, strict=True))
 
     # Later, with room close, the window is short again: one second at least.
     assert isinstance(running.clock, ManualClock)
@@ -182,6 +189,15 @@ async def test_retry_after_is_spread_across_a_burst(
     later = [await order(client, f"later-{n}") for n in range(4)]
     assert {answer.status_code for answer in later} == {503}
     assert {int(answer.headers["retry-after"]) for answer in later} <= {1, 2}
+    # Room back in 0.3 s: whole seconds can only say 1; the milliseconds say 0.3 s.
+    running.clock.advance(0.7)
+    await quiescent(running)
+    soon = [await order(client, f"soon-{n}") for n in range(4)]
+    assert {answer.status_code for answer in soon} == {503}
+    assert {answer.headers["retry-after"] for answer in soon} == {"1"}
+    assert all(262 <= int(answer.headers["retry-after-ms"]) <= 338 for answer in soon), [
+        answer.headers["retry-after-ms"] for answer in soon
+    ]
 
 
 async def test_once_the_queue_drains_the_next_order_a_slot_can_take_is_served_as_usual(

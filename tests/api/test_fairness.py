@@ -71,6 +71,7 @@ async def test_a_flooding_customer_does_not_starve_a_small_one(
     assert len(over_share) == (rounds - 1) * (FLOOD - PLACES + 1)
     refused = over_share[0]
     assert refused.headers["retry-after"].isdigit()
+    assert int(refused.headers["retry-after-ms"]) >= 1
     assert refused.headers["content-type"] == "application/problem+json"
     problem = refused.json()
     assert problem["type"].endswith("/over-fair-share")

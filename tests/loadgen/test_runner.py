@@ -163,6 +163,33 @@ async def test_retries_wait_as_retry_after_says_and_reuse_the_idempotency_key() 
     assert summarize(run).retries == 2
 
 
+async def test_retries_wait_as_retry_after_ms_says_where_it_is_given() -> None:
+    # The milliseconds say what whole seconds cannot; one the client cannot read is
+    # passed over for the Retry-After beside it.
+    answers = [
+        httpx.Response(
+            503, headers={"Retry-After": "1", "Retry-After-Ms": "250"}, json={"status": 503}
+        ),
+        httpx.Response(
+            503, headers={"Retry-After": "2", "Retry-After-Ms": "1.5e3"}, json={"status": 503}
+        ),
+        httpx.Response(
+            503, headers={"Retry-After": "1", "Retry-After-Ms": b"\xb2"}, json={"status": 503}
+        ),
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0) if answers else accepted()
+
+    timer = Ticker()
+    run = await fake_run(handler, Schedule.constant(1, 1), timer, retries=3)
+
+    [order] = run.orders
+    assert order.outcome == "accepted" and order.attempts == 4
+    assert timer.sleeps == [0.25, 2, 1]
+    assert order.retry_after_s == 1  # as reported: the Retry-After of the last answer
+
+
 async def test_without_retries_a_refusal_is_final_and_keys_are_unique() -> None:
     keys: list[str | None] = []
 
