@@ -199,6 +199,8 @@ def claim_many(
         )
         for row, kind, detail, event_id in zip(rows, kinds, details, ids, strict=True)
     ]
+    if not postgres:
+        return claims, None
     # A resumed order was in flight already (under an expired lease): it moves.
     entries = {
         claim.seq: [
@@ -211,7 +213,7 @@ def claim_many(
         for claim in claims
     }
     notice = updated(
-        rows[0].xid if postgres and rows else None,
+        rows[0].xid if rows else None,
         started=[entries[c.seq] for c in claims if not c.resumed],
         moved=[entries[c.seq] for c in claims if c.resumed],
     )
@@ -279,6 +281,8 @@ def transition(
     results: list[Transitioned] = [
         written.get(id(change)) or LeaseLost(str(change.claim.order_id)) for change in batch
     ]
+    if xid is None or not endings:
+        return results, None
     ended = [[change.claim.seq, change.claim.customer_id] for change, _ in endings]
     return results, updated(xid, ended=ended)
 
