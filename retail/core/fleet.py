@@ -17,10 +17,16 @@ began (`reading`) whose transactions its snapshot did not see are applied again 
 top of it.
 
 This process's own commits need not wait for their notices: `own` applies a
-transaction as its notice would, as soon as the store says it committed, and the
-notice of that transaction and kind is then skipped when it arrives. Applied the
-other way round (the notice first), `own` changes nothing. An order stored here is
-then counted by the view from the moment its ticket settles, once.
+transaction as its notices would, as soon as the store says it committed, and the
+notices of that transaction and kind are then skipped when they arrive. Applied the
+other way round (the notices first), `own` changes nothing; with some of them first,
+it applies the rest. An order stored here is then counted by the view from the
+moment its ticket settles, once; an order claimed, ended, cancelled or expired here
+leaves its place from the moment the store returns, not its notice.
+
+The counts per priority may go below zero for a moment: an order this process
+claimed or cancelled leaves the queue at once, while the notice of another process's
+insert that put it there may still be on its way. They are read as at least zero.
 
 The view owns a `Dispatcher` (the in-flight timetable admission plans with): each
 order in flight anywhere in the fleet, with its expected end estimated from the
@@ -37,6 +43,10 @@ from typing import Any
 from retail.core.dispatch import Dispatcher, Running
 from retail.core.pipeline import Pipeline
 from retail.core.types import Priority, ServiceLevel
+
+# What an update's notice lists, each entry led by its order's seq: orders that started
+# (`s`), moved to another worker (`m`), ended (`e`) or left the queue unstarted (`l`).
+UPDATE_PARTS = ("s", "m", "e", "l")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +130,8 @@ class FleetView:
         # and the queued orders their inserts added, per transaction, by priority rank.
         self._applied: set[tuple[int, str]] = set()
         self._inserted: dict[int, list[int]] = {}
+        # The orders the updates applied changed, per transaction: (part, seq).
+        self._updated: dict[int, set[tuple[str, int]]] = {}
         # (transaction id, kind) applied by `own` ahead of their notices: kept until a
         # snapshot sees the transaction, so its notice is skipped however late it comes.
         self._own: set[tuple[int, str]] = set()
@@ -137,10 +149,10 @@ class FleetView:
 
     @property
     def queued(self) -> int:
-        return sum(self._queued)
+        return sum(max(0, count) for count in self._queued)
 
     def queued_by_priority(self) -> dict[Priority, int]:
-        return {priority: self._queued[priority.rank] for priority in Priority}
+        return {priority: max(0, self._queued[priority.rank]) for priority in Priority}
 
     # --- keeping it current --------------------------------------------------------------
 
@@ -176,11 +188,14 @@ class FleetView:
         since, self._since_read = self._since_read, []
         self._applied = set()
         self._inserted = {}
+        self._updated = {}
         for xid, notice in since:
             if not snapshot.sees(xid):
                 self._apply(notice, xid, now)
         self._own = {key for key in self._own if not snapshot.sees(key[0])}
-        self.drift = sum(abs(a - b) for a, b in zip(before_queued, self._queued, strict=True))
+        self.drift = sum(
+            abs(max(0, a) - max(0, b)) for a, b in zip(before_queued, self._queued, strict=True)
+        )
         self.drift += len(before_running.symmetric_difference(running))
 
     def notice(self, notice: Mapping[str, Any], now: float) -> Applied:
@@ -199,36 +214,42 @@ class FleetView:
         self.notices += 1
         return self._apply(notice, xid, now, applied)
 
-    def own(self, notice: Mapping[str, Any], now: float) -> bool:
+    def own(self, notice: Mapping[str, Any], now: float) -> Applied | None:
         """Apply a transaction this process just committed, as its notices will say it
         (`x` its id, `k` its kind, the orders it changed): at once, and its notices of
-        that kind are skipped when they come. False if the view has it already (its
-        notice came first, or a read saw it). Inserts that came in several statements
-        (so several notices), some of them here already: the rest is applied."""
+        that kind are skipped when they come. None if the view has it already (its
+        notices came first, or a read saw it). A transaction that sent several notices
+        (an insert or update in several statements), some of them here already: the
+        rest is applied."""
         xid = int(notice["x"])
         kind = str(notice["k"])
         if self.snapshot is not None and self.snapshot.sees(xid):
-            return False
+            return None
         key = (xid, kind)
-        if key in self._own:
-            return False
+        if key in self._own or (kind not in ("i", "u") and key in self._applied):
+            return None
+        self._own.add(key)
         if kind == "i":
             counts = [0] * len(Priority)
             for rank, count in notice.get("q", ()):
                 counts[int(rank)] += int(count)
             already = self._inserted.get(xid, [0] * len(Priority))
             pairs = enumerate(zip(counts, already, strict=True))
-            rest = [[rank, n - a] for rank, (n, a) in pairs if n > a]
-            self._own.add(key)
-            if not rest:
-                return False
-            self._apply({"k": "i", "x": xid, "q": rest}, xid, now)
-            return True
-        if key in self._applied:
-            return False
-        self._own.add(key)
-        self._apply(notice, xid, now)
-        return True
+            rest_i = [[rank, n - a] for rank, (n, a) in pairs if n > a]
+            if not rest_i:
+                return None
+            return self._apply({"k": "i", "x": xid, "q": rest_i}, xid, now)
+        if kind == "u":
+            done = self._updated.get(xid, set())
+            rest_u: dict[str, Any] = {"k": "u", "x": xid}
+            for part in UPDATE_PARTS:
+                entries = [e for e in notice.get(part, ()) if (part, int(e[0])) not in done]
+                if entries:
+                    rest_u[part] = entries
+            if len(rest_u) == 2:
+                return None
+            return self._apply(rest_u, xid, now)
+        return self._apply(notice, xid, now)
 
     def _apply(
         self, notice: Mapping[str, Any], xid: int | None, now: float, applied: Applied | None = None
@@ -249,10 +270,13 @@ class FleetView:
                     inserted[int(rank)] += int(count)
             applied.work_arrived = True
         elif kind == "u":
+            if xid is not None:
+                updated = self._updated.setdefault(xid, set())
+                for part in UPDATE_PARTS:
+                    updated.update((part, int(entry[0])) for entry in notice.get(part, ()))
             for entry in notice.get("s", ()):
                 order = _processing(entry)
-                rank = order.priority.rank
-                self._queued[rank] = max(0, self._queued[rank] - 1)
+                self._queued[order.priority.rank] -= 1
                 self.dispatcher.running[order.seq] = self._running(order, now)
             for entry in notice.get("m", ()):
                 order = _processing(entry)
@@ -261,7 +285,7 @@ class FleetView:
                 self.dispatcher.running.pop(int(seq), None)
                 applied.ended_customers.append(str(customer))
             for _seq, rank, _customer in notice.get("l", ()):
-                self._queued[int(rank)] = max(0, self._queued[int(rank)] - 1)
+                self._queued[int(rank)] -= 1
         return applied
 
     def _running(self, order: Processing, now: float) -> Running:

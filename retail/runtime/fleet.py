@@ -27,11 +27,12 @@ import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from retail.core import capacity
 from retail.core.admission import Admission, DecisionObserver, LevelObserver
 from retail.core.fairness import FairShare
-from retail.core.fleet import FleetView, FleetWorker
+from retail.core.fleet import Applied, FleetView, FleetWorker
 from retail.core.orders import Placed
 from retail.core.pipeline import Pipeline
 from retail.core.types import Priority
@@ -55,8 +56,9 @@ class FleetAdmission(Admission):
     comes first (between the commit and the store's answer) is known for this
     process's own by its sender (`Fleet._received`): its orders count by the view from
     then on, not by their tickets too. The waiting count is taken from the view again
-    whenever a ticket settles. An order leaving the queue (started, cancelled) leaves
-    the count when its notice comes.
+    whenever a ticket settles. An order leaving the queue (started, cancelled, expired)
+    leaves the count when its notice comes, or at once if this process's transaction
+    took it out (`Fleet.committed`).
     """
 
     def __init__(
@@ -115,9 +117,9 @@ class FleetAdmission(Admission):
         self.restore(self.view.queued_by_priority())
 
     def left_queue(self, priority: Priority = Priority.STANDARD) -> None:
-        """An order cancelled here: the view counts it until its notice says it left (a
-        moment longer than it waits, never less). Taken off here as well, it would be
-        taken off twice once the notice had come first."""
+        """An order cancelled here: the view took it off when the cancel committed
+        (`Fleet.committed`), or when its notice came if that was first. Taken off here as
+        well, it would be taken off twice."""
         self.changes += 1
         self.restore(self.view.queued_by_priority())
 
@@ -283,6 +285,10 @@ class Fleet:
             self.notice_delay_max_s = max(self.notice_delay_max_s, delay_s)
             if self._metrics is not None:
                 self._metrics.fleet_notice(delay_s)
+        self._follow(applied)
+
+    def _follow(self, applied: Applied) -> None:
+        """Admission after the view changed: ended orders' places free, the load fed."""
         for customer in applied.ended_customers:
             self._admission.order_ended(customer)
         self._feed()
@@ -305,6 +311,15 @@ class Fleet:
             queued = [[rank, count] for rank, count in enumerate(counts) if count]
             self.view.own({"k": "i", "x": xid, "q": queued}, now)
             self._admission.stored_own(xid)
+
+    def committed(self, notice: Mapping[str, Any]) -> None:
+        """A transaction of this process that changed orders already stored (claims, step
+        ends, cancels, expiries) committed: in the view at once, as its notices will put
+        it (`FleetView.own`; those notices are then skipped), so admission here plans with
+        an order claimed or cancelled here from that moment, not from its notice's."""
+        applied = self.view.own(notice, self._clock.seconds())
+        if applied is not None:
+            self._follow(applied)
 
     def _feed(self) -> None:
         """Admission plans with the fleet: its slots, timetable and queue."""

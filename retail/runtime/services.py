@@ -154,6 +154,8 @@ async def running_services(
             on_placed=fleet.stored if fleet is not None else None,
         )
         if fleet is not None:
+            # Claims, ends, cancels and expiries of this process count at their commit.
+            store.follow_changes(fleet.committed)
             await fleet.start()  # the fleet's load is known before the first order
         await ingest.start()
         await pool.start()

@@ -15,7 +15,7 @@ is refused with `LeaseLost` once another claim has taken the order over.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -197,6 +197,12 @@ class Store(Protocol):
     def server_pids(self) -> frozenset[int]:
         """PostgreSQL: the server processes of this store's connections (a notice sent by
         one is this process's own commit); empty elsewhere."""
+        ...
+
+    def follow_changes(self, listener: Callable[[Mapping[str, Any]], None]) -> None:
+        """PostgreSQL: `listener(notice)` once each transaction of this store that claimed,
+        ended, cancelled or expired orders has committed, with what its fleet notices
+        will say (`k` "u", `x` its id, the orders it changed); never elsewhere."""
         ...
 
     async def problems(self) -> list[str]:

@@ -10,7 +10,7 @@ writing its state, so each one is atomic on the event loop without a lock.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -100,6 +100,9 @@ class MemoryStore:
 
     def server_pids(self) -> frozenset[int]:
         return frozenset()
+
+    def follow_changes(self, listener: Callable[[Mapping[str, Any]], None]) -> None:
+        """No transactions, no fleet: nothing to tell."""
 
     async def problems(self) -> list[str]:
         return []

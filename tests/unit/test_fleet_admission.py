@@ -230,3 +230,28 @@ async def test_an_order_cancelled_here_leaves_the_count_once_whenever_its_notice
     assert proc.admission.queued == QUEUE_LIMIT - 2
     await burst(proc, 5, left=2)
     assert proc.accepted == QUEUE_LIMIT + 2
+
+
+async def test_a_claim_or_cancel_committed_here_frees_a_place_at_once_and_its_notice_not_again(
+    process: tuple[Process, Database],
+) -> None:
+    proc, database = process
+    await burst(proc, 10)
+    assert proc.accepted == QUEUE_LIMIT
+    ended = {"k": "u", "x": 400, "e": [[1, "alice"]]}
+    claimed = {"k": "u", "x": 401, "s": [[102, 1, "full", 0, "w1"]]}
+    cancel = {"k": "u", "x": 402, "l": [[103, 1, "alice"]]}
+    # This process's worker ends the order in flight and claims the next one; a customer
+    # cancels another here: each counts from its commit, no notice yet.
+    proc.fleet.committed(ended)
+    proc.fleet.committed(claimed)
+    assert (proc.view.in_flight, proc.admission.queued) == (1, QUEUE_LIMIT - 1)
+    proc.fleet.committed(cancel)
+    proc.admission.left_queue(Priority.STANDARD)  # the cancel's own bookkeeping
+    assert proc.admission.queued == QUEUE_LIMIT - 2
+    # Every notice, late (the inserts' too): nothing is counted again.
+    for notice in [*database.held, ended, claimed, cancel]:
+        proc.fleet._received(json.dumps({**notice, "x": str(notice["x"]), "t": 0.0}))
+        assert (proc.view.in_flight, proc.admission.queued) == (1, QUEUE_LIMIT - 2)
+    await burst(proc, 5, left=2)
+    assert proc.accepted == QUEUE_LIMIT + 2

@@ -157,3 +157,93 @@ def test_a_commit_whose_inserts_took_several_statements_counts_the_rest_of_them(
     assert fleet.queued == 100
     assert not fleet.notice(inserted(12, seq=72, count=29), now=0.0).counted
     assert fleet.queued == 100
+
+
+def own_claimed(xid: int, *seqs: int, rank: int = 1) -> dict[str, Any]:
+    """What this process knows of its own claim when the store has committed it."""
+    return {"k": "u", "x": xid, "s": [[seq, rank, "full", 0, "w1"] for seq in seqs]}
+
+
+def own_ended(xid: int, *seqs: int) -> dict[str, Any]:
+    return {"k": "u", "x": xid, "e": [[seq, "alice"] for seq in seqs]}
+
+
+def cancelled(xid: int, seq: int, rank: int = 1) -> dict[str, Any]:
+    return {"k": "u", "x": str(xid), "l": [[seq, rank, "alice"]], "t": 1.0}
+
+
+def test_a_claim_of_this_process_starts_its_orders_at_once_and_its_notice_not_again() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", queued=3), now=100.0)
+    assert fleet.own(own_claimed(12, 1, 2), now=100.0)
+    assert (fleet.queued, fleet.in_flight) == (1, 2)
+    assert set(fleet.dispatcher.running) == {1, 2}
+    late = {**started(12, seq=1), "s": [[1, 1, "full", 0, "w1"], [2, 1, "full", 0, "w1"]]}
+    assert not fleet.notice(late, now=101.0).counted
+    assert (fleet.queued, fleet.in_flight) == (1, 2)
+    assert fleet.own(own_claimed(12, 1, 2), now=101.0) is None  # told twice: once
+    assert (fleet.queued, fleet.in_flight) == (1, 2)
+
+
+def test_a_claim_whose_notice_came_first_changes_nothing_when_reported() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", queued=2), now=100.0)
+    assert fleet.notice(started(12, seq=1), now=100.0).counted
+    assert fleet.own(own_claimed(12, 1), now=100.0) is None
+    assert (fleet.queued, fleet.in_flight) == (1, 1)
+
+
+def test_ends_of_this_process_free_their_slots_at_once_once_each() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", processing=(1, 2, 3)), now=100.0)
+    # A batch of three endings: PostgreSQL sends one notice per row of the statement; one
+    # came before the store answered, the others after.
+    assert fleet.notice(ended(12, seq=1), now=100.0).counted
+    applied = fleet.own(own_ended(12, 1, 2, 3), now=100.0)
+    assert applied is not None and applied.ended_customers == ["alice", "alice"]
+    assert fleet.in_flight == 0
+    assert not fleet.notice(ended(12, seq=2), now=100.0).counted
+    assert not fleet.notice(ended(12, seq=3), now=100.0).counted
+    assert fleet.in_flight == 0
+
+
+def test_a_cancel_of_this_process_frees_its_place_at_once_whenever_its_notice_comes() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", queued=3), now=0.0)
+    own_cancel = {**cancelled(12, seq=2), "x": 12}
+    assert fleet.own(own_cancel, now=0.0)
+    assert fleet.queued == 2
+    assert not fleet.notice(cancelled(12, seq=2), now=0.0).counted
+    assert fleet.queued == 2
+    # The other way round: the notice first, then the store's answer.
+    assert fleet.notice(cancelled(13, seq=3), now=0.0).counted
+    assert fleet.own({**cancelled(13, seq=3), "x": 13}, now=0.0) is None
+    assert fleet.queued == 1
+
+
+def test_a_claim_counted_at_once_survives_a_read_taken_before_it_and_is_not_doubled() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", queued=2), now=0.0)
+    fleet.reading()
+    fleet.own(own_claimed(14, 1), now=0.0)  # commits while the read is under way
+    fleet.reconcile(state("12:12:", queued=2), now=0.0)  # its snapshot was taken before
+    assert (fleet.queued, fleet.in_flight, fleet.drift) == (1, 1, 0)
+    assert not fleet.notice(started(14, seq=1), now=0.0).counted  # late: skipped
+    fleet.reading()
+    fleet.reconcile(state("20:20:", queued=1, processing=(1,)), now=0.0)  # sees it
+    assert (fleet.queued, fleet.in_flight, fleet.drift) == (1, 1, 0)
+    assert not fleet.notice(started(14, seq=1), now=0.0).counted
+
+
+def test_an_order_claimed_here_before_its_insert_notice_came_counts_once_in_between() -> None:
+    """Another process stored it, this one claimed it: the claim is known here before the
+    insert's notice (notices come in commit order, the store's answer does not wait)."""
+    fleet = view()
+    fleet.reconcile(state("10:10:"), now=0.0)
+    fleet.own(own_claimed(13, 1), now=0.0)
+    assert (fleet.queued, fleet.in_flight) == (0, 1)
+    assert fleet.queued_by_priority()[Priority.STANDARD] == 0
+    fleet.notice(inserted(12, seq=1), now=0.0)  # the insert, late
+    assert (fleet.queued, fleet.in_flight) == (0, 1)
+    fleet.notice(inserted(15, seq=2), now=0.0)
+    assert fleet.queued == 1

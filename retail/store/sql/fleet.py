@@ -18,13 +18,43 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import make_url
+from sqlalchemy import ColumnElement, literal_column, make_url
 
 from retail.core.fleet import FleetState, FleetWorker, Processing, Snapshot
 from retail.core.types import Priority, ServiceLevel
 
 CHANNEL = "retail_fleet"
 UTC_NOW = "timezone('utc', now())"
+# This transaction's id, as the notices it sends carry it (PostgreSQL).
+XACT_ID = "pg_current_xact_id()::text"
+
+Notice = dict[str, Any]
+
+
+def xact_id_column(postgres: bool) -> list[ColumnElement[Any]]:
+    """A `RETURNING`/select column with the transaction's id (`xid`), on PostgreSQL."""
+    return [literal_column(XACT_ID).label("xid")] if postgres else []
+
+
+def updated(
+    xid: int | str | None,
+    *,
+    started: list[list[Any]] | None = None,
+    moved: list[list[Any]] | None = None,
+    ended: list[list[Any]] | None = None,
+    left: list[list[Any]] | None = None,
+) -> Notice | None:
+    """What the notices of a transaction that updated orders say, whole, as the trigger
+    `retail_fleet_updated` writes it: orders that started (`[seq, priority, level, step,
+    owner]`), moved to another worker (the same), ended (`[seq, customer]`) or left the
+    queue unstarted (`[seq, priority, customer]`). None when there is nothing to say
+    (or no transaction id: SQLite)."""
+    if xid is None:
+        return None
+    parts = {"s": started, "m": moved, "e": ended, "l": left}
+    notice: Notice = {"k": "u", "x": int(xid)}
+    notice.update({part: entries for part, entries in parts.items() if entries})
+    return notice if len(notice) > 2 else None
 
 
 def asyncpg_dsn(database_url: str) -> str:

@@ -25,6 +25,7 @@ from retail.core.types import OrderStatus
 from retail.store.base import OrderQuery
 from retail.store.sql import products
 from retail.store.sql.bulk import BulkInsert
+from retail.store.sql.fleet import Notice, updated, xact_id_column
 from retail.store.sql.models import Order, OrderEvent, OrderLine, Product, table
 
 products_table = table(Product)
@@ -241,14 +242,21 @@ async def release_stock(*, session: AsyncSession, order_id: uuid.UUID, now: date
     await products.restock(session=session, lines=[(r.sku, r.quantity) for r in lines], now=now)
 
 
-async def cancel_order(*, session: AsyncSession, order_id: uuid.UUID, now: datetime) -> OrderEvent:
-    """Cancel a queued order and give its stock back, exactly once."""
-    cancelled = await session.scalar(
-        update(Order)
-        .where(Order.id == order_id, Order.status == OrderStatus.QUEUED.value)
-        .values(status=OrderStatus.CANCELLED.value, finished_at=now, updated_at=now)
-        .returning(Order.seq)
-    )
+async def cancel_order(
+    *, session: AsyncSession, order_id: uuid.UUID, now: datetime
+) -> tuple[OrderEvent, Notice | None]:
+    """Cancel a queued order and give its stock back, exactly once; and on PostgreSQL
+    what the transaction's notice will say (the order left the queue)."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    xid_column = xact_id_column(postgres)
+    cancelled = (
+        await session.execute(
+            update(Order)
+            .where(Order.id == order_id, Order.status == OrderStatus.QUEUED.value)
+            .values(status=OrderStatus.CANCELLED.value, finished_at=now, updated_at=now)
+            .returning(Order.seq, Order.priority, Order.customer_id, *xid_column)
+        )
+    ).first()
     if cancelled is None:
         status = await session.scalar(select(Order.status).where(Order.id == order_id))
         if status is None:
@@ -259,7 +267,7 @@ async def cancel_order(*, session: AsyncSession, order_id: uuid.UUID, now: datet
             order_status=status,
         )
     await release_stock(session=session, order_id=order_id, now=now)
-    return await add_event(
+    event = await add_event(
         session=session,
         order_id=order_id,
         kind="cancelled",
@@ -267,3 +275,5 @@ async def cancel_order(*, session: AsyncSession, order_id: uuid.UUID, now: datet
         at=now,
         detail={"stock_released": True},
     )
+    left = [[cancelled.seq, cancelled.priority, cancelled.customer_id]]
+    return event, updated(cancelled.xid if postgres else None, left=left)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     case,
     func,
     literal,
+    literal_column,
     or_,
     select,
     update,
@@ -34,6 +35,7 @@ from retail.core.events import iso
 from retail.core.types import OrderStatus, Priority, ServiceLevel
 from retail.store.base import Claim, EventSpec, LeaseLost, Transition, Transitioned
 from retail.store.sql.bulk import BulkInsert
+from retail.store.sql.fleet import XACT_ID, Notice, updated, xact_id_column
 from retail.store.sql.models import Order, OrderEvent, OrderLine, Product, table
 from retail.store.sql.orders import add_event, release_stock
 
@@ -52,7 +54,8 @@ _TOKENS = (
     .where(_orders.c.id.in_(bindparam("ids", expanding=True)), _orders.c.status == PROCESSING)
     .order_by(_orders.c.id)
 )
-_TOKENS_LOCKED = _TOKENS.with_for_update()
+# PostgreSQL: the rows locked, and the transaction's id its notice will carry.
+_TOKENS_LOCKED = _TOKENS.add_columns(literal_column(XACT_ID).label("xid")).with_for_update()
 _FENCE = and_(
     _orders.c.id == bindparam("b_id"),
     _orders.c.lease_token == bindparam("b_token"),
@@ -103,10 +106,11 @@ def _claimable(now: datetime) -> list[tuple[ColumnElement[bool], tuple[Any, ...]
 
 def claim_many(
     *, connection: Connection, owner: str, now: datetime, lease_s: float, limit: int
-) -> list[Claim]:
+) -> tuple[list[Claim], Notice | None]:
     """Claim up to `limit` orders in start order: one select per kind, one update, one
     insert of their `started`/`resumed` events. On PostgreSQL the chosen rows are locked
-    (`SKIP LOCKED`: two processes never wait on, or take, the same order)."""
+    (`SKIP LOCKED`: two processes never wait on, or take, the same order), and what the
+    transaction's notice will say comes back with the claims (see `fleet.updated`)."""
     postgres = connection.dialect.name == "postgresql"
     candidates = _claimable(now)
     seqs: list[int] = []
@@ -119,8 +123,9 @@ def claim_many(
         if len(seqs) >= limit:
             break
     if not seqs:
-        return []
+        return [], None
     at_now = literal(now, _orders.c.created_at.type)
+    xid_column = xact_id_column(postgres)
     returned = connection.execute(
         update(_orders)
         .where(_orders.c.seq.in_(seqs), or_(*(condition for condition, _ in candidates)))
@@ -151,6 +156,7 @@ def claim_many(
             _orders.c.started_at,
             _orders.c.priority,
             _orders.c.customer_id,
+            *xid_column,
         )
     ).all()
     place = {seq: index for index, seq in enumerate(seqs)}
@@ -168,7 +174,7 @@ def claim_many(
         key="order_id",
         value="id",
     )
-    return [
+    claims = [
         Claim(
             order_id=row.id,
             seq=row.seq,
@@ -193,11 +199,30 @@ def claim_many(
         )
         for row, kind, detail, event_id in zip(rows, kinds, details, ids, strict=True)
     ]
+    if not postgres:
+        return claims, None
+    # A resumed order was in flight already (under an expired lease): it moves.
+    entries = {
+        claim.seq: [
+            claim.seq,
+            claim.priority.rank,
+            claim.service_level.value,
+            claim.step_index,
+            owner,
+        ]
+        for claim in claims
+    }
+    notice = updated(
+        rows[0].xid if rows else None,
+        started=[entries[c.seq] for c in claims if not c.resumed],
+        moved=[entries[c.seq] for c in claims if c.resumed],
+    )
+    return claims, notice
 
 
 def transition(
     *, connection: Connection, batch: Sequence[Transition], now: datetime, lease_s: float
-) -> list[Transitioned]:
+) -> tuple[list[Transitioned], Notice | None]:
     """Apply a batch of claims' transitions in one transaction, each fenced on its own.
 
     One read of the batch's orders (locked on PostgreSQL, in id order; on SQLite the
@@ -205,10 +230,11 @@ def transition(
     order; only those are written: one statement for the step boundaries, one for the
     endings, the stock of failed orders back, and the events in at most three multi-row
     inserts (an order's first event in the first, its second in the second...), so each
-    order's events keep their order.
+    order's events keep their order. On PostgreSQL, what the transaction's notices will
+    say comes back with the results: the orders that ended.
     """
     if not batch:
-        return []
+        return [], None
 
     def _fence(change: Transition, now: datetime) -> dict[str, Any]:
         return {
@@ -219,11 +245,11 @@ def transition(
             "b_now": now,
         }
 
-    query = _TOKENS_LOCKED if connection.dialect.name == "postgresql" else _TOKENS
+    postgres = connection.dialect.name == "postgresql"
     ids = sorted({change.claim.order_id for change in batch})
-    tokens: dict[uuid.UUID, int] = {
-        row.id: row.lease_token for row in connection.execute(query, {"ids": ids})
-    }
+    locked = connection.execute(_TOKENS_LOCKED if postgres else _TOKENS, {"ids": ids}).all()
+    tokens: dict[uuid.UUID, int] = {row.id: row.lease_token for row in locked}
+    xid = locked[0].xid if postgres and locked else None
     live = [change for change in batch if tokens.get(change.claim.order_id) == change.claim.token]
     steps = [_fence(change, now) for change in live if change.ending is None]
     if steps:
@@ -252,7 +278,13 @@ def transition(
                 Event(event_id, live[i].claim.order_id, kind, status, step, now, detail)
             )
     written = {id(change): events for change, events in zip(live, recorded, strict=True)}
-    return [written.get(id(change)) or LeaseLost(str(change.claim.order_id)) for change in batch]
+    results: list[Transitioned] = [
+        written.get(id(change)) or LeaseLost(str(change.claim.order_id)) for change in batch
+    ]
+    if xid is None or not endings:
+        return results, None
+    ended = [[change.claim.seq, change.claim.customer_id] for change, _ in endings]
+    return results, updated(xid, ended=ended)
 
 
 def _update_steps(connection: Connection, steps: list[dict[str, Any]], now: datetime) -> None:
@@ -340,17 +372,29 @@ async def release_leases(*, session: AsyncSession, owner: str, now: datetime) ->
     return len(rows)
 
 
-async def expire_due(*, session: AsyncSession, now: datetime) -> list[tuple[OrderEvent, Priority]]:
-    """End the queued orders whose start deadline is before `now`: `expired`, stock back.
+async def expire_due(
+    *, session: AsyncSession, now: datetime
+) -> tuple[list[tuple[OrderEvent, Priority]], Notice | None]:
+    """End the queued orders whose start deadline is before `now`: `expired`, stock back;
+    and on PostgreSQL what the transaction's notice will say (the orders that left).
 
     Conditional on `queued`, so a cancel or claim in between wins and nothing ends twice.
     """
+    postgres = session.get_bind().dialect.name == "postgresql"
+    xid_column = xact_id_column(postgres)
     rows = (
         await session.execute(
             update(Order)
             .where(Order.status == OrderStatus.QUEUED.value, Order.start_deadline < now)
             .values(status=OrderStatus.EXPIRED.value, finished_at=now, updated_at=now)
-            .returning(Order.id, Order.priority, Order.start_deadline)
+            .returning(
+                Order.id,
+                Order.seq,
+                Order.priority,
+                Order.customer_id,
+                Order.start_deadline,
+                *xid_column,
+            )
         )
     ).all()
     expired = []
@@ -365,7 +409,8 @@ async def expire_due(*, session: AsyncSession, now: datetime) -> list[tuple[Orde
             detail={"start_deadline": iso(row.start_deadline), "stock_released": True},
         )
         expired.append((event, Priority.of_rank(row.priority)))
-    return expired
+    left = [[row.seq, row.priority, row.customer_id] for row in rows]
+    return expired, updated(rows[0].xid if postgres and rows else None, left=left)
 
 
 async def any_due(*, session: AsyncSession, now: datetime) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ from retail.store.base import (
 from retail.store.sql import idempotency, orders, pgbatch, products, queue
 from retail.store.sql import models as m
 from retail.store.sql.engine import Database
+from retail.store.sql.fleet import Notice
 from retail.store.sql.migrations import schema_status, upgrade_to_head
 from retail.store.sql.orders import core_event
 from retail.store.sql.outage import database_outage
@@ -57,6 +58,7 @@ class SqlStore:
         # PostgreSQL: the batch writer's own connection, in autocommit (see `pgbatch`).
         self._batch_connection: AsyncConnection | None = None
         self._batch_lock = asyncio.Lock()
+        self._on_changed: Callable[[Mapping[str, Any]], None] | None = None
 
     # --- life -------------------------------------------------------------------------
     async def prepare(self, *, migrate: bool, seed_catalogue: bool, now: datetime) -> int:
@@ -75,6 +77,14 @@ class SqlStore:
 
     def server_pids(self) -> frozenset[int]:
         return frozenset(self.db.server_pids)
+
+    def follow_changes(self, listener: Callable[[Mapping[str, Any]], None]) -> None:
+        self._on_changed = listener
+
+    def _changed(self, notice: Notice | None) -> None:
+        """A transaction of this store committed: tell the listener what its notices say."""
+        if notice is not None and self._on_changed is not None:
+            self._on_changed(notice)
 
     async def problems(self) -> list[str]:
         file_problem = await asyncio.to_thread(self.db.file_problem)
@@ -238,17 +248,18 @@ class SqlStore:
     # --- changing -------------------------------------------------------------------------
     async def cancel_order(self, order_id: uuid.UUID, *, now: datetime) -> OrderEvent:
         async with self.db.write() as session:
-            return core_event(
-                await orders.cancel_order(session=session, order_id=order_id, now=now)
-            )
+            event, notice = await orders.cancel_order(session=session, order_id=order_id, now=now)
+        self._changed(notice)
+        return core_event(event)
 
     async def expire_due(self, *, now: datetime) -> list[Expired]:
         async with self.db.read() as session:  # most of the time there is none: no write
             if not await queue.any_due(session=session, now=now):
                 return []
         async with self.db.write() as session:
-            expired = await queue.expire_due(session=session, now=now)
-            return [Expired(core_event(event), priority) for event, priority in expired]
+            expired, notice = await queue.expire_due(session=session, now=now)
+        self._changed(notice)
+        return [Expired(core_event(event), priority) for event, priority in expired]
 
     # --- the work queue -------------------------------------------------------------------
     async def claim_next(self, *, owner: str, now: datetime, lease_s: float) -> Claim | None:
@@ -260,22 +271,26 @@ class SqlStore:
     ) -> list[Claim]:
         if limit < 1:
             return []
-        return await self.db.run_write(
+        claims, notice = await self.db.run_write(
             lambda connection: queue.claim_many(
                 connection=connection, owner=owner, now=now, lease_s=lease_s, limit=limit
             )
         )
+        self._changed(notice)
+        return claims
 
     async def transition(
         self, batch: Sequence[Transition], *, now: datetime, lease_s: float
     ) -> list[Transitioned]:
         if not batch:
             return []
-        return await self.db.run_write(
+        results, notice = await self.db.run_write(
             lambda connection: queue.transition(
                 connection=connection, batch=batch, now=now, lease_s=lease_s
             )
         )
+        self._changed(notice)
+        return results
 
     async def _one(self, change: Transition, now: datetime, lease_s: float) -> list[OrderEvent]:
         (result,) = await self.transition([change], now=now, lease_s=lease_s)
