@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     TypeDecorator,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from uuid_utils.compat import uuid7
@@ -99,6 +100,14 @@ class Order(Base):
         Index("ix_orders_status_priority_seq", "status", "priority", "seq"),
         Index("ix_orders_customer_id_seq", "customer_id", "seq"),
         Index("ix_orders_priority_seq", "priority", "seq"),
+        # Waiting orders past their start deadline (`expire_due`): those with one only.
+        Index(
+            "ix_orders_status_start_deadline",
+            "status",
+            "start_deadline",
+            sqlite_where=text("start_deadline IS NOT NULL"),
+            postgresql_where=text("start_deadline IS NOT NULL"),
+        ),
     )
 
     # `seq` orders everything (FIFO fulfilment, newest-first listing); `id` is public.
