@@ -3,7 +3,8 @@
 `retail.runtime.placing.place_order` does the work. The web layer reads the request
 once, here, and chooses the door:
 
-- `OrderIntake`, an ASGI middleware in front of the router, takes every `POST /orders`.
+- `OrderIntake`, in front of the framework (`retail.web.app.RetailApp`), takes every
+  `POST /orders` as it arrives.
   Over capacity it refuses a request without a key before reading its body (fair
   shares on or off: with no room at all, no customer gets a place), and without
   taking a place: nothing a client does afterwards can hold one. Then it
@@ -35,7 +36,7 @@ from retail.runtime.services import Services
 from retail.web import limits
 from retail.web.deps import ServicesDep
 from retail.web.outage import outage_response
-from retail.web.problems import responses, retail_problem
+from retail.web.problems import responses, retail_problem, unexpected
 from retail.web.schemas import OrderCreate, OrderRead
 from retail.web.security import DEFAULT_HEADERS, add_security_headers
 from retail.web.telemetry import REQUEST_ID_RAW, TaggedSend, Telemetry
@@ -212,13 +213,14 @@ ROUTE = next(r for r in router.routes if isinstance(r, APIRoute))
 class OrderIntake:
     """Every `POST /orders`: refusals first, then the body, then one of the two doors.
 
-    The outermost of the app's middlewares: for the requests it answers itself it does
-    what the middlewares behind it do for every other request, without their layers
-    (each one a coroutine and a wrapped `send` per request): it records the request
-    (`Telemetry`), adds the security headers, and answers a database outage with its
-    `503`. It applies `BodySizeLimit`'s limit to the body it reads. What it hands on
-    (a body that does not validate, or any request before the services have started)
-    passes through all of them.
+    In front of the framework (`RetailApp`): for the requests it answers itself it does
+    what the layers behind it do for every other request, without them (each one a
+    coroutine and a wrapped `send` per request): it records the request (`Telemetry`),
+    adds the security headers, answers a database outage with its `503` and any other
+    error with a `500` problem (the error then goes on to the server, as the
+    framework's own outermost layer lets it). It applies `BodySizeLimit`'s limit to the
+    body it reads. What it hands on (a body that does not validate, or any request
+    before the services have started) passes through all of them.
     """
 
     def __init__(
@@ -252,6 +254,10 @@ class OrderIntake:
             except Exception as error:
                 outage = outage_response(error, scope)  # nothing was sent yet
                 if outage is None:
+                    # As the framework's outermost layer answers it: a 500 problem, and
+                    # the error goes on to the server.
+                    failed = await unexpected(Request(scope, receive), error)
+                    await failed(scope, receive, finished_send)
                     raise
                 await outage(scope, receive, finished_send)
                 return
@@ -321,8 +327,9 @@ _REFUSALS: dict[tuple[Any, ...], tuple[list[tuple[bytes, bytes]], bytes]] = {}
 MAX_CACHED_REFUSALS = 1024
 
 
-async def _problem(error: RetailError, scope: Scope, receive: Receive, send: Send) -> None:
-    """The problem response for `error`; a refusal (it says when to retry) from the cache."""
+async def _problem(error: RetailError, scope: Scope, receive: Receive, send: TaggedSend) -> None:
+    """The problem response for `error`; a refusal (it says when to retry) from the cache,
+    with the security headers already in it."""
     if error.retry_after_s is None:
         await retail_problem(error, instance=PATH)(scope, receive, send)
         return
@@ -331,6 +338,7 @@ async def _problem(error: RetailError, scope: Scope, receive: Receive, send: Sen
     if rendered is None:
         response = retail_problem(error, instance=PATH)
         same = [h for h in response.raw_headers if h[0] != b"retry-after-ms"]
+        add_security_headers(same, PATH)
         rendered = (same, bytes(response.body))
         if len(_REFUSALS) >= MAX_CACHED_REFUSALS:
             _REFUSALS.clear()
@@ -339,8 +347,7 @@ async def _problem(error: RetailError, scope: Scope, receive: Receive, send: Sen
     headers = list(cached)
     if error.retry_after_ms is not None:  # differs from one refusal to the next: not cached
         headers.append((b"retry-after-ms", b"%d" % error.retry_after_ms))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send.whole(error.status, headers, body)
 
 
 class _Headers:

@@ -162,7 +162,7 @@ def log_outage(method: str, path: str, cause: str, error: BaseException) -> None
 async def _database_error(request: Request, error: Exception) -> ProblemResponse:
     cause = database_outage(error)
     if cause is None:
-        return await _unexpected(request, error)
+        return await unexpected(request, error)
     log_outage(request.method, request.url.path, cause, error)
     return outage_problem(cause, instance=request.url.path)
 
@@ -184,7 +184,8 @@ def allowed_methods(request: Request) -> list[str]:
     ]
 
 
-async def _unexpected(request: Request, error: Exception) -> ProblemResponse:
+async def unexpected(request: Request, error: Exception) -> ProblemResponse:
+    """A 500 problem for an error nothing else handled (logged with its traceback)."""
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
     return problem(
         INTERNAL_ERROR,
@@ -200,7 +201,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for outage in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError):
         app.add_exception_handler(outage, _database_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(Exception, unexpected)
     _document_problem(app)
 
 

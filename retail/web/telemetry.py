@@ -165,6 +165,15 @@ class TaggedSend:
         self.status = 500  # unless a response starts: the server answers an exception with 500
         self.headers: list[tuple[bytes, bytes]] = []
 
+    async def whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Send a whole response whose `headers` are complete but for the request id (so
+        `extra` is not applied); kept for `Telemetry.end` as `__call__` keeps them."""
+        headers.append((REQUEST_ID_RAW, self._rid))
+        self.status, self.headers = status, headers
+        send = self._send
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
