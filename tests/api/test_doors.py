@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from retail.runtime import placing
 from retail.web.app import create_app
 from tests.conftest import make_settings
 
@@ -100,3 +102,36 @@ async def test_both_doors_give_the_same_orders_and_problems(tmp_path: Path) -> N
     assert statuses == [202, 202, 409, 422, 422, 422, 400, 415, 415, 202, 202, 422, 400]
     assert fast[9][1] == fast[10][1]  # the replay is the first answer
     assert fast[10][2]["idempotent-replayed"] == "true"
+
+
+async def _failing(database: Path, *, fast_path: bool, monkeypatch: Any) -> httpx.Response:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    settings = make_settings(f"sqlite+aiosqlite:///{database}", workers_enabled=False)
+    app = create_app(settings, fast_path=fast_path)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(transport=transport, base_url="http://t")
+        )
+        monkeypatch.setattr(placing, "place_order", broken)
+        return await client.post("/orders", content=REQUESTS[0][1], headers=REQUESTS[0][0])
+
+
+async def test_both_doors_answer_an_unexpected_error_with_a_500_problem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fast = await _failing(tmp_path / "fast.db", fast_path=True, monkeypatch=monkeypatch)
+    route = await _failing(tmp_path / "route.db", fast_path=False, monkeypatch=monkeypatch)
+    for response in (fast, route):
+        assert response.status_code == 500
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"].endswith("/internal-error")
+    assert stable(fast.json()) == stable(route.json())
+    # The fast path's answer carries what every answer it gives does.
+    assert fast.headers["x-content-type-options"] == "nosniff"
+    assert fast.headers["x-request-id"]
+    logged = [r for r in caplog.records if r.exc_info and "a bug" in str(r.exc_info[1])]
+    assert len(logged) >= 2  # each door logged the error with its traceback
