@@ -7,7 +7,11 @@ count is consistent (every 202 stored, nothing lost), not how fast anything is.
 from __future__ import annotations
 
 import math
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -16,6 +20,7 @@ import pytest
 from bench import erlang, ingest, overload, priorities, report, wrk
 from bench.baseline import create_app
 from bench.priorities import Outcome
+from bench.servers import ROOT
 from retail.loadgen.schedule import Arrivals, Schedule, due_times
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
@@ -124,6 +129,28 @@ def test_ingest_with_the_defaults_at_tiny_scale(tmp_path: Path) -> None:
     assert result.durability.ok
     assert result.ratio > 0
     assert "| SQLite, defaults (workers on, logs info) |" in report.ingest_table([result], 4, 1)
+
+
+@pytest.mark.slow
+def test_the_cpu_probes_run_at_tiny_scale() -> None:
+    def probe(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("RETAIL_")},
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    refusals = probe("bench.refusal_cpu", "--requests", "50", "--rounds", "2")
+    assert re.fullmatch(r"cpu_us_per_refusal=[\d.]+ [\d.]+ min=[\d.]+ median=[\d.]+\n", refusals)
+    orders = probe("bench.ingest_cpu", "--orders", "128", "--set", "RETAIL_FAIR_SHARE=false")
+    assert re.fullmatch(
+        r"orders=128 cpu_us_per_order=[\d.]+ event_loop_cpu_us_per_order=[\d.]+\n", orders
+    )
 
 
 @pytest.mark.slow
