@@ -273,18 +273,15 @@ def render(summary: dict[str, Any]) -> RenderableType:
     if error.get("count"):
         overview.add_row(
             "Retry-After",
-            f"median error {error['median']:.0%} (p90 {error['p90']:.0%}, "
-            f"{error['within_target']:.0%} within {ACCURATE_WITHIN:.0%}) over "
-            f"{error['count']} refusals: given {error['median_retry_after_s']:g} s, "
-            f"first admission after {error['median_first_admitted_s']:.2f} s (medians)",
+            f"{_error_text(error)} over {error['count']} refusals: given "
+            f"{error['median_retry_after_s']:g} s, first admission after "
+            f"{error['median_first_admitted_s']:.2f} s (medians)",
         )
     fine = summary.get("retry_after_ms_error") or {}
     if fine.get("count"):
         overview.add_row(
             "Retry-After-Ms",
-            f"median error {fine['median']:.0%} (p90 {fine['p90']:.0%}, "
-            f"{fine['within_target']:.0%} within {ACCURATE_WITHIN:.0%}): "
-            f"given {fine['median_retry_after_s']:.3f} s (median)",
+            f"{_error_text(fine)}: given {fine['median_retry_after_s']:.3f} s (median)",
         )
     overview.add_row(
         "simulated",
@@ -332,6 +329,14 @@ def priority_table(rows: dict[str, Any]) -> Table:
             f"{_median_error(row.get('retry_after_ms_error') or {})}",
         )
     return table
+
+
+def _error_text(error: dict[str, Any]) -> str:
+    """How far a retry hint was from the truth, in words (`retry_after_error`'s figures)."""
+    return (
+        f"median error {error['median']:.0%} (p90 {error['p90']:.0%}, "
+        f"{error['within_target']:.0%} within {ACCURATE_WITHIN:.0%})"
+    )
 
 
 def _median_error(error: dict[str, Any]) -> str:
