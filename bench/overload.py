@@ -42,7 +42,8 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from bench import erlang, ingest, servers, wrk
-from retail.sim.report import retry_after_error
+from retail.core.types import Priority
+from retail.sim.report import retry_after_error_by_rank
 
 MODES = ("queue", "reject", "degrade", "auto")
 SKU = ingest.SKU
@@ -363,18 +364,26 @@ def measure(
 
 
 def retry_after_accuracy(orders: list[Sent], *, fine: bool = False) -> dict[str, Any]:
-    """`retail.sim.report.retry_after_error` on a live run: each 503 and each 202 at the
-    moment its request was sent (admission decides as a request arrives). `fine`: of the
-    `Retry-After-Ms` given, not the `Retry-After`."""
+    """`retail.sim.report.retry_after_error_by_rank` on a live run: each 503 and each 202
+    at the moment its request was sent (admission decides as a request arrives). `fine`:
+    of the `Retry-After-Ms` given, not the `Retry-After`."""
     refusals = [
-        (o.sent_s, int(o.retry_after_ms) / 1000.0 if fine else float(o.retry_after))
+        (
+            o.sent_s,
+            int(o.retry_after_ms) / 1000.0 if fine else float(o.retry_after),
+            Priority(o.priority or "standard").rank,
+        )
         for o in orders
         if o.status == 503
         and o.sent_s is not None
         and (o.retry_after_ms if fine else o.retry_after) is not None
     ]
-    admitted = sorted(o.sent_s for o in orders if o.status == 202 and o.sent_s is not None)
-    return retry_after_error(refusals, admitted)
+    admitted = [
+        (o.sent_s, Priority(o.priority or "standard").rank)
+        for o in orders
+        if o.status == 202 and o.sent_s is not None
+    ]
+    return retry_after_error_by_rank(refusals, admitted)
 
 
 class Scenarios(Protocol):

@@ -28,10 +28,10 @@ Figures (the overload phase: orders due before `duration_s`):
   in the control run too. The target is 2 s.
 - client send lag: due time to the request going out (connection included), of the
   refused orders: how much of the refusal time is the client's;
-- Retry-After error (`retail.sim.report.retry_after_error`, whole run): the median
-  relative error of each `Retry-After` against the time a retry would first have been
-  admitted, for all orders, and per priority against the next admission of an order of
-  that priority (target: within 25 %).
+- Retry-After error (`retail.sim.report.retry_after_error_by_rank`, whole run): the
+  median relative error of each `Retry-After` (and `Retry-After-Ms`) against the time a
+  retry would first have been admitted: the next admission of an order of its priority
+  or a lower one; for all orders and per priority (target: within 25 %).
 
 The same scenario runs through `retail simulate` (the same due times and priorities,
 from the same seed) and its figures are printed beside the live ones, with their
@@ -65,7 +65,6 @@ from retail.loadgen.mix import PRIORITIES, Mix
 from retail.loadgen.schedule import Arrivals, Schedule
 from retail.sim import report as sim_report
 from retail.sim.engine import SimConfig, SimRun, simulate
-from retail.sim.report import retry_after_error
 
 MIX = "critical=0.2,standard=0.5,sheddable=0.3"
 MODES = ("queue", "reject", "degrade", "auto")
@@ -108,8 +107,8 @@ class Figures:
     goodput_by_priority: dict[str, float]  # fulfilled/s in the window
     accepted_by_priority: dict[str, float]  # share accepted
     recovery: Recovery | None  # None: the queue never drained in the run
-    # `retail.sim.report.retry_after_error` of the whole run: "all" (a retry admitted as
-    # any order), and per priority (a retry admitted when an order of its priority next is)
+    # `retail.sim.report.retry_after_error_by_rank` of the whole run: "all", and per
+    # priority (a retry admitted when an order of its priority or a lower one next is)
     retry_after_error: dict[str, dict[str, Any]]
     retry_after_ms_error: dict[str, dict[str, Any]] = field(default_factory=dict)  # the same
 
@@ -388,16 +387,11 @@ def simulated(
         accepted_by_priority=shares,
         recovery=_recovery(_sim_outcomes(whole), control, config.duration_s, config.delay_s),
         retry_after_error={
-            "all": retry_after_error(
-                zip(whole.refusal_at, whole.refusal_retry_after, strict=True), whole.accepted_at
-            ),
+            "all": sim_report.run_retry_after_error(whole),
             **{name: figures["retry_after_error"] for name, figures in by_priority.items()},
         },
         retry_after_ms_error={
-            "all": retry_after_error(
-                zip(whole.refusal_at, whole.refusal_retry_after_ms, strict=True),
-                whole.accepted_at,
-            ),
+            "all": sim_report.run_retry_after_error(whole, fine=True),
             **{name: figures["retry_after_ms_error"] for name, figures in by_priority.items()},
         },
     )
@@ -463,12 +457,14 @@ def _retry_after_errors(
     sent: Sequence[overload.Sent], *, fine: bool = False
 ) -> dict[str, dict[str, Any]]:
     """The Retry-After error of the whole run, and per priority: a refused order's retry
-    would first be admitted when the next order of its own priority was. `fine`: of the
-    Retry-After-Ms."""
+    would first be admitted when the next order of its priority or a lower one was.
+    `fine`: of the Retry-After-Ms."""
     errors = {"all": overload.retry_after_accuracy(list(sent), fine=fine)}
     for name in PRIORITIES:
+        # Its own refusals; every admission (those of lower priorities count too).
         errors[name] = overload.retry_after_accuracy(
-            [o for o in sent if (o.priority or "standard") == name], fine=fine
+            [o for o in sent if o.status != 503 or (o.priority or "standard") == name],
+            fine=fine,
         )
     return errors
 

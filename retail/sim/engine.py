@@ -136,11 +136,7 @@ class SimRun:
     ends: array[float] = field(default_factory=lambda: array("d"))
     sojourns: array[float] = field(default_factory=lambda: array("d"))
     refused_at: array[float] = field(default_factory=lambda: array("d"))
-    # every 503 (retried ones too): when, and the Retry-After it gave (and its
-    # Retry-After-Ms, in seconds); every accepted attempt
-    refusal_at: array[float] = field(default_factory=lambda: array("d"))
-    refusal_retry_after: array[float] = field(default_factory=lambda: array("d"))
-    refusal_retry_after_ms: array[float] = field(default_factory=lambda: array("d"))
+    # every accepted attempt (each 503's, per priority: `by_priority`)
     accepted_at: array[float] = field(default_factory=lambda: array("d"))
     timeline: list[Sample] = field(default_factory=list)
     expired: int = 0  # accepted, never started: the start deadline passed in the queue
@@ -212,8 +208,6 @@ def simulate(config: SimConfig) -> SimRun:
     starts_add, waits_add, services_add = run.starts.append, run.waits.append, run.services.append
     ends_add, sojourns_add = run.ends.append, run.sojourns.append
     refused_add = run.refused_at.append
-    refusal_add, retry_after_add = run.refusal_at.append, run.refusal_retry_after.append
-    retry_after_ms_add = run.refusal_retry_after_ms.append
     accepted_add = run.accepted_at.append
     degraded = ServiceLevel.DEGRADED
 
@@ -292,15 +286,12 @@ def simulate(config: SimConfig) -> SimRun:
                 ticket = admit(now, SIM_CUSTOMER, priority=priority, start_within_s=within)
             except CapacityExceeded as refusal:
                 refusals += 1
-                refusal_add(now)
-                retry_after_add(refusal.retry_after_s)
                 # As `retail load` retries: after Retry-After-Ms, where given.
                 fine_s = (
                     refusal.retry_after_ms / 1000.0
                     if refusal.retry_after_ms is not None
                     else float(refusal.retry_after_s)
                 )
-                retry_after_ms_add(fine_s)
                 counts.refusal_at.append(now)
                 counts.refusal_retry_after.append(refusal.retry_after_s)
                 counts.refusal_retry_after_ms.append(fine_s)

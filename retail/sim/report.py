@@ -45,9 +45,10 @@ How far a `Retry-After` is from the truth (`retry_after_error`): for each `503`,
 time until an order sent after it (of any attempt) was first admitted is when a retry
 would first have been admitted; the error is |Retry-After - that| / that. `retail
 simulate` and the overload benchmark measure it the same way, on the same data: when
-each refusal and each acceptance happened. Per priority, the time is until an order of
-the same priority was first admitted: room that comes back goes to higher priorities
-first. `retry_after_ms_error` is the same for the `Retry-After-Ms` given beside it (the
+each refusal and each acceptance happened. With priorities, the time is until an order
+of the same priority or a lower one was first admitted (what admits a sheddable order
+admits a standard one; room that comes back goes to higher priorities first).
+`retry_after_ms_error` is the same for the `Retry-After-Ms` given beside it (the
 estimate in milliseconds, where whole seconds cannot say a fraction of one).
 """
 
@@ -100,11 +101,33 @@ def retry_after_error(
     come back too early (before anything was admitted again), and the medians of the
     Retry-After given and of the time to the first admission.
     """
+    return retry_after_error_by_rank(
+        ((at, retry_after, 0) for at, retry_after in refusals),
+        ((at, 0) for at in admitted_at),
+    )
+
+
+def retry_after_error_by_rank(
+    refusals: Iterable[tuple[float, float, int]], admitted: Iterable[tuple[float, int]]
+) -> dict[str, Any]:
+    """`retry_after_error` with priorities: (when, Retry-After, priority rank) of each
+    refusal, (when, priority rank) of each admission. A retry of a refused order would
+    first have been admitted when an order of its priority or a lower one next was (what
+    admits an order admits a more important one too), not when any order was."""
+    times: dict[int, list[float]] = {}
+    for at, rank in admitted:
+        times.setdefault(rank, []).append(at)
+    at_or_below: dict[int, list[float]] = {}
     errors: list[float] = []
     given: list[float] = []
     actual: list[float] = []
     early = unresolved = 0
-    for at, retry_after in refusals:
+    for at, retry_after, rank in refusals:
+        admitted_at = at_or_below.get(rank)
+        if admitted_at is None:
+            admitted_at = at_or_below[rank] = sorted(
+                t for r, ts in times.items() if r >= rank for t in ts
+            )
         index = bisect.bisect_right(admitted_at, at)
         if index == len(admitted_at):
             unresolved += 1
@@ -127,6 +150,27 @@ def retry_after_error(
         "median_retry_after_s": nearest_rank(sorted(given), 0.5),
         "median_first_admitted_s": nearest_rank(sorted(actual), 0.5),
     }
+
+
+def run_retry_after_error(
+    run: SimRun, *, rank: int | None = None, fine: bool = False
+) -> dict[str, Any]:
+    """`retry_after_error_by_rank` of a run: every refusal, or those of one priority
+    (`rank`); of the Retry-After given, or (`fine`) of the Retry-After-Ms."""
+    per = run.by_priority
+    ranks = range(len(per)) if rank is None else (rank,)
+    return retry_after_error_by_rank(
+        (
+            (at, retry_after, r)
+            for r in ranks
+            for at, retry_after in zip(
+                per[r].refusal_at,
+                per[r].refusal_retry_after_ms if fine else per[r].refusal_retry_after,
+                strict=True,
+            )
+        ),
+        ((at, r) for r, counts in enumerate(per) for at in counts.accepted_at),
+    )
 
 
 def throughput(run: SimRun, fulfilled: int | None = None) -> float:
@@ -156,15 +200,9 @@ def by_priority(run: SimRun) -> dict[str, Any]:
             "goodput_per_s": throughput(run, counts.fulfilled),
             "wait_s": stats(counts.waits),
             "sojourn_s": stats(counts.sojourns),
-            # a retry of this priority is admitted when an order of this priority next is
-            "retry_after_error": retry_after_error(
-                zip(counts.refusal_at, counts.refusal_retry_after, strict=True),
-                counts.accepted_at,
-            ),
-            "retry_after_ms_error": retry_after_error(
-                zip(counts.refusal_at, counts.refusal_retry_after_ms, strict=True),
-                counts.accepted_at,
-            ),
+            # a retry of this priority is admitted when one of it or a lower one next is
+            "retry_after_error": run_retry_after_error(run, rank=priority.rank),
+            "retry_after_ms_error": run_retry_after_error(run, rank=priority.rank, fine=True),
         }
     return result
 
@@ -191,12 +229,8 @@ def summarize(run: SimRun, *, timeline: bool = True) -> dict[str, Any]:
         "max_queued": run.max_queued,
         "wait_s": stats(run.waits),
         "sojourn_s": stats(run.sojourns),
-        "retry_after_error": retry_after_error(
-            zip(run.refusal_at, run.refusal_retry_after, strict=True), run.accepted_at
-        ),
-        "retry_after_ms_error": retry_after_error(
-            zip(run.refusal_at, run.refusal_retry_after_ms, strict=True), run.accepted_at
-        ),
+        "retry_after_error": run_retry_after_error(run),
+        "retry_after_ms_error": run_retry_after_error(run, fine=True),
         "sim_seconds": run.sim_seconds,
         "wall_seconds": run.wall_seconds,
         "settings": {
