@@ -14,8 +14,7 @@ Open loop, no coordinated omission:
 With a `mix` every order is sent with its priority (`retail.loadgen.mix`: drawn from the
 seed, as `retail simulate` draws it), with `start_within_s` its deadline; with `retry`
 a refused order comes back after its `Retry-After` (`Retry-After-Ms` where given) plus
-jitter, while the retries stay
-within `retry_budget` of the orders sent so far.
+jitter, while the retries stay within `retry_budget` of the orders sent so far.
 
 Accepted orders are then followed (`GET /orders/{id}`, waiting as long as each
 `Retry-After` says) to a terminal state or until the follow deadline, and their

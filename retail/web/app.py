@@ -54,10 +54,11 @@ def announce_stop(app: FastAPI) -> None:
 class RetailApp(FastAPI):
     """The framework's app, with `POST /orders` answered before its own layers.
 
-    `order_intake` (the fast path) takes every `POST /orders` as the request arrives: a refusal
-    needs no routing, and none of the layers the framework puts around every request
-    (its error and body-limit middlewares, each a coroutine and a wrapped `send`). It
-    does their work itself, and hands what it does not answer to the whole stack.
+    `order_intake` (the fast path) takes every `POST /orders` as the request arrives: a
+    refusal needs no routing, and none of the layers the framework puts around every
+    request (its error and body-limit middlewares, each a coroutine and a wrapped
+    `send`). It does their work itself, and hands what it does not answer to the whole
+    stack.
     """
 
     order_intake: intake.OrderIntake | None = None
