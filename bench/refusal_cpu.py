@@ -1,13 +1,14 @@
 """Refusal CPU, in-process: `POST /orders` refused before its body, through the ASGI app.
 
-    uv run python -m bench.refusal_cpu [--requests 20000] [--rounds 5]
+    uv run python -m bench.refusal_cpu [--requests 20000] [--rounds 5] [--door]
 
 No server, no sockets: reject mode, capacity 1, its one slot held for the whole run
 (one order of a very long fulfilment), fair shares off, logs at warning; then every
 request is refused before its body is read (`503`). After a round of warm-up, prints
 the process's CPU microseconds per refusal for each round, and the least and the
 median: the app's own share of a refusal (`bench overload`'s saturation run gives the
-figure over HTTP).
+figure over HTTP). With `--door`, each refusal is asked of the door `retail serve`'s HTTP
+protocol asks first (`RetailApp.refuse_at_door`), from the request's headers alone.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from bench.ingest_cpu import _request
 
 
-async def _run(requests: int, rounds: int) -> list[float]:
+async def _run(requests: int, rounds: int, door: bool) -> list[float]:
     from retail.web.app import create_app
 
     app = create_app()
@@ -48,9 +49,14 @@ async def _run(requests: int, rounds: int) -> list[float]:
             await _request(app, "POST", "/orders", body.encode(), headers)
         for _ in range(rounds):
             started = time.process_time()
-            for _ in range(requests):
-                status = await _request(app, "POST", "/orders", body.encode(), headers)
-                assert status == 503, status
+            if door:
+                for _ in range(requests):
+                    answer = app.refuse_at_door(b"POST", b"/orders", headers)
+                    assert answer is not None and answer[0] == 503, answer
+            else:
+                for _ in range(requests):
+                    status = await _request(app, "POST", "/orders", body.encode(), headers)
+                    assert status == 503, status
             per_refusal.append((time.process_time() - started) / requests * 1e6)
     return per_refusal
 
@@ -59,6 +65,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000, help="refusals per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--door", action="store_true", help="refused at the door (RetailApp.refuse_at_door)"
+    )
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="retail-refusal-cpu-")
     os.environ.update(
@@ -73,7 +82,7 @@ def main() -> None:
         }
     )
     sys.stderr = open(f"{workdir}/server.log", "w")  # noqa: SIM115 - for the whole run
-    rounds = asyncio.run(_run(args.requests, args.rounds))
+    rounds = asyncio.run(_run(args.requests, args.rounds, args.door))
     print(
         "cpu_us_per_refusal="
         + " ".join(f"{r:.1f}" for r in rounds)

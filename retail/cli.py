@@ -139,6 +139,7 @@ def serve(
         http=guarded_protocol(
             max_header_bytes=settings.max_header_bytes,
             header_timeout_s=settings.header_timeout_s,
+            door=application.refuse_at_door,
         ),
         h11_max_incomplete_event_size=settings.max_header_bytes,  # if run with h11
         timeout_keep_alive=settings.keep_alive_timeout_s,

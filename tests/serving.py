@@ -125,8 +125,11 @@ def follow(url: str, location: str, timeout_s: float = 20.0) -> dict[str, Any]:
 
 
 @contextmanager
-def serve_in_thread(app: Any, *, start_timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn in a background thread; yields its base URL."""
+def serve_in_thread(
+    app: Any, *, start_timeout_s: float = START_TIMEOUT_S, **config: Any
+) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a background thread (`config`: more of
+    `uvicorn.Config`); yields its base URL."""
     import threading
 
     import uvicorn
@@ -136,7 +139,9 @@ def serve_in_thread(app: Any, *, start_timeout_s: float = START_TIMEOUT_S) -> It
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on", access_log=False)
+        uvicorn.Config(
+            app, log_config=None, log_level="warning", lifespan="on", access_log=False, **config
+        )
     )
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="retail-test-server", daemon=True

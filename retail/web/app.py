@@ -76,6 +76,19 @@ class RetailApp(FastAPI):
             return
         await super().__call__(scope, receive, send)
 
+    def refuse_at_door(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes, bytes] | None:
+        """A `POST /orders` refused on its headers alone (`intake.refusal_at_door`), for
+        `retail serve`'s HTTP protocol to answer without a request task; None: go on."""
+        fast = self.order_intake
+        if fast is None or target != intake.PATH_RAW or method != b"POST":
+            return None
+        services = getattr(self.state, "services", None)
+        if services is None:
+            return None
+        return intake.refusal_at_door(services, fast.telemetry, headers)
+
     async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The whole stack, the fast path aside: where the intake hands a request on."""
         await super().__call__(scope, receive, send)
@@ -83,7 +96,7 @@ class RetailApp(FastAPI):
 
 def create_app(
     settings: Settings | None = None, *, clock: Clock | None = None, fast_path: bool = True
-) -> FastAPI:
+) -> RetailApp:
     """The app; `fast_path=False` leaves `POST /orders` to its route alone (for comparison)."""
     settings = settings or Settings()
     clock = clock or SystemClock()

@@ -29,7 +29,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retail.core.errors import RetailError
+from retail.core.errors import CapacityExceeded, RetailError
 from retail.runtime import placing
 from retail.runtime.logs import request_id
 from retail.runtime.services import Services
@@ -44,6 +44,7 @@ from retail.web.telemetry import REQUEST_ID_RAW, TaggedSend, Telemetry
 log = logging.getLogger(__name__)
 
 PATH = "/orders"
+PATH_RAW = PATH.encode()
 JSON = "application/json"
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
 
@@ -323,7 +324,7 @@ def _raw_name(name: str) -> bytes:
 
 # Refusals rendered once per distinct answer: under overload the same few are sent over
 # and over (what they say changes only with the load). Bounded: cleared when full.
-_REFUSALS: dict[tuple[Any, ...], tuple[list[tuple[bytes, bytes]], bytes]] = {}
+_REFUSALS: dict[tuple[Any, ...], tuple[list[tuple[bytes, bytes]], bytes, bytes]] = {}
 MAX_CACHED_REFUSALS = 1024
 
 
@@ -333,21 +334,63 @@ async def _problem(error: RetailError, scope: Scope, receive: Receive, send: Tag
     if error.retry_after_s is None:
         await retail_problem(error, instance=PATH)(scope, receive, send)
         return
+    cached, _, body = _refusal(error)
+    headers = list(cached)
+    if error.retry_after_ms is not None:  # differs from one refusal to the next: not cached
+        headers.append((b"retry-after-ms", b"%d" % error.retry_after_ms))
+    await send.whole(error.status, headers, body)
+
+
+def _refusal(error: RetailError) -> tuple[list[tuple[bytes, bytes]], bytes, bytes]:
+    """A refusal's headers (security headers in, `Retry-After-Ms` out), the same as the
+    lines of an HTTP head, and its body: rendered once per distinct refusal."""
     key = (error.status, error.slug, error.detail, *sorted(error.extra.items()))
     rendered = _REFUSALS.get(key)
     if rendered is None:
         response = retail_problem(error, instance=PATH)
         same = [h for h in response.raw_headers if h[0] != b"retry-after-ms"]
         add_security_headers(same, PATH)
-        rendered = (same, bytes(response.body))
+        lines = b"".join(b"%s: %s\r\n" % header for header in same)
+        rendered = (same, lines, bytes(response.body))
         if len(_REFUSALS) >= MAX_CACHED_REFUSALS:
             _REFUSALS.clear()
         _REFUSALS[key] = rendered
-    cached, body = rendered
-    headers = list(cached)
-    if error.retry_after_ms is not None:  # differs from one refusal to the next: not cached
-        headers.append((b"retry-after-ms", b"%d" % error.retry_after_ms))
-    await send.whole(error.status, headers, body)
+    return rendered
+
+
+def refusal_at_door(
+    services: Services, telemetry: Telemetry, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, bytes, bytes] | None:
+    """A `POST /orders` refused from its head alone, for the HTTP protocol to write.
+
+    What `OrderIntake` answers before reading the body, with nothing of the request
+    read but its headers: the status, the head's lines (the server's own aside) and the
+    body; recorded as the intake records it. None when the request may be placed, or
+    must go the whole way: it has an `Idempotency-Key` (a retry gets its stored answer,
+    even when full) or expects `100 Continue`.
+    """
+    given = None
+    for name, value in headers:
+        if name == b"idempotency-key" or name == b"expect":
+            return None
+        if name == b"x-request-id":
+            given = value
+    started = services.clock.monotonic()
+    try:
+        services.admission.refuse_early(services.clock.seconds())
+    except CapacityExceeded as error:
+        refused = error
+    else:
+        return None
+    rid = telemetry.request_id(given)
+    _, lines, body = _refusal(refused)
+    head = [lines]
+    if refused.retry_after_ms is not None:
+        head.append(b"retry-after-ms: %d\r\n" % refused.retry_after_ms)
+    head.append(b"x-request-id: %s\r\n" % rid.encode("latin-1"))
+    status = refused.status
+    telemetry.record("POST", ROUTE.path, PATH, status, services.clock.monotonic() - started, rid)
+    return status, b"".join(head), body
 
 
 class _Headers:

@@ -10,6 +10,13 @@ before its headers end gets `431`, and one that has not sent its whole head
 keep-alive connection) gets `408`; both connections are closed. A request the parser
 refuses gets a `400` problem document instead of uvicorn's plain text.
 
+A door (`retail.web.app.RetailApp.refuse_at_door`) may answer a request from its head
+alone: the answer is written as the head ends, with no request task, no ASGI
+messages and one write, and the body that follows is read and dropped. Under
+overload that is what most `POST /orders` get (a refusal needs no routing, no body
+and no database). Only a request alone on its keep-alive HTTP/1.1 connection is
+offered to the door; any other goes the usual way.
+
 The close lingers (as Apache's does): the answer goes out, then the sending side is
 shut (FIN) and whatever the client still sends is read and dropped until it closes
 its side or `LINGER_S` passes. Closing at once while the client is still sending
@@ -21,13 +28,49 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 PROBLEM_MEDIA_TYPE = b"application/problem+json"
 LINGER_S = 2.0  # how long a refused connection's late bytes are read and dropped
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+# Given a request's method, target and headers: None (go on), or its whole answer as
+# (status, the head's lines but the server's own, body).
+Door = Callable[[bytes, bytes, list[tuple[bytes, bytes]]], "tuple[int, bytes, bytes] | None"]
+
+
+class _NoEvent:
+    @staticmethod
+    def set() -> None:
+        pass
+
+
+class _Answered:
+    """Stands for the request cycle of a request answered at the door: complete, so
+    uvicorn drops the rest of its body as it arrives."""
+
+    response_complete = True
+    keep_alive = True
+    message_event = _NoEvent()
+
+
+ANSWERED = _Answered()
+_SERVER_LINES: tuple[object, bytes] = (None, b"")
+
+
+def _lines(server_state: Any) -> bytes:
+    """The server's own headers (`date`, `server`) as lines of a head; the list is
+    replaced when the date changes, once a second."""
+    global _SERVER_LINES
+    headers = server_state.default_headers
+    seen, lines = _SERVER_LINES
+    if headers is not seen:
+        lines = b"".join(b"%s: %s\r\n" % header for header in headers)
+        _SERVER_LINES = (headers, lines)
+    return lines
 
 
 def problem_bytes(status: int, slug: str, title: str, detail: str) -> bytes:
@@ -51,6 +94,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     max_header_bytes = 16 * 1024
     header_timeout_s = 10.0
+    door: Door | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -133,7 +177,29 @@ class GuardedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_head_timer()
-        super().on_headers_complete()
+        if self.door is None or not self._answered_at_door(self.door):
+            super().on_headers_complete()
+
+    def _answered_at_door(self, door: Door) -> bool:
+        if (
+            self.pipeline
+            or not (self.cycle is None or self.cycle.response_complete)
+            or self.flow.write_paused
+            or self.root_path
+            or self.parser.get_http_version() != "1.1"
+            or not self.parser.should_keep_alive()
+        ):
+            return False
+        answer = door(self.parser.get_method(), self.url, self.headers)
+        if answer is None:
+            return False
+        status, head, body = answer
+        self.transport.write(
+            b"".join((STATUS_LINE[status], _lines(self.server_state), head, b"\r\n", body))
+        )
+        self.cycle = ANSWERED  # type: ignore[assignment]
+        self.on_response_complete()
+        return True
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -143,10 +209,17 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._refuse(400, "malformed-request", "Malformed request", msg)
 
 
-def guarded_protocol(*, max_header_bytes: int, header_timeout_s: float) -> type[GuardedHttpTools]:
-    """The protocol class with these limits (uvicorn takes a class, not an instance)."""
+def guarded_protocol(
+    *, max_header_bytes: int, header_timeout_s: float, door: Door | None = None
+) -> type[GuardedHttpTools]:
+    """The protocol class with these limits and this door (uvicorn takes a class, not
+    an instance)."""
     return type(
         "GuardedHttpTools",
         (GuardedHttpTools,),
-        {"max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s},
+        {
+            "max_header_bytes": max_header_bytes,
+            "header_timeout_s": header_timeout_s,
+            "door": staticmethod(door) if door is not None else None,
+        },
     )

@@ -15,9 +15,9 @@ how many were left out (the metrics count every one), so a refusal stays cheap.
 from __future__ import annotations
 
 import logging
-import os
+import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import Token
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -66,10 +66,18 @@ class Telemetry:
         given = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                given = sane_request_id(value.decode("latin-1"))
+                given = value
                 break
-        rid = given or os.urandom(16).hex()
+        rid = self.request_id(given)
         return rid, request_id.set(rid), self.clock.monotonic()
+
+    @staticmethod
+    def request_id(given: bytes | None) -> str:
+        """The client's `X-Request-ID` if it is sane, else a new one."""
+        rid = None if given is None else sane_request_id(given.decode("latin-1"))
+        # A name to find a request's lines by, not a secret: 128 random bits without a
+        # system call (the module's generator is seeded again in a forked child).
+        return rid or f"{random.getrandbits(128):032x}"
 
     def end(
         self,
@@ -80,13 +88,26 @@ class Telemetry:
     ) -> None:
         """Count the request and log its line; its id goes out of force."""
         rid, token, started = begun
-        seconds = self.clock.monotonic() - started
         method = scope["method"]
-        label = method if method in METHODS else "other"  # a client cannot add series
-        self.metrics.http_request(label, route_template(scope), status, seconds)
-        if access.isEnabledFor(logging.INFO):
-            self._log(method, scope["path"], status, seconds, rid, headers)
+        seconds = self.clock.monotonic() - started
+        self.record(method, route_template(scope), scope["path"], status, seconds, rid, headers)
         request_id.reset(token)
+
+    def record(
+        self,
+        method: str,
+        route: str,
+        path: str,
+        status: int,
+        seconds: float,
+        rid: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        """Count an answered request and log its line (refusals: at most one a while)."""
+        label = method if method in METHODS else "other"  # a client cannot add series
+        self.metrics.http_request(label, route, status, seconds)
+        if access.isEnabledFor(logging.INFO):
+            self._log(method, path, status, seconds, rid, headers)
 
     def _log(
         self,
@@ -95,7 +116,7 @@ class Telemetry:
         status: int,
         seconds: float,
         rid: str,
-        headers: list[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
     ) -> None:
         note = ""
         if status in REFUSAL_STATUSES:
