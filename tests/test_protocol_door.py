@@ -41,6 +41,8 @@ class App:
 
 
 def door(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
+    if target == b"/broken":
+        raise RuntimeError("a bug in the door")
     if method == b"POST" and target == b"/full" and (b"expect", b"100-continue") not in headers:
         return REFUSAL
     return None
@@ -109,3 +111,14 @@ def test_only_keep_alive_http_1_1_is_offered_to_the_door(
     assert (status, body) == (200, b"old")
     assert app.seen == [("POST", "/full", b"old")]
     assert sock.recv(100) == b""  # HTTP/1.0 without keep-alive: closed after the answer
+
+
+def test_a_door_that_fails_leaves_the_request_to_the_app(
+    served: tuple[App, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, sock = served
+    sock.sendall(post(b"/broken", b"on"))
+    ((status, _, body),) = read_answers(sock, 1)
+    assert (status, body) == (200, b"on")
+    assert app.seen == [("POST", "/broken", b"on")]
+    assert "the door failed" in caplog.text

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = b"application/problem+json"
 LINGER_S = 2.0  # how long a refused connection's late bytes are read and dropped
@@ -190,7 +193,11 @@ class GuardedHttpTools(HttpToolsProtocol):
             or not self.parser.should_keep_alive()
         ):
             return False
-        answer = door(self.parser.get_method(), self.url, self.headers)
+        try:
+            answer = door(self.parser.get_method(), self.url, self.headers)
+        except Exception:  # the app, behind, answers the request as it would any other
+            log.exception("the door failed; the request goes on to the app")
+            return False
         if answer is None:
             return False
         status, head, body = answer
