@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +26,12 @@ from retail.web.startup import StartOnFirstRequest
 from retail.web.telemetry import RequestTelemetry, Telemetry
 
 log = logging.getLogger(__name__)
+
+# Under load the event loop always has work and holds the GIL; the SQLite writer thread
+# lets go of it around every statement and then waits up to a whole switch interval to
+# have it back. At CPython's 5 ms, a claim of a dozen statements took 60-140 ms under a
+# flood of refusals (its orders waiting meanwhile, every request read); at 0.5 ms, 30-40.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 DESCRIPTION = """
 A simulated retail order-processing backend.
@@ -109,9 +116,12 @@ def create_app(
             # What is built by now lives as long as the app: keep it out of the garbage
             # collector's full passes, which otherwise stop the event loop for 50-100 ms.
             gc.freeze()
+            switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(switch_interval, GIL_SWITCH_INTERVAL_S))
             try:
                 yield
             finally:
+                sys.setswitchinterval(switch_interval)
                 gc.unfreeze()
 
     app = RetailApp(
