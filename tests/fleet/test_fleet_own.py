@@ -61,8 +61,11 @@ class HeldNotices:
         assert not updates  # and no update of this process went untold
 
     def claimed(self) -> bool:
-        """Whether a claim's notice (orders started) is among those held."""
-        return any(
+        """Whether this process has committed a claim (orders started), and its notice
+        has come and is held: the claim counts from its commit, the notice from now on
+        could only count it again. (The notice may come before the claim's own answer
+        does: both are waited for.)"""
+        return any(notice.get("s") for notice in self.own) and any(
             "s" in json.loads(payload) and json.loads(payload)["k"] == "u"
             for _, payload, _ in self.held
         )
