@@ -325,11 +325,13 @@ class Admission:
             return  # room in the queue: only `admit` can refuse (priority, deadline)
         if (
             limits.mode is OverloadMode.REJECT
+            and self.fairness is not None
             and len(self.dispatcher.running) + self._waiting[_CRITICAL_RANK] < limits.capacity
         ):
             # Slots held only by orders admitted and not yet claimed (a worker takes them
             # within milliseconds): the request is read, so that fair shares note its
-            # customer as competing, and `admit` refuses it if no slot is left.
+            # customer as competing, and `admit` refuses it if no slot is left. Without
+            # fair shares nothing learns from it: refused unread like any other.
             return
         decision, load, level = self._policy(now, Priority.CRITICAL)
         self._set_level(level, load)

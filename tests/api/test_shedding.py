@@ -37,6 +37,24 @@ async def test_a_refusal_does_not_read_the_body(start_app: StartApp, fair_share:
     assert len((await running.client.get("/orders")).json()["items"]) == 1
 
 
+@pytest.mark.parametrize("fair_share", [True, False])
+async def test_a_slot_given_and_not_yet_claimed_is_read_only_for_fair_shares(
+    start_app: StartApp, fair_share: bool
+) -> None:
+    # No worker claims the one order admitted: its slot is taken, by an order waiting to
+    # be claimed. With fair shares on, a request is read then (its customer is noted as
+    # competing): this body does not parse, so it gets the route's problem. Off, nothing
+    # learns from its body: refused unread.
+    running = await start_app(
+        capacity=1, overload_mode="reject", workers_enabled=False, fair_share=fair_share
+    )
+    assert (await place(running.client)).status_code == 202
+    answer = await running.client.post(
+        "/orders", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == (400 if fair_share else 503), answer.text
+
+
 async def test_refusals_with_and_without_a_key_answer_alike(start_app: StartApp) -> None:
     running, _ = await full_in_reject_mode(start_app)
     plain = await place(running.client, sku="LAMP-1")

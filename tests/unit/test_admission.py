@@ -8,6 +8,7 @@ from retail.core import capacity
 from retail.core.admission import Admission
 from retail.core.dispatch import Dispatcher, WaitingLine
 from retail.core.errors import CapacityExceeded
+from retail.core.fairness import FairShare
 from retail.core.pipeline import Pipeline
 from retail.core.types import OverloadMode, Priority, ServiceLevel
 
@@ -142,12 +143,18 @@ def test_an_early_refusal_takes_nothing_and_is_counted_once() -> None:
 def test_in_reject_mode_orders_not_yet_claimed_hold_their_slots_whatever_comes() -> None:
     # Two slots, both given to standard orders that no worker has claimed yet: a critical
     # order starts before them in the line, but in reject mode nobody may wait, so it is
-    # refused. (Before its body is read it passes: its customer is noted for fair shares.)
+    # refused. (Before its body is read it passes only with fair shares on, which note its
+    # customer as competing; without them it is refused unread.)
     gate = admission(OverloadMode.REJECT, capacity_=2)
+    fair = admission(OverloadMode.REJECT, capacity_=2)
+    fair.fairness = FairShare()
     for _ in range(2):
         gate.admit(now=0.0, priority=Priority.STANDARD).keep()
-    assert gate.queued == 2
-    gate.refuse_early(now=0.0)
+        fair.admit(now=0.0, priority=Priority.STANDARD).keep()
+    assert gate.queued == fair.queued == 2
+    fair.refuse_early(now=0.0)
+    with pytest.raises(CapacityExceeded):
+        gate.refuse_early(now=0.0)
     with pytest.raises(CapacityExceeded) as refused:
         gate.admit(now=0.0, priority=Priority.CRITICAL)
     assert refused.value.retry_after_s >= 1
