@@ -1,15 +1,17 @@
 """The HTTP protocol's door: a request answered from its head alone never reaches the
-app, its body is dropped, and the connection goes on; anything else reaches the app."""
+app, its body is dropped, and the connection goes on; a door that asks for the body
+gets it when it came whole with the head; anything else reaches the app, whole."""
 
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from retail.web.protocol import guarded_protocol
+from retail.web.protocol import READ_BODY, guarded_protocol
 from tests.serving import serve_in_thread
 from tests.test_door import read_answers
 
@@ -21,6 +23,7 @@ class App:
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, bytes]] = []
+        self.begun = threading.Event()  # a request reached the app (its body may not have)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -28,6 +31,7 @@ class App:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        self.begun.set()
         body = b""
         while True:
             message = await receive()
@@ -40,9 +44,19 @@ class App:
         await send({"type": "http.response.body", "body": body})
 
 
-def door(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> Any:
+BODIES_ASKED: list[bytes] = []  # the bodies the door was given, in order
+
+
+def door(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: Any) -> Any:
     if target == b"/broken":
         raise RuntimeError("a bug in the door")
+    if target in (b"/read", b"/read-broken"):  # decided on the body
+        if body is None:
+            return READ_BODY
+        BODIES_ASKED.append(body)
+        if target == b"/read-broken":
+            raise RuntimeError("a bug in the door, with the body")
+        return REFUSAL if body == b"no" else None
     if method == b"POST" and target == b"/full" and (b"expect", b"100-continue") not in headers:
         return REFUSAL
     return None
@@ -51,6 +65,7 @@ def door(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> An
 @pytest.fixture
 def served() -> Iterator[tuple[App, socket.socket]]:
     app = App()
+    BODIES_ASKED.clear()
     protocol = guarded_protocol(max_header_bytes=16384, header_timeout_s=5, door=door)
     with serve_in_thread(app, http=protocol) as url:
         port = int(url.rsplit(":", 1)[1])
@@ -121,4 +136,43 @@ def test_a_door_that_fails_leaves_the_request_to_the_app(
     ((status, _, body),) = read_answers(sock, 1)
     assert (status, body) == (200, b"on")
     assert app.seen == [("POST", "/broken", b"on")]
+    assert "the door failed" in caplog.text
+
+
+def test_a_door_that_asks_for_the_body_decides_on_it(served: tuple[App, socket.socket]) -> None:
+    app, sock = served
+    sock.sendall(post(b"/read", b"no"))
+    ((status, headers, body),) = read_answers(sock, 1)
+    assert (status, body, headers["x-door"]) == (503, b"full", "yes")
+    sock.sendall(post(b"/read", b"yes"))  # the door lets it pass: the app reads it whole
+    assert [(status, body) for status, _, body in read_answers(sock, 1)] == [(200, b"yes")]
+    chunked = b"POST /read HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    sock.sendall(chunked + b"1\r\nn\r\n1\r\no\r\n0\r\n\r\n")  # de-chunked for the door
+    assert [(status, body) for status, _, body in read_answers(sock, 1)] == [(503, b"full")]
+    # Pipelined: the first is refused on its body, the one behind it goes its way.
+    sock.sendall(post(b"/read", b"no") + post(b"/open", b"next"))
+    answers = read_answers(sock, 2)
+    assert [(status, body) for status, _, body in answers] == [(503, b"full"), (200, b"next")]
+    assert BODIES_ASKED == [b"no", b"yes", b"no", b"no"]
+    assert app.seen == [("POST", "/read", b"yes"), ("POST", "/open", b"next")]
+
+
+def test_a_body_that_comes_later_goes_to_the_app(served: tuple[App, socket.socket]) -> None:
+    app, sock = served
+    sock.sendall(post(b"/read", b"n", length=2))  # the head and half the body
+    assert app.begun.wait(10)  # handed to the app at once, with what came
+    assert not app.seen
+    sock.sendall(b"o")
+    assert [(status, body) for status, _, body in read_answers(sock, 1)] == [(200, b"no")]
+    assert app.seen == [("POST", "/read", b"no")]
+    assert BODIES_ASKED == []  # asked only of a body whole with its head
+
+
+def test_a_door_that_fails_on_the_body_leaves_the_request_to_the_app(
+    served: tuple[App, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, sock = served
+    sock.sendall(post(b"/read-broken", b"no"))
+    assert [(status, body) for status, _, body in read_answers(sock, 1)] == [(200, b"no")]
+    assert app.seen == [("POST", "/read-broken", b"no")]
     assert "the door failed" in caplog.text

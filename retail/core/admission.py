@@ -293,6 +293,35 @@ class Admission:
             raise self._exceeded(decision, load, priority, now)
         return decision, load
 
+    def refuse(
+        self,
+        now: float,
+        customer: str | None = None,
+        *,
+        priority: Priority = Priority.STANDARD,
+        start_within_s: float | None = None,
+    ) -> None:
+        """Raise what `admit` would raise for this order now, counted as `admit` counts
+        it; take nothing. An order that would be admitted is not counted: `admit`,
+        called for it next, decides and counts it.
+
+        For a request read and refused before it goes further (`retail serve`'s door,
+        for a body read only so that fair shares see its customer).
+        """
+        fair = self.fairness if customer is not None else None
+        outcome = self._judge_share(fair, customer or "", now) if fair is not None else None
+        decision, load, level = self._policy(now, priority, start_within_s)
+        if level is not self.level:
+            self._set_level(level, load)
+        if not isinstance(decision, capacity.Reject):
+            return
+        if fair is not None and outcome is not None:
+            fair.observe(outcome)  # told only now: an order admitted is judged again
+        if self._on_decision is not None:
+            self._on_decision(self.limits.mode, priority, decision)
+        self._count_rejected(priority)
+        raise self._exceeded(decision, load, priority, now)
+
     def level_at(self, now: float) -> AutoLevel:
         """Auto mode's level as the load stands now (it moves here too, not only when an
         order arrives), so that views show it going back as the load falls."""
@@ -309,12 +338,15 @@ class Admission:
             wait_s = capacity.auto_waits(load, self.limits.capacity).now_s if load else 0.0
             self._on_level(before, level, wait_s)
 
-    def refuse_early(self, now: float) -> None:
+    def refuse_early(self, now: float) -> bool:
         """Raise `CapacityExceeded` if a new order would be refused now; take nothing.
 
         For a refusal before the request is read, so before its priority is known: it
         refuses only what would refuse a critical order without a deadline. An order
-        that passes still has to be admitted (`admit`) once it is whole.
+        that passes still has to be admitted (`admit`) once it is whole. True when it
+        passes only so that fair shares see its customer: every slot is held, some by
+        orders admitted and not yet claimed, and the order is most likely refused once
+        read (`refuse` decides it without taking a place).
         """
         limits = self.limits
         if (
@@ -322,17 +354,15 @@ class Admission:
             and limits.max_queue_wait_s is None
             and sum(self._waiting) < limits.queue_limit
         ):
-            return  # room in the queue: only `admit` can refuse (priority, deadline)
-        if (
-            limits.mode is OverloadMode.REJECT
-            and self.fairness is not None
-            and len(self.dispatcher.running) + self._waiting[_CRITICAL_RANK] < limits.capacity
-        ):
-            # Slots held only by orders admitted and not yet claimed (a worker takes them
-            # within milliseconds): the request is read, so that fair shares note its
-            # customer as competing, and `admit` refuses it if no slot is left. Without
-            # fair shares nothing learns from it: refused unread like any other.
-            return
+            return False  # room in the queue: only `admit` can refuse (priority, deadline)
+        if limits.mode is OverloadMode.REJECT and self.fairness is not None:
+            running = len(self.dispatcher.running)
+            if running + self._waiting[_CRITICAL_RANK] < limits.capacity:
+                # Slots held only by orders admitted and not yet claimed (a worker takes
+                # them within milliseconds): the request is read, so that fair shares
+                # note its customer as competing, and `admit` refuses it if no slot is
+                # left. Without fair shares nothing learns from it: refused unread.
+                return running + sum(self._waiting) >= limits.capacity
         decision, load, level = self._policy(now, Priority.CRITICAL)
         self._set_level(level, load)
         if isinstance(decision, capacity.Reject):
@@ -341,6 +371,7 @@ class Admission:
                 self._on_decision(self.limits.mode, Priority.STANDARD, decision)
             self._count_rejected(Priority.STANDARD)
             raise self._exceeded(decision, load, None, now)
+        return False
 
     def admit(
         self,
@@ -359,7 +390,7 @@ class Admission:
         """
         fair = self.fairness if customer is not None else None
         if fair is not None:
-            self._check_share(fair, customer or "", now)
+            fair.observe(self._judge_share(fair, customer or "", now))
         decision, _ = self._decide(now, priority, start_within_s)
         assert not isinstance(decision, capacity.Reject)
         self._waiting[priority.rank] += 1
@@ -383,12 +414,16 @@ class Admission:
             return self.limits.capacity
         return max(self.limits.capacity, self.limits.queue_limit)
 
-    def _check_share(self, fair: FairShare, customer: str, now: float) -> None:
-        over = fair.check(
+    def _judge_share(self, fair: FairShare, customer: str, now: float) -> str:
+        """Fair shares' outcome for `customer` now (for the caller to observe); raise
+        `OverFairShare`, observed, if one more place is over its share."""
+        outcome, over = fair.judge(
             customer, now, self.places(), freed=lambda: self.dispatcher.ended_by_plan(now)
         )
         if over is not None:
+            fair.observe(outcome)
             raise self._over_share(over, now)
+        return outcome
 
     def _fair_settled(self, customer: str | None, *, kept: bool) -> None:
         if customer is not None and self.fairness is not None:

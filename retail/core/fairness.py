@@ -141,6 +141,19 @@ class FairShare:
         admission counts its slot as free, so its place is too). Asked only when the
         places held could be over a share.
         """
+        outcome, over = self.judge(customer, now, places, freed)
+        self.observe(outcome)
+        return over
+
+    def judge(
+        self,
+        customer: str,
+        now: float,
+        places: int,
+        freed: Callable[[], Mapping[str, int]] | None = None,
+    ) -> tuple[str, OverShare | None]:
+        """`check` without telling `on_outcome`: the outcome goes back with the answer,
+        for a caller that tells it (`observe`) only if the order is refused."""
         seen = self._seen
         seen[customer] = now
         seen.move_to_end(customer)
@@ -150,33 +163,29 @@ class FairShare:
         other_holders = len(held_by) - (customer in held_by)
         others_seen = len(seen) - (customer in seen)
         if not other_holders and not others_seen:
-            self._observe("alone")
-            return None
+            return "alone", None
         # What the others want in all: their places, plus one each for those that asked.
         others_want = self._total_held - held + others_seen
         if held == 0 or held + 1 + others_want <= places:
             # Nothing to share out: every competitor can have what it wants and this one
             # a place more (`within_share` is true), found without looking at each.
-            self._observe("within_share")
-            return None
+            return "within_share", None
         gone = freed() if freed is not None else None
         if gone:
             held = max(0, held - gone.get(customer, 0))
         others = self.competitors(customer, now, gone)
         if within_share(held, others.values(), places):
-            self._observe("within_share")
-            return None
-        self._observe("over_share")
+            return "within_share", None
         self.refusals += 1
         self.refused[customer] += 1
-        return OverShare(
+        return "over_share", OverShare(
             held=held,
             share=fair_share(others.values(), places),
             places=places,
             competing=len(others) + 1,
         )
 
-    def _observe(self, outcome: str) -> None:
+    def observe(self, outcome: str) -> None:
         if self._on_outcome is not None:
             self._on_outcome(outcome)
 

@@ -22,7 +22,7 @@ from retail.config import OrderAccess
 from retail.core.access import ORDER_TOKEN_HEADER, order_token
 from retail.core.admission import Ticket
 from retail.core.capacity import retry_after_s
-from retail.core.errors import CapacityExceeded
+from retail.core.errors import CapacityExceeded, InvalidOrder
 from retail.core.orders import (
     NewOrder,
     OrderView,
@@ -113,6 +113,33 @@ async def place_order(
     if isinstance(outcome, StoredResponse):
         return _replayed(services, outcome)
     return _accepted(services, outcome, new, ticket)
+
+
+def refuse_order(
+    services: Services,
+    *,
+    customer_id: str,
+    items: Sequence[tuple[str, int]],
+    priority: Priority = Priority.STANDARD,
+    start_within_s: float | None = None,
+) -> None:
+    """Raise the `CapacityExceeded` `place_order` would raise now for this order without
+    an `Idempotency-Key`, taking nothing; return if it would go on (to be placed, or
+    refused for its items: `place_order` tells it then).
+
+    For a request read only so that fair shares see its customer (`retail serve`'s
+    door): refused there, it costs no request task.
+    """
+    settings = services.settings
+    try:
+        validate_items(
+            items, max_lines=settings.max_order_lines, max_quantity=settings.max_line_quantity
+        )
+    except InvalidOrder:
+        return
+    services.admission.refuse(
+        services.clock.seconds(), customer_id, priority=priority, start_within_s=start_within_s
+    )
 
 
 def _accepted(services: Services, placed: Placed, new: NewOrder, ticket: Ticket) -> Answer:

@@ -21,6 +21,7 @@ from retail.web import metrics as metric_routes
 from retail.web import products as product_routes
 from retail.web.limits import BodySizeLimit
 from retail.web.outage import DatabaseOutage
+from retail.web.protocol import ReadBody
 from retail.web.security import SecurityHeaders
 from retail.web.startup import StartOnFirstRequest
 from retail.web.telemetry import RequestTelemetry, Telemetry
@@ -84,17 +85,24 @@ class RetailApp(FastAPI):
         await super().__call__(scope, receive, send)
 
     def refuse_at_door(
-        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[int, bytes, bytes] | None:
-        """A `POST /orders` refused on its headers alone (`intake.refusal_at_door`), for
-        `retail serve`'s HTTP protocol to answer without a request task; None: go on."""
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes | None = None,
+    ) -> tuple[int, bytes, bytes] | ReadBody | None:
+        """A `POST /orders` refused on its headers (`intake.refusal_at_door`), or on its
+        body when asked for it, for `retail serve`'s HTTP protocol to answer without a
+        request task; None: go on."""
         fast = self.order_intake
         if fast is None or target != intake.PATH_RAW or method != b"POST":
             return None
         services = getattr(self.state, "services", None)
         if services is None:
             return None
-        return intake.refusal_at_door(services, fast.telemetry, headers)
+        return intake.refusal_at_door(
+            services, fast.telemetry, headers, body, max_body_bytes=fast.max_body_bytes
+        )
 
     async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The whole stack, the fast path aside: where the intake hands a request on."""

@@ -37,6 +37,7 @@ from retail.web import limits
 from retail.web.deps import ServicesDep
 from retail.web.outage import outage_response
 from retail.web.problems import responses, retail_problem, unexpected
+from retail.web.protocol import READ_BODY, ReadBody
 from retail.web.schemas import OrderCreate, OrderRead
 from retail.web.security import DEFAULT_HEADERS, add_security_headers
 from retail.web.telemetry import REQUEST_ID_RAW, TaggedSend, Telemetry
@@ -359,15 +360,24 @@ def _refusal(error: RetailError) -> tuple[list[tuple[bytes, bytes]], bytes, byte
 
 
 def refusal_at_door(
-    services: Services, telemetry: Telemetry, headers: list[tuple[bytes, bytes]]
-) -> tuple[int, bytes, bytes] | None:
-    """A `POST /orders` refused from its head alone, for the HTTP protocol to write.
+    services: Services,
+    telemetry: Telemetry,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes | None = None,
+    *,
+    max_body_bytes: int,
+) -> tuple[int, bytes, bytes] | ReadBody | None:
+    """A `POST /orders` refused at the door, for the HTTP protocol to write.
 
-    What `OrderIntake` answers before reading the body, with nothing of the request
-    read but its headers: the status, the head's lines (the server's own aside) and the
-    body; recorded as the intake records it. None when the request may be placed, or
-    must go the whole way: it has an `Idempotency-Key` (a retry gets its stored answer,
-    even when full) or expects `100 Continue`.
+    What `OrderIntake` answers, with nothing of the request read but its headers: the
+    status, the head's lines (the server's own aside) and the body; recorded as the
+    intake records it. `READ_BODY` when every slot is held, some by orders admitted
+    and not yet claimed, and fair shares are on: the request is read only so that
+    they see its customer, and the door is asked again with its `body`, to refuse it
+    (`placing.refuse_order`) without a request task. None when the request may be
+    placed, or must go the whole way: it has an `Idempotency-Key` (a retry gets its
+    stored answer, even when full) or expects `100 Continue`, or its body is not an
+    order the service would refuse now (the app gives it its answer).
     """
     given = None
     for name, value in headers:
@@ -377,20 +387,42 @@ def refusal_at_door(
             given = value
     started = services.clock.monotonic()
     try:
-        services.admission.refuse_early(services.clock.seconds())
+        if body is None:
+            return READ_BODY if services.admission.refuse_early(services.clock.seconds()) else None
+        order_in = _order(_Headers(headers), body, max_body_bytes)
+        if order_in is None:
+            return None
+        placing.refuse_order(
+            services,
+            customer_id=order_in.customer_id,
+            items=[(item.sku, item.quantity) for item in order_in.items],
+            priority=order_in.priority,
+            start_within_s=order_in.start_within_s,
+        )
     except CapacityExceeded as error:
         refused = error
     else:
         return None
     rid = telemetry.request_id(given)
-    _, lines, body = _refusal(refused)
+    _, lines, answer = _refusal(refused)
     head = [lines]
     if refused.retry_after_ms is not None:
         head.append(b"retry-after-ms: %d\r\n" % refused.retry_after_ms)
     head.append(b"x-request-id: %s\r\n" % rid.encode("latin-1"))
     status = refused.status
     telemetry.record("POST", ROUTE.path, PATH, status, services.clock.monotonic() - started, rid)
-    return status, b"".join(head), body
+    return status, b"".join(head), answer
+
+
+def _order(headers: _Headers, body: bytes, max_body_bytes: int) -> OrderCreate | None:
+    """The order in a body read whole, if `OrderIntake` would place it; None if the
+    intake or the route would answer it otherwise (size, media type, validation)."""
+    if len(body) > max_body_bytes or not _is_json(headers.get("content-type")):
+        return None
+    try:
+        return OrderCreate.model_validate_json(body)
+    except ValidationError:
+        return None
 
 
 class _Headers:

@@ -15,7 +15,10 @@ alone: the answer is written as the head ends, with no request task, no ASGI
 messages and one write, and the body that follows is read and dropped. Under
 overload that is what most `POST /orders` get (a refusal needs no routing, no body
 and no database). Only a request alone on its keep-alive HTTP/1.1 connection is
-offered to the door; any other goes the usual way.
+offered to the door; any other goes the usual way. The door may ask for the body
+(`READ_BODY`): if the whole request arrives with its head (in the same read), the
+door is asked again with it; else, or if the door does not answer then, the request
+goes to the app as it would have, its body with it.
 
 The close lingers (as Apache's does): the answer goes out, then the sending side is
 shut (FIN) and whatever the client still sends is read and dropped until it closes
@@ -40,9 +43,20 @@ PROBLEM_MEDIA_TYPE = b"application/problem+json"
 LINGER_S = 2.0  # how long a refused connection's late bytes are read and dropped
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
-# Given a request's method, target and headers: None (go on), or its whole answer as
-# (status, the head's lines but the server's own, body).
-Door = Callable[[bytes, bytes, list[tuple[bytes, bytes]]], "tuple[int, bytes, bytes] | None"]
+
+class ReadBody:
+    """What a door answers when it decides only with the request's body."""
+
+
+READ_BODY = ReadBody()
+
+# Given a request's method, target, headers and body (None: not read yet): None (go
+# on), `READ_BODY`, or the whole answer as (status, the head's lines but the server's
+# own, body).
+Door = Callable[
+    [bytes, bytes, list[tuple[bytes, bytes]], bytes | None],
+    "tuple[int, bytes, bytes] | ReadBody | None",
+]
 
 
 class _NoEvent:
@@ -105,6 +119,7 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._in_head = True
         self._head_timer: asyncio.TimerHandle | None = None
         self._lingering = False
+        self._body: list[bytes] | None = None  # a request's body read for the door
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -171,6 +186,11 @@ class GuardedHttpTools(HttpToolsProtocol):
             super().data_received(piece)
         if data and not self.transport.is_closing():
             super().data_received(data)
+        if self._body is not None:
+            # The door asked for a body that did not come whole with the head: the app
+            # reads it (bounded in time and size) as any other.
+            read, self._body = self._body, None
+            self._hand_on(b"".join(read), complete=False)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -180,10 +200,11 @@ class GuardedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_head_timer()
-        if self.door is None or not self._answered_at_door(self.door):
+        if self.door is None or not self._at_door(self.door):
             super().on_headers_complete()
 
-    def _answered_at_door(self, door: Door) -> bool:
+    def _at_door(self, door: Door) -> bool:
+        """Whether the door answered the request, or waits for its body."""
         if (
             self.pipeline
             or not (self.cycle is None or self.cycle.response_complete)
@@ -193,12 +214,21 @@ class GuardedHttpTools(HttpToolsProtocol):
             or not self.parser.should_keep_alive()
         ):
             return False
+        answer = self._ask(door, None)
+        if answer is READ_BODY:
+            self._body = []
+            return True
+        return self._answered(answer)
+
+    def _ask(self, door: Door, body: bytes | None) -> tuple[int, bytes, bytes] | ReadBody | None:
         try:
-            answer = door(self.parser.get_method(), self.url, self.headers)
+            return door(self.parser.get_method(), self.url, self.headers, body)
         except Exception:  # the app, behind, answers the request as it would any other
             log.exception("the door failed; the request goes on to the app")
-            return False
-        if answer is None:
+            return None
+
+    def _answered(self, answer: tuple[int, bytes, bytes] | ReadBody | None) -> bool:
+        if not isinstance(answer, tuple):
             return False
         status, head, body = answer
         self.transport.write(
@@ -208,9 +238,30 @@ class GuardedHttpTools(HttpToolsProtocol):
         self.on_response_complete()
         return True
 
+    def _hand_on(self, body: bytes, *, complete: bool) -> None:
+        """The request the door read part or all of goes to the app, as if just parsed."""
+        super().on_headers_complete()
+        if body:
+            super().on_body(body)
+        if complete:
+            super().on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._body is not None:
+            self._body.append(body)  # for the door: at most what one read brought
+        else:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
-        super().on_message_complete()
         self._head_bytes = 0
+        if self._body is None:
+            super().on_message_complete()
+            return
+        read, self._body = b"".join(self._body), None
+        door = self.door
+        assert door is not None
+        if not self._answered(self._ask(door, read)):
+            self._hand_on(read, complete=True)
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "malformed-request", "Malformed request", msg)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 import pytest
 
 from retail.runtime.clock import ManualClock
+from retail.web.app import RetailApp
+from retail.web.protocol import READ_BODY, ReadBody
 from tests.conftest import Running, StartApp, place, quiescent
 
 
@@ -93,3 +97,73 @@ async def test_a_flood_of_refusals_is_logged_once_and_counted_in_full(
     assert [line.startswith("POST /orders 503 ") for line in lines] == [True]
     metrics = (await running.client.get("/metrics")).text
     assert 'retail_http_requests_total{method="POST",route="/orders",status="503"} 3.0' in metrics
+
+
+async def test_a_request_read_for_fair_shares_is_refused_at_the_door_as_by_the_app(
+    start_app: StartApp,
+) -> None:
+    # Both slots given to orders no worker claims: a request is read so that fair shares
+    # see its customer. `retail serve`'s door asks for the body and refuses it there,
+    # with the answer and the counts the app gives the same request, taking nothing.
+    running = await start_app(
+        capacity=2, overload_mode="reject", workers_enabled=False, fair_share=True
+    )
+    for _ in range(2):
+        assert (await place(running.client, customer="big")).status_code == 202
+    app = running.app
+    assert isinstance(app, RetailApp)
+    admission = running.services.admission
+
+    def body(customer: str, quantity: int = 1) -> bytes:
+        return json.dumps(
+            {"customer_id": customer, "items": [{"sku": "MUG-1", "quantity": quantity}]}
+        ).encode()
+
+    def headers(content: bytes) -> list[tuple[bytes, bytes]]:
+        return [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
+
+    def counts() -> tuple[int, dict[str, float]]:
+        checks = running.services.metrics.fair_share_checks
+        by_outcome = {
+            sample.labels["outcome"]: sample.value
+            for metric in checks.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+        return admission.counters.rejected, by_outcome
+
+    def at_door(content: bytes) -> Any:
+        assert app.refuse_at_door(b"POST", b"/orders", headers(content)) is READ_BODY
+        return app.refuse_at_door(b"POST", b"/orders", headers(content), content)
+
+    for customer, status in (("small", 503), ("big", 429)):  # big is over its share now
+        before = counts()
+        answer = at_door(body(customer))
+        assert answer is not None and not isinstance(answer, ReadBody)
+        door_status, head, door_body = answer
+        door_counts = counts()
+        by_app = await running.client.post(
+            "/orders", content=body(customer), headers={"Content-Type": "application/json"}
+        )
+        assert door_status == by_app.status_code == status, by_app.text
+        door_problem, app_problem = json.loads(door_body), by_app.json()
+        for problem in (door_problem, app_problem):
+            assert problem.pop("detail").endswith(f"Retry in {problem.pop('retry_after_s')} s.")
+        assert door_problem == app_problem
+        assert b"retry-after-ms: " in head and b"x-request-id: " in head
+        # The door counted what the app counted for the same request.
+        rejected, checks = before
+        door_rejected, door_checks = door_counts
+        app_rejected, app_checks = counts()
+        assert app_rejected - door_rejected == door_rejected - rejected
+        assert {k: app_checks[k] - door_checks.get(k, 0) for k in app_checks} == {
+            k: door_checks[k] - checks.get(k, 0) for k in app_checks
+        }
+    # What the app answers otherwise goes on to it: a body that is not an order, an
+    # order over the service's limits, one with a key.
+    assert app.refuse_at_door(b"POST", b"/orders", headers(b"{not"), b"{not") is None
+    too_many = body("small", quantity=running.settings.max_line_quantity + 1)
+    assert app.refuse_at_door(b"POST", b"/orders", headers(too_many), too_many) is None
+    keyed = [*headers(body("small")), (b"idempotency-key", b"k")]
+    assert app.refuse_at_door(b"POST", b"/orders", keyed) is None
+    assert (admission.queued, admission.counters.accepted) == (2, 2)  # nothing taken
