@@ -117,31 +117,90 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
         self._in_head = True
-        self._head_timer: asyncio.TimerHandle | None = None
         self._lingering = False
         self._body: list[bytes] | None = None  # a request's body read for the door
+        # One timer per connection for both of its time limits, moved lazily: a request
+        # only notes its deadlines (a float each), and the timer, when it fires, acts on
+        # a deadline passed or sets itself for the next. Armed and cancelled for every
+        # request (as uvicorn does for keep-alive), two timers cost more than a refusal's
+        # whole decision.
+        self._head_deadline: float | None = None  # the head must be whole by then
+        self._idle_since: float | None = None  # answered, and nothing received since
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._start_head()
+        self._wake_by(self._head_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
+        self._stop_timer()
         super().connection_lost(exc)
 
     def _start_head(self) -> None:
         self._in_head = True
         self._head_bytes = 0
-        self._stop_head_timer()
-        self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_timed_out)
+        self._head_deadline = self.loop.time() + self.header_timeout_s
 
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _wake_by(self, deadline: float | None) -> None:
+        """Make the timer fire at `deadline` at the latest."""
+        if deadline is None or (self._timer is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._timed_out)
+        self._timer_at = deadline
+
+    def _stop_timer(self) -> None:
+        self._head_deadline = self._idle_since = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        head = self._head_deadline
+        if head is not None and now >= head:
+            self._head_deadline = None
+            if self._in_head and (self.cycle is None or self.cycle.response_complete):
+                self._refuse(
+                    408,
+                    "request-timeout",
+                    "Request timeout",
+                    "The request line and headers did not arrive within "
+                    f"{self.header_timeout_s:g} s.",
+                )
+                return
+        idle = self._idle_since
+        if idle is not None and now >= idle + self.timeout_keep_alive:
+            self.timeout_keep_alive_handler()  # as uvicorn's keep-alive timer: closed
+            return
+        self._wake_by(self._head_deadline)
+        if idle is not None:
+            self._wake_by(idle + self.timeout_keep_alive)
+
+    def _unset_keepalive_if_required(self) -> None:
+        # uvicorn calls it when data arrives (and as the connection is lost): no longer idle.
+        self._idle_since = None
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, with the keep-alive timeout noted rather than a timer armed.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            self._idle_since = None
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._idle_since = idle = self.loop.time()
+            self._wake_by(idle + self.timeout_keep_alive)  # as a rule, set already
 
     def _refuse(self, status: int, slug: str, title: str, detail: str) -> None:
-        self._stop_head_timer()
+        self._stop_timer()
         if self._lingering or self.transport.is_closing():
             return
         self.transport.write(problem_bytes(status, slug, title, detail))
@@ -157,16 +216,6 @@ class GuardedHttpTools(HttpToolsProtocol):
             self.transport.close()
         else:
             super().eof_received()
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self._in_head and (self.cycle is None or self.cycle.response_complete):
-            self._refuse(
-                408,
-                "request-timeout",
-                "Request timeout",
-                f"The request line and headers did not arrive within {self.header_timeout_s:g} s.",
-            )
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -191,6 +240,8 @@ class GuardedHttpTools(HttpToolsProtocol):
             # reads it (bounded in time and size) as any other.
             read, self._body = self._body, None
             self._hand_on(b"".join(read), complete=False)
+        if self._in_head and self._head_deadline is not None:
+            self._wake_by(self._head_deadline)  # a head not whole yet: its limit holds
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -199,7 +250,7 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._stop_head_timer()
+        self._head_deadline = None
         if self.door is None or not self._at_door(self.door):
             super().on_headers_complete()
 
