@@ -54,6 +54,7 @@ CLOCK_SEAM = {
     "retail/runtime/clock.py": "the seam itself",
     "retail/runtime/logs.py": "rate-limits log lines in real time; a log handler has no clock",
     "retail/sim/engine.py": "reports how long a simulation took on the wall",
+    "retail/web/protocol.py": "the HTTP server's connection timers, on the loop's own clock",
 }
 
 
