@@ -56,3 +56,26 @@ async def test_waiting_writes_share_one_commit_and_a_failing_one_is_rolled_back_
     assert (await store.get_product("MUG-1")).stock == 7
     assert (await store.get_product("CAP-1")).stock == 10  # the failed write left nothing
     assert (await store.get_order(first.order.id)).status is OrderStatus.PROCESSING
+
+
+async def test_a_transaction_that_fails_whole_leaves_the_writer_able_to_write(
+    store: SqlStore,
+) -> None:
+    # Alone, a failing write fails its whole transaction (no savepoint): rolled back, and
+    # the writer's next transactions (on the connection it keeps between them) commit.
+    await product(store, "MUG-1", stock=10)
+
+    def fails(connection: Connection) -> None:
+        connection.execute(text("UPDATE products SET stock = 0 WHERE sku = 'MUG-1'"))
+        raise RuntimeError("the whole transaction fails")
+
+    with pytest.raises(RuntimeError):
+        await store.db.run_write(fails)
+    assert (await store.get_product("MUG-1")).stock == 10
+    for expected in (9, 8):
+        await store.db.run_write(
+            lambda connection: connection.execute(
+                text("UPDATE products SET stock = stock - 1 WHERE sku = 'MUG-1'")
+            )
+        )
+        assert (await store.get_product("MUG-1")).stock == expected
