@@ -286,11 +286,10 @@ class Admission:
         decision, load, level = self._policy(now, priority, start_within_s)
         if level is not self.level:
             self._set_level(level, load)
+        if isinstance(decision, capacity.Reject):
+            raise self._shed(decision, load, priority, priority, now)
         if self._on_decision is not None:
             self._on_decision(self.limits.mode, priority, decision)
-        if isinstance(decision, capacity.Reject):
-            self._count_rejected(priority)
-            raise self._exceeded(decision, load, priority, now)
         return decision, load
 
     def refuse(
@@ -317,10 +316,7 @@ class Admission:
             return
         if fair is not None and outcome is not None:
             fair.observe(outcome)  # told only now: an order admitted is judged again
-        if self._on_decision is not None:
-            self._on_decision(self.limits.mode, priority, decision)
-        self._count_rejected(priority)
-        raise self._exceeded(decision, load, priority, now)
+        raise self._shed(decision, load, priority, priority, now)
 
     def level_at(self, now: float) -> AutoLevel:
         """Auto mode's level as the load stands now (it moves here too, not only when an
@@ -367,10 +363,7 @@ class Admission:
         self._set_level(level, load)
         if isinstance(decision, capacity.Reject):
             # Counted as the order it most likely is: its priority was never read.
-            if self._on_decision is not None:
-                self._on_decision(self.limits.mode, Priority.STANDARD, decision)
-            self._count_rejected(Priority.STANDARD)
-            raise self._exceeded(decision, load, None, now)
+            raise self._shed(decision, load, Priority.STANDARD, None, now)
         return False
 
     def admit(
@@ -452,6 +445,21 @@ class Admission:
     ) -> None:
         self.counters.count_accepted(decision, step)
         self.by_priority[priority].count_accepted(decision, step)
+
+    def _shed(
+        self,
+        decision: capacity.Reject,
+        load: capacity.Load | None,
+        counted_as: Priority,
+        asked: Priority | None,
+        now: float,
+    ) -> CapacityExceeded:
+        """Count a refusal, as an order of `counted_as`, and make what it raises (`asked`:
+        the priority the order asked for, None if never read)."""
+        if self._on_decision is not None:
+            self._on_decision(self.limits.mode, counted_as, decision)
+        self._count_rejected(counted_as)
+        return self._exceeded(decision, load, asked, now)
 
     def _count_rejected(self, priority: Priority) -> None:
         self.counters.rejected += 1
