@@ -49,7 +49,8 @@ class Running:
 class Dispatcher(Generic[Key]):
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        # Read it freely; change it through `start` and `finish` (or clear it outright).
+        # Read it freely; change it through `start`, `place` and `finish` (or clear it
+        # outright): they keep `_ends` in step with it.
         self.running: dict[Key, Running] = {}
         self._ends: list[float] = []  # the `expected_end` of each running order, sorted
         self._freed: list[float] = []  # when free slots were given back (a heap)
@@ -66,14 +67,18 @@ class Dispatcher(Generic[Key]):
         self, key: Key, *, now: float, planned_s: float, customer: str | None = None
     ) -> Running:
         """`key` (an order of `customer`) takes a slot at `now` for `planned_s` seconds."""
-        end = now + planned_s
-        running = Running(now, end, customer=customer)
+        running = Running(now, now + planned_s, customer=customer)
+        self.place(key, running)
+        return running
+
+    def place(self, key: Key, running: Running) -> None:
+        """`key` holds a slot on the timetable `running` (made elsewhere: an order of
+        another process, as the fleet's notices tell it)."""
         previous = self.running.get(key)
         self.running[key] = running
         if previous is not None:  # started again: its earlier plan no longer holds the slot
             self._drop(previous.expected_end)
-        insort(self._ends, end)
-        return running
+        insort(self._ends, running.expected_end)
 
     def finish(self, key: Key, *, at: float | None = None) -> Running | None:
         """`key` gives its slot back (None if it held none); with `at` (now), the slot

@@ -171,14 +171,13 @@ class FleetView:
         before_queued = list(self._queued)
         before_running = set(self.dispatcher.running)
         self.workers = {worker.id: worker for worker in state.workers}
-        running = self.dispatcher.running
+        dispatcher = self.dispatcher
         seen = {order.seq: order for order in state.processing}
-        for seq in list(running):
-            if seq not in seen:
-                del running[seq]
+        for seq in [seq for seq in dispatcher.running if seq not in seen]:
+            dispatcher.finish(seq)
         for seq, order in seen.items():
-            if seq not in running:
-                running[seq] = self._running(order, now)
+            if seq not in dispatcher.running:
+                dispatcher.place(seq, self._running(order, now))
         for priority in Priority:
             self._queued[priority.rank] = max(0, state.queued.get(priority, 0))
         self.snapshot = state.snapshot
@@ -196,7 +195,7 @@ class FleetView:
         self.drift = sum(
             abs(max(0, a) - max(0, b)) for a, b in zip(before_queued, self._queued, strict=True)
         )
-        self.drift += len(before_running.symmetric_difference(running))
+        self.drift += len(before_running.symmetric_difference(dispatcher.running))
 
     def notice(self, notice: Mapping[str, Any], now: float) -> Applied:
         """Apply one notice (the JSON object the database sent)."""
@@ -277,12 +276,12 @@ class FleetView:
             for entry in notice.get("s", ()):
                 order = _processing(entry)
                 self._queued[order.priority.rank] -= 1
-                self.dispatcher.running[order.seq] = self._running(order, now)
+                self.dispatcher.place(order.seq, self._running(order, now))
             for entry in notice.get("m", ()):
                 order = _processing(entry)
-                self.dispatcher.running[order.seq] = self._running(order, now)
+                self.dispatcher.place(order.seq, self._running(order, now))
             for seq, customer in notice.get("e", ()):
-                self.dispatcher.running.pop(int(seq), None)
+                self.dispatcher.finish(int(seq))
                 applied.ended_customers.append(str(customer))
             for _seq, rank, _customer in notice.get("l", ()):
                 self._queued[int(rank)] -= 1

@@ -247,3 +247,16 @@ def test_an_order_claimed_here_before_its_insert_notice_came_counts_once_in_betw
     assert (fleet.queued, fleet.in_flight) == (0, 1)
     fleet.notice(inserted(15, seq=2), now=0.0)
     assert fleet.queued == 1
+
+
+def test_an_order_ending_and_another_starting_between_two_reads_move_the_timetable() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", queued=1, processing=(1, 2)), now=100.0)
+    assert fleet.dispatcher.remaining_s(100.0) == (6.0, 6.0)
+    fleet.notice(ended(11, seq=1), now=103.0)
+    fleet.notice(started(12, seq=3), now=103.0)
+    # The ended order's plan no longer counts; the started one's does (as many in flight).
+    assert fleet.dispatcher.remaining_s(104.0) == (2.0, 5.0)
+    fleet.reconcile(state("20:20:", processing=(2, 4)), now=105.0)
+    assert fleet.dispatcher.remaining_s(105.0) == (1.0, 6.0)
+
