@@ -84,6 +84,27 @@ def test_queue_accepts_up_to_the_queue_limit_with_position_and_estimate() -> Non
     assert refused.retry_after_s == 1
 
 
+def test_a_hand_off_delays_the_starts_of_waiting_orders_but_not_a_slot_for_reject() -> None:
+    # In a fleet a freed slot is seen taken 0.2 s later: every waiting order starts
+    # that much later, and a queue place comes back that much later too.
+    busy = (1.0, 1.5)
+    handed = load(2, 1, busy)
+    handed.handoff_s = 0.2
+    rules = limits(OverloadMode.QUEUE, capacity=2, queue_limit=3)
+    assert decide(rules, handed) == Queue(queue_position=2, estimated_start_s=1.7)
+    full = load(2, 3, busy)
+    full.handoff_s = 0.2
+    refused = decide(rules, full)
+    assert isinstance(refused, Reject)
+    assert refused.retry_in_s == pytest.approx(1.2)
+    # Reject mode counts a slot free once its plan ends: room then, with no hand-off.
+    alone = load(2, 0, busy)
+    alone.handoff_s = 0.2
+    refused = decide(limits(OverloadMode.REJECT), alone)
+    assert isinstance(refused, Reject)
+    assert refused.retry_in_s == 1.0
+
+
 def test_queue_wait_bound_sheds_before_the_length_bound() -> None:
     rules = limits(OverloadMode.QUEUE, capacity=1, queue_limit=100, max_queue_wait_s=5.0)
     # One in flight (2 s left); waiting orders start at 2, 4, 6 s.

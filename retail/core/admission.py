@@ -505,9 +505,11 @@ class Admission:
     def estimated_start_s(self, now: float, queue_position: int, level: ServiceLevel) -> float:
         """Estimated seconds until the waiting order at `queue_position` (1-based, in start
         order: orders of a higher priority that wait count as ahead of it) starts."""
-        return capacity.estimated_start_s(
-            self.load(now), self.limits.capacity, queue_position - 1, self.pipeline.mean_s(level)
+        load = self.load(now)
+        start_s = capacity.estimated_start_s(
+            load, self.limits.capacity, queue_position - 1, self.pipeline.mean_s(level)
         )
+        return start_s + load.handoff_s
 
     def update(self, **changes: Any) -> None:
         """New limits (mode, capacity, queue_limit, max_queue_wait_s, critical_reserve,

@@ -72,6 +72,11 @@ class Load:
     # The waiting orders of each priority (by `Priority.rank`) in start order, as runs of
     # `(degraded, count)`. None: within a priority the full ones start first.
     runs: tuple[tuple[tuple[bool, int], ...], ...] | None = None
+    # Seconds from a slot freeing until a waiting order is seen to start in it: 0 in one
+    # process (its own workers claim at once); in a fleet, the claim by a worker of
+    # another process and its notice (`FleetView.handoff_s`). A waiting order's start, and
+    # so a queue place, comes back that much after its slot frees.
+    handoff_s: float = 0.0
 
     def ahead_of(self, priority: Priority) -> int:
         """Waiting orders that start before a new order of `priority`."""
@@ -224,8 +229,10 @@ def _start_behind(load: Load, capacity: int, priority: Priority, count: int) -> 
     """`start_after_s` behind the first `count` of the orders ahead of a new order of
     `priority`; with no order waiting on the reduced path, all take the full time."""
     if not (load.degraded_queued or load.degraded_sheddable_queued):
-        return estimated_start_s(load, capacity, count, load.full_service_s)
-    return start_after_s(load, capacity, _first(ahead_segments(load, priority), count))
+        start_s = estimated_start_s(load, capacity, count, load.full_service_s)
+    else:
+        start_s = start_after_s(load, capacity, _first(ahead_segments(load, priority), count))
+    return start_s + load.handoff_s
 
 
 def _first(segments: list[tuple[int, float]], count: int) -> list[tuple[int, float]]:
@@ -321,11 +328,12 @@ class AutoWaits:
 
 def auto_waits(load: Load, capacity: int) -> AutoWaits:
     index = load.ahead_of(Priority.STANDARD)
-    full_s = estimated_start_s(load, capacity, index, load.full_service_s)
+    full_s = estimated_start_s(load, capacity, index, load.full_service_s) + load.handoff_s
     if not load.degraded_queued:  # none ahead on the reduced path
         return AutoWaits(now_s=full_s, full_s=full_s)
     return AutoWaits(
-        now_s=start_after_s(load, capacity, ahead_segments(load, Priority.STANDARD)),
+        now_s=start_after_s(load, capacity, ahead_segments(load, Priority.STANDARD))
+        + load.handoff_s,
         full_s=full_s,
     )
 

@@ -31,10 +31,18 @@ insert that put it there may still be on its way. They are read as at least zero
 The view owns a `Dispatcher` (the in-flight timetable admission plans with): each
 order in flight anywhere in the fleet, with its expected end estimated from the
 pipeline's mean for its service level and the steps it has left.
+
+A slot that frees while orders wait is taken again by whichever worker claims next,
+perhaps in another process, and the view sees it taken when that claim's notice comes:
+a queue place comes back that long after the slot's planned end. The view learns that
+hand-off (`handoff_s`, a moving average) from the slots it sees freed while orders wait
+and the starts it sees next, so admission's start estimates (the queue's `Retry-After`,
+estimated starts) include it.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +51,9 @@ from typing import Any
 from retail.core.dispatch import Dispatcher, Running
 from retail.core.pipeline import Pipeline
 from retail.core.types import Priority, ServiceLevel
+
+HANDOFF_WEIGHT = 0.2  # of each new hand-off seen, in the moving average
+HANDOFF_MAX_S = 10.0  # a longer one is not a hand-off (a slot left idle): not learned
 
 # What an update's notice lists, each entry led by its order's seq: orders that started
 # (`s`), moved to another worker (`m`), ended (`e`) or left the queue unstarted (`l`).
@@ -135,6 +146,11 @@ class FleetView:
         # (transaction id, kind) applied by `own` ahead of their notices: kept until a
         # snapshot sees the transaction, so its notice is skipped however late it comes.
         self._own: set[tuple[int, str]] = set()
+        # When each slot freed while orders waited (planned end, or its end's notice if
+        # sooner), a heap: the next start seen takes the earliest (`handoff_s`).
+        self._vacated: list[float] = []
+        self._handoffs = 0  # hand-offs learned
+        self.handoff_s = 0.0
 
     # --- what admission reads ------------------------------------------------------------
 
@@ -183,6 +199,7 @@ class FleetView:
         self.snapshot = state.snapshot
         self.read_at = state.read_at
         self.reconciles += 1
+        self._vacated = []  # the slots freed before the read may have been taken since
         snapshot = state.snapshot
         since, self._since_read = self._since_read, []
         self._applied = set()
@@ -273,19 +290,41 @@ class FleetView:
                 updated = self._updated.setdefault(xid, set())
                 for part in UPDATE_PARTS:
                     updated.update((part, int(entry[0])) for entry in notice.get(part, ()))
+            for seq, customer in notice.get("e", ()):
+                ended = self.dispatcher.finish(int(seq))
+                applied.ended_customers.append(str(customer))
+                if ended is not None:
+                    self._vacate(min(ended.expected_end, now))
             for entry in notice.get("s", ()):
                 order = _processing(entry)
                 self._queued[order.priority.rank] -= 1
                 self.dispatcher.place(order.seq, self._running(order, now))
+                self._handed_over(now)
             for entry in notice.get("m", ()):
                 order = _processing(entry)
                 self.dispatcher.place(order.seq, self._running(order, now))
-            for seq, customer in notice.get("e", ()):
-                self.dispatcher.finish(int(seq))
-                applied.ended_customers.append(str(customer))
             for _seq, rank, _customer in notice.get("l", ()):
                 self._queued[int(rank)] -= 1
+            if not self.queued:
+                self._vacated = []  # none waits: a slot free now is idle, not handed over
         return applied
+
+    def _vacate(self, at: float) -> None:
+        """A slot freed at `at`: the next order waiting takes it (if one waits)."""
+        if self.queued:
+            heapq.heappush(self._vacated, at)
+            while len(self._vacated) > max(1, self.capacity):
+                heapq.heappop(self._vacated)  # the oldest: its taker was missed
+
+    def _handed_over(self, now: float) -> None:
+        """An order started at `now` in the slot freed earliest: learn the hand-off."""
+        if not self._vacated:
+            return
+        taken_s = now - heapq.heappop(self._vacated)
+        if 0.0 <= taken_s <= HANDOFF_MAX_S:
+            weight = HANDOFF_WEIGHT if self._handoffs else 1.0  # the first one, outright
+            self._handoffs += 1
+            self.handoff_s += weight * (taken_s - self.handoff_s)
 
     def _running(self, order: Processing, now: float) -> Running:
         means = [model.mean_s for _, model in self.pipeline.step_models(order.service_level)]

@@ -116,6 +116,11 @@ class FleetAdmission(Admission):
         super()._settled(priority, queued=queued)
         self.restore(self.view.queued_by_priority())
 
+    def load(self, now: float) -> capacity.Load:
+        load = super().load(now)
+        load.handoff_s = self.view.handoff_s  # a slot freed is taken a while later
+        return load
+
     def left_queue(self, priority: Priority = Priority.STANDARD) -> None:
         """An order cancelled here: the view took it off when the cancel committed
         (`Fleet.committed`), or when its notice came if that was first. Taken off here as
@@ -145,6 +150,7 @@ class FleetStatus:
     notice_delay_max_s: float
     notices: int
     last_drift: int
+    handoff_s: float = 0.0
 
 
 class Fleet:
@@ -341,4 +347,5 @@ class Fleet:
             notice_delay_max_s=self.notice_delay_max_s,
             notices=view.notices,
             last_drift=view.drift,
+            handoff_s=view.handoff_s,
         )

@@ -77,6 +77,7 @@ def fleet_read(services: Services) -> FleetRead | None:
         reconcile_interval_s=status.reconcile_s,
         dead_after_s=status.dead_after_s,
         notice_delay_max_s=round(status.notice_delay_max_s, SECONDS_DECIMALS),
+        handoff_s=round(status.handoff_s, SECONDS_DECIMALS),
     )
 
 

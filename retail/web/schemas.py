@@ -196,6 +196,11 @@ class FleetRead(BaseModel):
     notice_delay_max_s: float = Field(
         description="Longest delay from a change's commit to this view since the last read."
     )
+    handoff_s: float = Field(
+        0.0,
+        description="From a slot freeing while orders wait until this view sees the next "
+        "order start in it (a moving average): queue estimates include it.",
+    )
 
 
 class CapacityRead(BaseModel):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from retail.core.fleet import FleetState, FleetView, FleetWorker, Processing, Snapshot
 from retail.core.pipeline import Pipeline
 from retail.core.types import Priority, ServiceLevel
@@ -260,3 +262,22 @@ def test_an_order_ending_and_another_starting_between_two_reads_move_the_timetab
     fleet.reconcile(state("20:20:", processing=(2, 4)), now=105.0)
     assert fleet.dispatcher.remaining_s(105.0) == (1.0, 6.0)
 
+
+def test_the_hand_off_is_learned_from_slots_freed_while_orders_wait_and_the_next_start() -> None:
+    fleet = view()
+    fleet.reconcile(state("10:10:", queued=3, processing=(1, 2)), now=100.0)
+    assert fleet.handoff_s == 0.0
+    fleet.notice(ended(11, seq=1), now=106.1)  # planned to end at 106
+    fleet.notice(started(12, seq=3), now=106.3)  # the slot taken, seen 0.3 s after it freed
+    assert fleet.handoff_s == pytest.approx(0.3)
+    fleet.notice(ended(13, seq=2), now=105.0)  # before its plan: freed then
+    fleet.notice(started(14, seq=4), now=105.1)
+    assert 0.1 < fleet.handoff_s < 0.3  # a moving average
+    # With nobody waiting a slot stays free: the start that comes later is no hand-off.
+    learned = fleet.handoff_s
+    fleet.notice({"k": "u", "x": "15", "l": [[5, 1, "bob"]], "t": 1.0}, now=105.2)
+    assert fleet.queued == 0
+    fleet.notice(ended(16, seq=3), now=112.0)
+    fleet.notice(inserted(17, seq=6), now=115.0)
+    fleet.notice(started(18, seq=6), now=115.1)
+    assert fleet.handoff_s == learned
