@@ -151,6 +151,17 @@ def test_the_cpu_probes_run_at_tiny_scale() -> None:
     assert re.fullmatch(
         r"orders=128 cpu_us_per_order=[\d.]+ event_loop_cpu_us_per_order=[\d.]+\n", orders
     )
+    fulfilled = probe(
+        "bench.fulfilment_cpu", "--seconds", "0.5", "--capacity", "4", "--delay", "0.1"
+    )
+    first, *threads = fulfilled.splitlines()
+    assert re.fullmatch(
+        r"orders=\d+ per_s=[\d.]+ cpu_ms_per_order=[\d.]+ event_loop_cpu_ms_per_order=[\d.]+ "
+        r"cpu_share_of_a_core=[\d.]+",
+        first,
+    )
+    assert int(first.split()[0].removeprefix("orders=")) > 0
+    assert any(line.startswith("  MainThread (user): ") for line in threads)
 
 
 @pytest.mark.slow
