@@ -49,8 +49,8 @@ class Running:
 class Dispatcher(Generic[Key]):
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        # Read it freely; change it through `start`, `place` and `finish` (or clear it
-        # outright): they keep `_ends` in step with it.
+        # Read it freely; change it through `start`, `place`, `finish` and `clear`: they
+        # keep `_ends` in step with it.
         self.running: dict[Key, Running] = {}
         self._ends: list[float] = []  # the `expected_end` of each running order, sorted
         self._freed: list[float] = []  # when free slots were given back (a heap)
@@ -107,12 +107,15 @@ class Dispatcher(Generic[Key]):
         if at < len(ends) and ends[at] == end:
             del ends[at]
 
+    def clear(self) -> None:
+        """Every slot free, none given back: as a process starting anew."""
+        self.running.clear()
+        self._ends.clear()
+        self._freed.clear()
+
     def ends(self) -> list[float]:
         """The planned end of each in-flight order, soonest first (do not change it)."""
-        ends = self._ends
-        if len(ends) != len(self.running):  # `running` was changed directly (e.g. cleared)
-            ends[:] = sorted(r.expected_end for r in self.running.values())
-        return ends
+        return self._ends
 
     def busy(self, now: float) -> int:
         """Orders whose plan has not ended by `now`. One past its planned end is only

@@ -159,7 +159,7 @@ async def test_a_crashed_workers_order_is_resumed_from_its_last_step(
         assert task is not None
         task.cancel()
     await asyncio.gather(*(t for t in tasks if t), return_exceptions=True)
-    api.admission.dispatcher.running.clear()
+    api.admission.dispatcher.clear()
 
     second = pool()
     await second.start()
