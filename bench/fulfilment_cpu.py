@@ -28,13 +28,20 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 import threading
 import time
 from typing import Any
 
-from bench.ingest_cpu import SKU, TOKEN, _request
+from bench.ingest_cpu import (
+    SKU,
+    TOKEN,
+    _request,
+    add_probe_options,
+    apply_settings,
+    log_to_file,
+    probe_settings,
+)
 
 CLIENTS = 32
 
@@ -138,37 +145,16 @@ def main() -> None:
         "orders' step boundaries fall apart (else many at once: claimed together, they "
         "share their transactions)",
     )
-    parser.add_argument("--profile", metavar="FILE", help="write cProfile figures here")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="RETAIL_NAME=VALUE",
-        help="a setting over the above (repeatable), e.g. RETAIL_LOG_LEVEL=warning",
-    )
+    add_probe_options(parser)
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="retail-fulfilment-cpu-")
-    settings = {
-        "RETAIL_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/retail.db",
-        "RETAIL_OVERLOAD_MODE": "queue",
-        "RETAIL_QUEUE_LIMIT": "100000000",
-        "RETAIL_ADMIN_TOKEN": TOKEN,
-        "RETAIL_SEED_DEMO_CATALOGUE": "false",
+    settings = probe_settings(workdir) | {
         "RETAIL_CAPACITY": str(args.capacity),
         "RETAIL_FULFILMENT_DELAY": str(args.delay),
         "RETAIL_LOG_LEVEL": "info",
     }
-    for assignment in args.set:
-        name, equals, value = assignment.partition("=")
-        if not equals or not name.startswith("RETAIL_"):
-            parser.error(f"--set wants RETAIL_NAME=VALUE, not {assignment!r}")
-        settings[name] = value
-    os.environ.update(settings)
-    from retail.config import LogFormat, Settings
-    from retail.runtime.logs import configure_logging
-
-    sys.stderr = open(f"{workdir}/server.log", "w")  # noqa: SIM115 - for the whole run
-    configure_logging(LogFormat.TEXT, Settings().log_level, logger="retail")
+    apply_settings(parser, settings, args.set)
+    log_to_file(workdir)
     try:
         asyncio.run(_run(args.seconds, args.capacity, args.delay, args.one_by_one, args.profile))
     finally:

@@ -124,6 +124,55 @@ async def _run(orders: int, clients: int, keys: bool, profile: str | None) -> No
     )
 
 
+def add_probe_options(parser: argparse.ArgumentParser) -> None:
+    """The options every in-process probe with an app of its own takes."""
+    parser.add_argument("--profile", metavar="FILE", help="write cProfile figures here")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="RETAIL_NAME=VALUE",
+        help="a setting over the above (repeatable), e.g. RETAIL_LOG_LEVEL=warning",
+    )
+
+
+def probe_settings(workdir: str) -> dict[str, str]:
+    """A SQLite file in `workdir`, queue mode with a queue nothing fills, an admin token,
+    no demo catalogue."""
+    return {
+        "RETAIL_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/retail.db",
+        "RETAIL_OVERLOAD_MODE": "queue",
+        "RETAIL_QUEUE_LIMIT": "100000000",
+        "RETAIL_ADMIN_TOKEN": TOKEN,
+        "RETAIL_SEED_DEMO_CATALOGUE": "false",
+    }
+
+
+def apply_settings(
+    parser: argparse.ArgumentParser, settings: dict[str, str], assignments: list[str]
+) -> None:
+    """`settings`, each `--set RETAIL_NAME=VALUE` over them, into the environment."""
+    for assignment in assignments:
+        name, equals, value = assignment.partition("=")
+        if not equals or not name.startswith("RETAIL_"):
+            parser.error(f"--set wants RETAIL_NAME=VALUE, not {assignment!r}")
+        settings[name] = value
+    os.environ.update(settings)
+
+
+def log_to_file(workdir: str) -> None:
+    """Logging as `retail.main` sets it up, to `workdir`/server.log (as stderr would be)."""
+    from retail.config import LogFormat, Settings
+
+    try:
+        from retail.runtime.logs import configure_logging
+    except ImportError:  # the tree before the layered redesign (d90c89b)
+        from retail.logs import configure_logging  # type: ignore[no-redef]
+
+    sys.stderr = open(f"{workdir}/server.log", "w")  # noqa: SIM115 - for the whole run
+    configure_logging(LogFormat.TEXT, Settings().log_level, logger="retail")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=12_000)
@@ -134,23 +183,10 @@ def main() -> None:
     parser.add_argument(
         "--keys", action="store_true", help="an Idempotency-Key of its own on every request"
     )
-    parser.add_argument("--profile", metavar="FILE", help="write cProfile figures here")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="RETAIL_NAME=VALUE",
-        help="a setting over the above (repeatable), e.g. RETAIL_LOG_LEVEL=warning",
-    )
+    add_probe_options(parser)
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="retail-ingest-cpu-")
-    settings = {
-        "RETAIL_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/retail.db",
-        "RETAIL_OVERLOAD_MODE": "queue",
-        "RETAIL_QUEUE_LIMIT": "100000000",
-        "RETAIL_ADMIN_TOKEN": TOKEN,
-        "RETAIL_SEED_DEMO_CATALOGUE": "false",
-    }
+    settings = probe_settings(workdir)
     if args.defaults:
         settings |= {
             "RETAIL_CAPACITY": "8",
@@ -159,22 +195,8 @@ def main() -> None:
         }
     else:
         settings |= {"RETAIL_WORKERS_ENABLED": "false", "RETAIL_LOG_LEVEL": "warning"}
-    for assignment in args.set:
-        name, equals, value = assignment.partition("=")
-        if not equals or not name.startswith("RETAIL_"):
-            parser.error(f"--set wants RETAIL_NAME=VALUE, not {assignment!r}")
-        settings[name] = value
-    os.environ.update(settings)
-    from retail.config import LogFormat, Settings
-
-    try:
-        from retail.runtime.logs import configure_logging
-    except ImportError:  # the tree before the layered redesign (d90c89b)
-        from retail.logs import configure_logging  # type: ignore[no-redef]
-
-    # As `retail.main` (the app `bench ingest` serves) does; to a file, as stderr would be.
-    sys.stderr = open(f"{workdir}/server.log", "w")  # noqa: SIM115 - for the whole run
-    configure_logging(LogFormat.TEXT, Settings().log_level, logger="retail")
+    apply_settings(parser, settings, args.set)
+    log_to_file(workdir)
     try:
         asyncio.run(_run(args.orders, args.clients, args.keys, args.profile))
     finally:
