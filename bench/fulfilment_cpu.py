@@ -35,12 +35,12 @@ from typing import Any
 
 from bench.ingest_cpu import (
     SKU,
-    TOKEN,
     _request,
     add_probe_options,
     apply_settings,
     log_to_file,
     probe_settings,
+    put_product,
 )
 
 CLIENTS = 32
@@ -89,13 +89,7 @@ async def _run(
         (b"content-length", str(len(body)).encode()),
     ]
     async with app.router.lifespan_context(app):
-        product = json.dumps({"name": "bench", "unit_price": 100, "stock": 2**31 - 1}).encode()
-        admin = [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"authorization", f"Bearer {TOKEN}".encode()),
-        ]
-        assert await _request(app, "PUT", f"/products/{SKU}", product, admin) in (200, 201)
+        await put_product(app)
         # Enough for the warm-up and the measure, and some over: the slots never idle.
         wanted = math.ceil((seconds + 3) * capacity / delay * 1.5) + capacity
 

@@ -68,6 +68,17 @@ async def _request(app: Any, method: str, path: str, body: bytes, headers: list[
     return int(sent[0]["status"])
 
 
+async def put_product(app: Any) -> None:
+    """The probe's one SKU, with stock for any run."""
+    product = json.dumps({"name": "bench", "unit_price": 100, "stock": 2**31 - 1}).encode()
+    admin = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"application/json"),
+        (b"authorization", f"Bearer {TOKEN}".encode()),
+    ]
+    assert await _request(app, "PUT", f"/products/{SKU}", product, admin) in (200, 201)
+
+
 async def _run(orders: int, clients: int, keys: bool, profile: str | None) -> None:
     try:
         from retail.web.app import create_app
@@ -98,13 +109,7 @@ async def _run(orders: int, clients: int, keys: bool, profile: str | None) -> No
             assert status == 202, status
 
     async with app.router.lifespan_context(app):
-        product = json.dumps({"name": "bench", "unit_price": 100, "stock": 2**31 - 1}).encode()
-        admin = [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"authorization", f"Bearer {TOKEN}".encode()),
-        ]
-        assert await _request(app, "PUT", f"/products/{SKU}", product, admin) in (200, 201)
+        await put_product(app)
         await asyncio.gather(*(client(50, n) for n in range(clients)))  # warm-up
         each = orders // clients
         profiler = cProfile.Profile() if profile else None
