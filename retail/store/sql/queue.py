@@ -46,16 +46,18 @@ _orders = table(Order)
 
 # The batch's statements, built once (see `orders.py`).
 _ROWS_PER_UPDATE = 240  # 4 values a row: under SQLite's 999 parameters of old versions
+_IDS_PER_READ = 900
 _lines = table(OrderLine)
 _products = table(Product)
 _EVENTS = BulkInsert(table(OrderEvent), ("order_id", "kind", "status", "step", "at", "detail"))
-_TOKENS = (
-    select(_orders.c.id, _orders.c.lease_token)
+# PostgreSQL: each order's lease token, the rows locked (in id order), and the
+# transaction's id its notice will carry. SQLite reads the same (`_tokens`).
+_TOKENS_LOCKED = (
+    select(_orders.c.id, _orders.c.lease_token, literal_column(XACT_ID).label("xid"))
     .where(_orders.c.id.in_(bindparam("ids", expanding=True)), _orders.c.status == PROCESSING)
     .order_by(_orders.c.id)
+    .with_for_update()
 )
-# PostgreSQL: the rows locked, and the transaction's id its notice will carry.
-_TOKENS_LOCKED = _TOKENS.add_columns(literal_column(XACT_ID).label("xid")).with_for_update()
 _FENCE = and_(
     _orders.c.id == bindparam("b_id"),
     _orders.c.lease_token == bindparam("b_token"),
@@ -247,9 +249,13 @@ def transition(
 
     postgres = connection.dialect.name == "postgresql"
     ids = sorted({change.claim.order_id for change in batch})
-    locked = connection.execute(_TOKENS_LOCKED if postgres else _TOKENS, {"ids": ids}).all()
-    tokens: dict[uuid.UUID, int] = {row.id: row.lease_token for row in locked}
-    xid = locked[0].xid if postgres and locked else None
+    xid = None
+    if postgres:
+        locked = connection.execute(_TOKENS_LOCKED, {"ids": ids}).all()
+        tokens: dict[uuid.UUID, int] = {row.id: row.lease_token for row in locked}
+        xid = locked[0].xid if locked else None
+    else:
+        tokens = _tokens(connection, ids)
     live = [change for change in batch if tokens.get(change.claim.order_id) == change.claim.token]
     steps = [_fence(change, now) for change in live if change.ending is None]
     if steps:
@@ -285,6 +291,29 @@ def transition(
         return results, None
     ended = [[change.claim.seq, change.claim.customer_id] for change, _ in endings]
     return results, updated(xid, ended=ended)
+
+
+def _tokens(connection: Connection, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """SQLite: the lease token of each of these orders still in fulfilment.
+
+    What `_TOKENS` reads, sent as the driver's SQL: compiling its `IN` list for each
+    batch size costs more than the read (the transaction's lock is held already).
+    """
+    dialect = connection.dialect
+    to_id = _orders.c.id.type.dialect_impl(dialect).bind_processor(dialect)
+    assert to_id is not None
+    stored = {to_id(order_id): order_id for order_id in ids}
+    keys = list(stored)
+    tokens: dict[uuid.UUID, int] = {}
+    for start in range(0, len(keys), _IDS_PER_READ):
+        chunk = keys[start : start + _IDS_PER_READ]
+        rows = connection.exec_driver_sql(
+            f"SELECT id, lease_token FROM {_orders.name} "
+            f"WHERE id IN ({', '.join(['?'] * len(chunk))}) AND status = '{PROCESSING}'",
+            tuple(chunk),
+        )
+        tokens.update((stored[key], token) for key, token in rows)
+    return tokens
 
 
 def _update_steps(connection: Connection, steps: list[dict[str, Any]], now: datetime) -> None:
