@@ -22,13 +22,13 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
-    literal,
     literal_column,
     or_,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from retail.core.events import OrderEvent as Event
 from retail.core.events import iso
@@ -86,24 +86,65 @@ _END = (
 )
 
 
-def _claimable(now: datetime) -> list[tuple[ColumnElement[bool], tuple[Any, ...]]]:
-    """Which orders a claim may take, in the order it takes them."""
-    return [
-        # Orders whose worker vanished come first: they are older than anything queued.
-        (
-            and_(_orders.c.status == PROCESSING, _orders.c.lease_expires_at <= now),
-            (_orders.c.seq,),
+# A claim's statements, built once: `c_now` is the claim's time, `c_limit` how many
+# it may take, `c_seqs` those it chose.
+_NOW = bindparam("c_now", type_=_orders.c.created_at.type)
+_CLAIMABLE: tuple[tuple[ColumnElement[bool], tuple[Any, ...]], ...] = (
+    # Orders whose worker vanished come first: they are older than anything queued.
+    (
+        and_(_orders.c.status == PROCESSING, _orders.c.lease_expires_at <= _NOW),
+        (_orders.c.seq,),
+    ),
+    # Then the queued ones in start order; one whose deadline passed never starts (one
+    # that starts exactly at it is in time, as the policy plans it).
+    (
+        and_(
+            _orders.c.status == OrderStatus.QUEUED.value,
+            or_(_orders.c.start_deadline.is_(None), _orders.c.start_deadline >= _NOW),
         ),
-        # Then the queued ones in start order; one whose deadline passed never starts (one
-        # that starts exactly at it is in time, as the policy plans it).
-        (
-            and_(
-                _orders.c.status == OrderStatus.QUEUED.value,
-                or_(_orders.c.start_deadline.is_(None), _orders.c.start_deadline >= now),
-            ),
-            (_orders.c.priority, _orders.c.seq),
+        (_orders.c.priority, _orders.c.seq),
+    ),
+)
+_PICKS = tuple(
+    select(_orders.c.seq).where(condition).order_by(*start_order).limit(bindparam("c_limit"))
+    for condition, start_order in _CLAIMABLE
+)
+# PostgreSQL: the chosen rows locked, those another claim holds passed over.
+_PICKS_LOCKED = tuple(pick.with_for_update(skip_locked=True) for pick in _PICKS)
+_CLAIM = (
+    update(_orders)
+    .where(
+        _orders.c.seq.in_(bindparam("c_seqs", expanding=True)),
+        or_(*(condition for condition, _ in _CLAIMABLE)),
+    )
+    .values(
+        status=PROCESSING,
+        lease_owner=bindparam("c_owner"),
+        lease_token=_orders.c.lease_token + 1,
+        lease_expires_at=bindparam("c_lease"),
+        # Never before the order was created: `now` was read before this transaction,
+        # which may claim an order committed since.
+        started_at=func.coalesce(
+            _orders.c.started_at,
+            case((_orders.c.created_at > _NOW, _orders.c.created_at), else_=_NOW),
         ),
-    ]
+        updated_at=_NOW,
+    )
+    .returning(
+        _orders.c.seq,
+        _orders.c.id,
+        _orders.c.lease_token,
+        _orders.c.step_index,
+        _orders.c.line_count,
+        _orders.c.service_level,
+        _orders.c.created_at,
+        _orders.c.started_at,
+        _orders.c.priority,
+        _orders.c.customer_id,
+    )
+)
+# PostgreSQL: and the transaction's id its notice will carry.
+_CLAIM_XID: ReturningUpdate[Any] = _CLAIM.returning(literal_column(XACT_ID).label("xid"))
 
 
 def claim_many(
@@ -114,52 +155,21 @@ def claim_many(
     (`SKIP LOCKED`: two processes never wait on, or take, the same order), and what the
     transaction's notice will say comes back with the claims (see `fleet.updated`)."""
     postgres = connection.dialect.name == "postgresql"
-    candidates = _claimable(now)
     seqs: list[int] = []
-    for condition, start_order in candidates:
-        query = select(_orders.c.seq).where(condition).order_by(*start_order)
-        query = query.limit(limit - len(seqs))
-        if postgres:
-            query = query.with_for_update(skip_locked=True)
-        seqs.extend(connection.scalars(query).all())
+    for pick in _PICKS_LOCKED if postgres else _PICKS:
+        seqs.extend(connection.scalars(pick, {"c_now": now, "c_limit": limit - len(seqs)}).all())
         if len(seqs) >= limit:
             break
     if not seqs:
         return [], None
-    at_now = literal(now, _orders.c.created_at.type)
-    xid_column = xact_id_column(postgres)
     returned = connection.execute(
-        update(_orders)
-        .where(_orders.c.seq.in_(seqs), or_(*(condition for condition, _ in candidates)))
-        .values(
-            status=PROCESSING,
-            lease_owner=owner,
-            lease_token=_orders.c.lease_token + 1,
-            lease_expires_at=now + timedelta(seconds=lease_s),
-            # Never before the order was created: `now` was read before this transaction,
-            # which may claim an order committed since.
-            started_at=func.coalesce(
-                _orders.c.started_at,
-                case(
-                    (_orders.c.created_at > at_now, _orders.c.created_at),
-                    else_=at_now,
-                ),
-            ),
-            updated_at=now,
-        )
-        .returning(
-            _orders.c.seq,
-            _orders.c.id,
-            _orders.c.lease_token,
-            _orders.c.step_index,
-            _orders.c.line_count,
-            _orders.c.service_level,
-            _orders.c.created_at,
-            _orders.c.started_at,
-            _orders.c.priority,
-            _orders.c.customer_id,
-            *xid_column,
-        )
+        _CLAIM_XID if postgres else _CLAIM,
+        {
+            "c_seqs": seqs,
+            "c_now": now,
+            "c_owner": owner,
+            "c_lease": now + timedelta(seconds=lease_s),
+        },
     ).all()
     place = {seq: index for index, seq in enumerate(seqs)}
     rows = sorted(returned, key=lambda row: place[row.seq])
